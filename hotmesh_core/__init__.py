@@ -1,0 +1,58 @@
+"""HotMesh for Python: durable workflows whose every run is backed by a versioned JSON entity.
+
+Public names only; the engine's internals live in private-by-convention modules.
+"""
+
+from . import workflow
+from .clock import SystemClock, VirtualClock
+from .client import WorkflowClient, WorkflowExport, WorkflowHandle
+from .entity import EntityRecord
+from .entity_ops import EntityPathError
+from .errors import (
+    ActivityFailed,
+    BackendNotFound,
+    DuplicateWorkflow,
+    HotMeshError,
+    InvalidIdentifier,
+    NonDeterminismError,
+    SerializationError,
+    UnknownWorkflow,
+    WaitTimeout,
+    WorkflowClosed,
+    WorkflowFailed,
+    WorkflowInterrupted,
+    WorkflowNotFound,
+)
+from .memflow import Client, MemFlow
+from .retry import RetryPolicy
+from .worker import Worker
+
+__all__ = [
+    "ActivityFailed",
+    "BackendNotFound",
+    "Client",
+    "DuplicateWorkflow",
+    "EntityPathError",
+    "EntityRecord",
+    "HotMeshError",
+    "InvalidIdentifier",
+    "MemFlow",
+    "NonDeterminismError",
+    "RetryPolicy",
+    "SerializationError",
+    "SystemClock",
+    "UnknownWorkflow",
+    "VirtualClock",
+    "WaitTimeout",
+    "Worker",
+    "WorkflowClient",
+    "WorkflowClosed",
+    "WorkflowExport",
+    "WorkflowFailed",
+    "WorkflowHandle",
+    "WorkflowInterrupted",
+    "WorkflowNotFound",
+    "workflow",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,244 @@
+"""Client operations: start jobs, get handles, signal, hook from outside, search.
+
+``mf.workflow`` is a :class:`WorkflowClient`; a :class:`WorkflowHandle` talks
+about one job.  Every value is checked for JSON *before* anything is stored.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from attrs import define, field
+
+from .config import validate_name, validate_workflow_id
+from .durations import Duration, parse_duration
+from .engine import DEFAULT_SIGNAL_EXPIRE, Engine
+from .errors import (
+    DuplicateWorkflow,
+    InvalidIdentifier,
+    WorkflowFailed,
+    WorkflowInterrupted,
+    WorkflowNotFound,
+)
+from .models import TERMINAL_STATUSES, ErrorInfo, Job
+from .protocols import Backend
+from .serde import ensure_json, unstructure
+
+__all__ = ["TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
+
+
+@define(frozen=True)
+class TimelineEntry:
+    """One durable call in a job's audit timeline."""
+
+    dimension: str
+    index: int
+    kind: str
+    name: str
+    args: Any
+    status: str
+    result: Any
+    error: ErrorInfo | None
+    attempts: int
+    started_at: float
+    finished_at: float | None
+
+
+@define(frozen=True)
+class WorkflowExport:
+    """The full audit of a job: its steps, hooks, and every entity change with its version."""
+
+    workflow_id: str
+    entity: str
+    workflow_name: str
+    task_queue: str
+    status: str
+    args: list[Any]
+    result: Any
+    error: ErrorInfo | None
+    context: dict[str, Any]
+    version: int
+    parent_id: str | None
+    created_at: float
+    finished_at: float | None
+    timeline: list[TimelineEntry] = field(factory=list)
+    entity_changes: list[dict[str, Any]] = field(factory=list)
+    hooks: list[dict[str, Any]] = field(factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = unstructure(self)
+        return data
+
+
+class WorkflowHandle:
+    """One job, by workflow id."""
+
+    def __init__(self, backend: Backend, workflow_id: str) -> None:
+        self._backend = backend
+        self._engine = Engine(backend)
+        self.workflow_id = workflow_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r})"
+
+    async def _job(self) -> Job:
+        async with self._backend.transaction() as tx:
+            job = await tx.store.get_job(self.workflow_id)
+        if job is None:
+            raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
+        return job
+
+    async def status(self) -> str:
+        return (await self._job()).status
+
+    async def state(self) -> dict[str, Any]:
+        """The entity document now."""
+        return (await self._job()).context
+
+    entity = state
+
+    async def result(self, timeout: Duration | None = None) -> Any:
+        """Wait for the job to finish; its return value, or the error it ended with.
+
+        Raises ``WorkflowFailed`` or ``WorkflowInterrupted``; ``TimeoutError``
+        when ``timeout`` passes first.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + parse_duration(timeout)
+        while True:
+            job = await self._job()
+            if job.status in TERMINAL_STATUSES:
+                return _outcome(job)
+            remaining = 5.0 if deadline is None else deadline - loop.time()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"workflow {self.workflow_id!r} did not finish within {timeout}"
+                )
+            await self._backend.wait_for_job(self.workflow_id, min(remaining, 5.0))
+
+    async def interrupt(self, reason: str | None = None) -> bool:
+        """Cancel the job and its children; return False if it had already finished."""
+        return await self._engine.interrupt(self.workflow_id, reason)
+
+    async def export(self) -> WorkflowExport:
+        async with self._backend.transaction() as tx:
+            job = await tx.store.get_job(self.workflow_id)
+            if job is None:
+                raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
+            steps = await tx.store.load_steps(self.workflow_id)
+            changes = await tx.store.entity_changes(self.workflow_id)
+            threads = await tx.store.threads(self.workflow_id)
+        timeline = [
+            TimelineEntry(s.dimension, s.index, s.kind, s.name, s.args, s.status, s.result,
+                          s.error, s.attempts, s.started_at, s.finished_at)
+            for s in sorted(steps, key=lambda s: (s.started_at, s.dimension, s.index))
+        ]
+        return WorkflowExport(
+            workflow_id=job.id, entity=job.entity, workflow_name=job.workflow_name,
+            task_queue=job.task_queue, status=job.status, args=job.args, result=job.result,
+            error=job.error, context=job.context, version=job.version,
+            parent_id=job.parent_id, created_at=job.created_at, finished_at=job.finished_at,
+            timeline=timeline,
+            entity_changes=[unstructure(c) for c in changes],
+            hooks=[unstructure(t) for t in threads],
+        )
+
+
+def _outcome(job: Job) -> Any:
+    if job.status == "completed":
+        return job.result
+    error = job.error or ErrorInfo("HotMeshError", f"workflow {job.id!r} {job.status}")
+    if job.status == "interrupted":
+        raise WorkflowInterrupted(error.message, traceback=error.traceback)
+    raise WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
+
+
+class WorkflowClient:
+    """``mf.workflow``: start, find and talk to jobs."""
+
+    def __init__(self, backend: Backend) -> None:
+        self._backend = backend
+        self._engine = Engine(backend)
+
+    async def start(
+        self,
+        entity: str,
+        workflow_name: str,
+        workflow_id: str | None = None,
+        args: Iterable[Any] | None = None,
+        task_queue: str = "default",
+        search: dict[str, Any] | None = None,
+        expire: Duration | None = None,
+        *,
+        persistent: bool = False,
+        strict: bool = False,
+    ) -> WorkflowHandle:
+        """Create the job and its entity and enqueue its first run.
+
+        Starting an id that exists returns a handle to that job (idempotent);
+        with ``strict=True`` it raises ``DuplicateWorkflow`` instead.
+        """
+        job = Job(
+            id=validate_workflow_id(workflow_id or f"{entity}-{uuid.uuid4().hex}"),
+            entity=validate_name(entity, "entity"),
+            workflow_name=validate_name(workflow_name, "workflow_name"),
+            task_queue=validate_name(task_queue, "task_queue"),
+            args=ensure_json(list(args or []), what="workflow arguments"),
+            search=ensure_json(dict(search or {}), what="search"),
+            expire=None if expire is None else parse_duration(expire),
+            persistent=persistent,
+        )
+        _stored, created = await self._engine.start_job(job)
+        if strict and not created:
+            raise DuplicateWorkflow(f"a workflow with id {job.id!r} already exists")
+        return WorkflowHandle(self._backend, job.id)
+
+    async def get_handle(self, workflow_id: str) -> WorkflowHandle:
+        """A handle to an existing job; ``WorkflowNotFound`` if there is none."""
+        handle = WorkflowHandle(self._backend, validate_workflow_id(workflow_id))
+        await handle.status()
+        return handle
+
+    async def signal(
+        self, signal_id: str, data: Any = None, *, expire: Duration | None = None
+    ) -> bool:
+        """Deliver a signal; True if a waiter took it, False if it was kept for later."""
+        if not isinstance(signal_id, str) or not signal_id:
+            raise InvalidIdentifier(f"a signal id must be a non-empty string, got {signal_id!r}")
+        payload = ensure_json(data, what="signal data")
+        keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
+        return await self._engine.send_signal(signal_id, payload, keep)
+
+    async def hook(
+        self,
+        workflow_id: str,
+        task_queue: str,
+        workflow_name: str,
+        args: Iterable[Any] | None = None,
+    ) -> str:
+        """Run hook ``workflow_name`` against the job's entity; return the hook id."""
+        return await self._engine.start_outside_hook(
+            validate_workflow_id(workflow_id), validate_name(task_queue, "task_queue"),
+            validate_name(workflow_name, "workflow_name"),
+            ensure_json(list(args or []), what="hook arguments"),
+        )
+
+    async def search(
+        self,
+        where: dict[str, Any] | None = None,
+        *,
+        entity: str | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        limit: int = 100,
+    ) -> list[str]:
+        """Ids of jobs whose ``search`` fields (given at start) match ``where``."""
+        async with self._backend.transaction() as tx:
+            jobs = await tx.store.find_jobs(
+                entity=entity, search=ensure_json(where or {}, what="where"), status=status,
+                workflow_name=workflow_name, limit=limit,
+            )
+        return [job.id for job in jobs]

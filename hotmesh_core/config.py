@@ -1,0 +1,58 @@
+"""Configuration: which backend, which app, validated identifiers.
+
+Resolution order for the backend (first match wins): the ``backend=`` argument,
+``HOTMESH_BACKEND``, ``postgres`` when a DSN is given (``dsn=``, ``HOTMESH_DSN``,
+``DATABASE_URL``), otherwise ``postgres`` on an embedded server.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import InvalidIdentifier
+
+__all__ = ["choose_backend", "validate_app_id", "validate_name"]
+
+APP_ID = re.compile(r"^[a-z][a-z0-9_-]{0,47}$")
+# Queue, workflow, activity and entity names: printable, no control characters.
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:\-/]{0,127}$")
+WORKFLOW_ID = re.compile(r"^[^\x00-\x1f\x7f]{1,255}$")
+
+
+def validate_app_id(app_id: object) -> str:
+    if not isinstance(app_id, str) or not APP_ID.match(app_id):
+        raise InvalidIdentifier(
+            f"invalid app_id {app_id!r}: it must match {APP_ID.pattern} "
+            "(lowercase letter first, then lowercase letters, digits, '_' or '-', at most 48)"
+        )
+    return app_id
+
+
+def validate_name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not NAME.match(value):
+        raise InvalidIdentifier(
+            f"invalid {what} {value!r}: letters, digits and _ . : - / only, at most 128"
+        )
+    return value
+
+
+def validate_workflow_id(value: object) -> str:
+    if not isinstance(value, str) or not WORKFLOW_ID.match(value):
+        raise InvalidIdentifier(
+            f"invalid workflow_id {value!r}: 1 to 255 characters, no control characters"
+        )
+    return value
+
+
+def choose_backend(
+    backend: str | None, options: Mapping[str, Any], env: Mapping[str, str] | None = None
+) -> str:
+    environ = os.environ if env is None else env
+    if backend:
+        return backend
+    if environ.get("HOTMESH_BACKEND"):
+        return environ["HOTMESH_BACKEND"]
+    return "postgres"

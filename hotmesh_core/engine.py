@@ -1,0 +1,402 @@
+"""Every state transition of a job, each one transaction against the backend.
+
+The engine is the only place that decides *what* happens when a command is
+issued or answered; a backend only stores.  Each public coroutine here opens
+exactly one transaction, so a completion and the enqueue it causes, a signal
+and the wake-up of its waiter, an entity change and its step record commit
+together or not at all.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from attrs import evolve
+
+from .errors import DuplicateWorkflow, HotMeshError, WorkflowClosed, WorkflowNotFound
+from .models import (
+    MAIN_THREAD,
+    TERMINAL_STATUSES,
+    EntityOp,
+    ErrorInfo,
+    Job,
+    Step,
+    Task,
+    Thread,
+    Waiter,
+)
+from .protocols import Backend, Transaction
+from .replay import Command, Run, RunOutcome, error_info, exception_for
+
+__all__ = ["Engine", "RunContext"]
+
+DEFAULT_SIGNAL_EXPIRE = 86400.0  # a kept signal lives one day by default
+
+
+def _run_task(queue: str, job_id: str, dimension: str, name: str) -> Task:
+    return Task(queue=queue, kind="run", job_id=job_id, dimension=dimension, name=name)
+
+
+class RunContext:
+    """What a run needs, read in one transaction: the job, its hook thread, its history."""
+
+    def __init__(self, job: Job, thread: Thread | None, history: list[Step]) -> None:
+        self.job = job
+        self.thread = thread
+        self.history = history
+
+
+class Engine:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # -- jobs ----------------------------------------------------------------
+    async def start_job(self, job: Job) -> tuple[Job, bool]:
+        async with self.backend.transaction() as tx:
+            stored, created = await tx.store.create_job(job)
+            if created:
+                await tx.stream.enqueue(
+                    _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
+                )
+        return stored, created
+
+    async def interrupt(self, job_id: str, reason: str | None) -> bool:
+        message = reason or f"workflow {job_id!r} was interrupted"
+        async with self.backend.transaction() as tx:
+            if await tx.store.get_job(job_id) is None:
+                raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+            return await self._interrupt(tx, job_id, ErrorInfo("WorkflowInterrupted", message))
+
+    async def _interrupt(self, tx: Transaction, job_id: str, error: ErrorInfo) -> bool:
+        job = await tx.store.set_job_status(job_id, "interrupted", error=error)
+        if job is None:
+            return False
+        await tx.signal.remove_job_waiters(job_id)
+        await tx.signal.notify_job(job_id)
+        for child_id in await tx.store.active_children(job_id):
+            await self._interrupt(
+                tx, child_id,
+                ErrorInfo("WorkflowInterrupted", f"parent workflow {job_id!r} was interrupted"),
+            )
+        await self._answer_parent(tx, job, error=error)
+        return True
+
+    async def _answer_parent(
+        self, tx: Transaction, job: Job, *, result: Any = None, error: ErrorInfo | None = None
+    ) -> None:
+        if job.parent_id is None or job.parent_index is None:
+            return
+        step = await tx.store.resolve_step(
+            job.parent_id, job.parent_dimension or MAIN_THREAD, job.parent_index,
+            result=result, error=error,
+        )
+        if step is not None:
+            await self._wake(tx, step)
+
+    async def _wake(self, tx: Transaction, step: Step) -> None:
+        """An answered step wakes the run of its thread."""
+        await tx.stream.enqueue(
+            _run_task(step.wake_queue, step.job_id, step.dimension, step.wake_name)
+        )
+
+    # -- signals and hooks ---------------------------------------------------
+    async def send_signal(self, signal_id: str, data: Any, expire: float) -> bool:
+        async with self.backend.transaction() as tx:
+            return await self._deliver(tx, signal_id, data, expire)
+
+    async def _deliver(self, tx: Transaction, signal_id: str, data: Any, expire: float) -> bool:
+        """To the oldest live waiter, exactly once; else kept for the first one to come."""
+        while (waiter := await tx.signal.take_waiter(signal_id)) is not None:
+            step = await tx.store.resolve_step(
+                waiter.job_id, waiter.dimension, waiter.index, result=data
+            )
+            if step is not None:
+                await self._wake(tx, step)
+                return True
+        await tx.signal.buffer(signal_id, data, expire=expire)
+        return False
+
+    async def start_outside_hook(
+        self, workflow_id: str, task_queue: str, workflow_name: str, args: list[Any]
+    ) -> str:
+        dimension = f"hook-{uuid.uuid4().hex}"
+        async with self.backend.transaction() as tx:
+            job = await tx.store.get_job(workflow_id)
+            if job is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+            await self._start_hook(tx, job, dimension, workflow_name, task_queue, args, None)
+        return dimension
+
+    async def _start_hook(
+        self, tx: Transaction, job: Job, dimension: str, workflow_name: str,
+        task_queue: str, args: list[Any], signal_id: str | None,
+    ) -> None:
+        if job.status in TERMINAL_STATUSES and not job.persistent:
+            raise WorkflowClosed(
+                f"workflow {job.id!r} is {job.status}; hooks need a running job "
+                "(or one started with persistent=True)"
+            )
+        thread = Thread(
+            job_id=job.id, dimension=dimension, workflow_name=workflow_name,
+            task_queue=task_queue, args=args, signal_id=signal_id,
+        )
+        if await tx.store.create_thread(thread):
+            await tx.stream.enqueue(_run_task(task_queue, job.id, dimension, workflow_name))
+
+    # -- runs ------------------------------------------------------------------
+    async def load_run(self, task: Task) -> RunContext | None:
+        async with self.backend.transaction() as tx:
+            job = await tx.store.get_job(task.job_id)
+            if job is None:
+                return None
+            thread = None
+            if task.dimension != MAIN_THREAD:
+                thread = await tx.store.get_thread(task.job_id, task.dimension)
+                if thread is None:
+                    return None
+            history = await tx.store.load_steps(task.job_id, task.dimension)
+        return RunContext(job, thread, history)
+
+    async def execute_inline(self, run: Run, command: Command) -> Any:
+        values = run.take_values()
+        try:
+            async with self.backend.transaction() as tx:
+                for value in values:
+                    await tx.store.insert_step(value)
+                if not await tx.store.insert_step(command.step(run)):
+                    return await self._recorded(tx, run, command.index)
+                result = await self._apply_inline(tx, run, command)
+                await tx.store.resolve_step(
+                    run.job.id, run.dimension, command.index, result=result
+                )
+                return result
+        except HotMeshError as exc:
+            # Recorded, so that a replay raises the very same error at this index.
+            failed = evolve(command.step(run), status="failed", error=error_info(exc))
+            async with self.backend.transaction() as tx:
+                for value in values:
+                    await tx.store.insert_step(value)
+                await tx.store.insert_step(failed)
+            raise
+
+    async def _recorded(self, tx: Transaction, run: Run, index: int) -> Any:
+        for step in await tx.store.load_steps(run.job.id, run.dimension):
+            if step.index == index:
+                if step.status == "failed":
+                    raise exception_for(step)
+                return step.result
+        return None
+
+    async def _apply_inline(self, tx: Transaction, run: Run, command: Command) -> Any:
+        options = command.options
+        if command.kind == "entity":
+            op = EntityOp(op=command.name, path=options.get("path"), value=options.get("value"))
+            result, _version = await tx.store.apply_entity(
+                run.job.id, op, dimension=run.dimension, index=command.index
+            )
+            return result
+        if command.kind == "signal":
+            await self._deliver(tx, options["signal_id"], options["data"], options["expire"])
+            return None
+        if command.kind == "start_child":
+            child = self._child_job(run, command, awaited=False)
+            stored, created = await tx.store.create_job(child)
+            if created:
+                await tx.stream.enqueue(
+                    _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
+                )
+            return stored.id
+        if command.kind == "hook":
+            job = await tx.store.get_job(run.job.id)
+            assert job is not None
+            await self._start_hook(
+                tx, job, options["dimension"], command.name, options["task_queue"],
+                command.args, None,
+            )
+            return options["dimension"]
+        raise HotMeshError(f"unknown inline command {command.kind!r}")
+
+    def _child_job(self, run: Run, command: Command, *, awaited: bool) -> Job:
+        options = command.options
+        return Job(
+            id=options["workflow_id"], entity=options["entity"], workflow_name=command.name,
+            task_queue=options["task_queue"], args=command.args, parent_id=run.job.id,
+            parent_dimension=run.dimension if awaited else None,
+            parent_index=command.index if awaited else None,
+            expire=options.get("expire"), persistent=options.get("persistent", False),
+        )
+
+    async def finish_run(self, task: Task, run: Run, outcome: RunOutcome) -> None:
+        async with self.backend.transaction() as tx:
+            for value in outcome.values:
+                await tx.store.insert_step(value)
+            if outcome.status == "suspended":
+                if run.dimension == MAIN_THREAD and run.job.status == "pending":
+                    await tx.store.set_job_status(run.job.id, "running")
+                for command in outcome.commands:
+                    await self._persist(tx, run, command)
+            elif run.dimension == MAIN_THREAD:
+                await self._finish_job(tx, run.job.id, outcome)
+            else:
+                await self._finish_hook(tx, run, outcome)
+            await tx.stream.ack(task.id)
+
+    async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:
+        status = "completed" if outcome.status == "completed" else "failed"
+        job = await tx.store.set_job_status(
+            job_id, status, result=outcome.result, error=outcome.error
+        )
+        if job is None:
+            return
+        await tx.signal.notify_job(job_id)
+        await self._answer_parent(tx, job, result=outcome.result, error=outcome.error)
+
+    async def _finish_hook(self, tx: Transaction, run: Run, outcome: RunOutcome) -> None:
+        status = "completed" if outcome.status == "completed" else "failed"
+        thread = await tx.store.finish_thread(run.job.id, run.dimension, status, outcome.error)
+        if thread is None or thread.signal_id is None:
+            return
+        # A hook that ends without signalling releases its exec_hook caller
+        # (with None, or with its error) instead of leaving it blocked forever.
+        waiter = await tx.signal.take_waiter(thread.signal_id)
+        if waiter is not None:
+            step = await tx.store.resolve_step(
+                waiter.job_id, waiter.dimension, waiter.index, error=outcome.error
+            )
+            if step is not None:
+                await self._wake(tx, step)
+
+    async def _persist(self, tx: Transaction, run: Run, command: Command) -> None:
+        """Record a suspending command and set in motion what will answer it."""
+        step = command.step(run)
+        if not await tx.store.insert_step(step):
+            return  # a concurrent run of the same thread recorded it already
+        options = command.options
+        if command.kind == "activity":
+            await tx.stream.enqueue(Task(
+                queue=options["task_queue"] or run.task_queue, kind="activity",
+                job_id=run.job.id, dimension=run.dimension, name=command.name,
+                index=command.index,
+                payload={"args": command.args, "retry": options["retry"],
+                         "start_to_close": options["start_to_close"]},
+            ))
+        elif command.kind == "sleep":
+            await self._timer(tx, run, command, options["seconds"], {})
+        elif command.kind == "wait":
+            await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
+        elif command.kind == "child":
+            await self._start_awaited_child(tx, run, command, step)
+        elif command.kind == "exec_hook":
+            job = await tx.store.get_job(run.job.id)
+            assert job is not None
+            await self._start_hook(
+                tx, job, options["dimension"], command.name, options["task_queue"],
+                command.args, options["signal_id"],
+            )
+            await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
+        else:
+            raise HotMeshError(f"unknown command {command.kind!r}")
+
+    async def _timer(
+        self, tx: Transaction, run: Run, command: Command, delay: float, payload: dict[str, Any]
+    ) -> None:
+        await tx.stream.enqueue(
+            Task(queue=run.task_queue, kind="timer", job_id=run.job.id,
+                 dimension=run.dimension, name=run.workflow_name, index=command.index,
+                 payload=payload),
+            delay=delay,
+        )
+
+    async def _wait(
+        self, tx: Transaction, run: Run, command: Command, signal_id: str, timeout: float | None
+    ) -> None:
+        found, data = await tx.signal.take_buffered(signal_id)
+        if found:
+            answered = await tx.store.resolve_step(
+                run.job.id, run.dimension, command.index, result=data
+            )
+            if answered is not None:
+                await self._wake(tx, answered)
+            return
+        await tx.signal.add_waiter(
+            Waiter(signal_id=signal_id, job_id=run.job.id, dimension=run.dimension,
+                   index=command.index)
+        )
+        if timeout is not None:
+            await self._timer(tx, run, command, timeout,
+                              {"signal": signal_id, "timeout": timeout})
+
+    async def _start_awaited_child(
+        self, tx: Transaction, run: Run, command: Command, step: Step
+    ) -> None:
+        child = self._child_job(run, command, awaited=True)
+        stored, created = await tx.store.create_job(child)
+        if created:
+            await tx.stream.enqueue(
+                _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
+            )
+            return
+        error: ErrorInfo | None = None
+        if stored.parent_id != run.job.id:
+            error = error_info(DuplicateWorkflow(
+                f"a workflow with id {stored.id!r} exists and is not a child of {run.job.id!r}"
+            ))
+        elif stored.status not in TERMINAL_STATUSES:
+            return  # our child from an earlier attempt: it will answer
+        else:
+            error = stored.error
+        answered = await tx.store.resolve_step(
+            run.job.id, run.dimension, step.index, result=stored.result, error=error
+        )
+        if answered is not None:
+            await self._wake(tx, answered)
+
+    # -- activities and timers -------------------------------------------------
+    async def complete_activity(self, task: Task, result: Any) -> None:
+        async with self.backend.transaction() as tx:
+            assert task.index is not None
+            step = await tx.store.resolve_step(
+                task.job_id, task.dimension, task.index, result=result, attempts=task.attempts
+            )
+            if step is not None:
+                await self._wake(tx, step)
+            await tx.stream.ack(task.id)
+
+    async def fail_activity(self, task: Task, error: ErrorInfo, retry_in: float | None) -> None:
+        assert task.index is not None
+        async with self.backend.transaction() as tx:
+            if retry_in is not None:
+                await tx.store.note_attempt(
+                    task.job_id, task.dimension, task.index, task.attempts, error
+                )
+                await tx.stream.retry(task.id, delay=retry_in)
+                return
+            step = await tx.store.resolve_step(
+                task.job_id, task.dimension, task.index, error=error, attempts=task.attempts
+            )
+            if step is not None:
+                await self._wake(tx, step)
+            await tx.stream.ack(task.id)
+
+    async def fire_timer(self, task: Task) -> None:
+        assert task.index is not None
+        async with self.backend.transaction() as tx:
+            signal_id = task.payload.get("signal")
+            if signal_id is None:
+                step = await tx.store.resolve_step(task.job_id, task.dimension, task.index)
+            else:
+                step = await tx.store.resolve_step(
+                    task.job_id, task.dimension, task.index,
+                    error=ErrorInfo("WaitTimeout", f"no signal {signal_id!r} within "
+                                    f"{task.payload.get('timeout')} seconds"),
+                )
+                if step is not None:
+                    await tx.signal.remove_waiter(task.job_id, task.dimension, task.index)
+            if step is not None:
+                await self._wake(tx, step)
+            await tx.stream.ack(task.id)
+
+    async def drop_task(self, task: Task) -> None:
+        async with self.backend.transaction() as tx:
+            await tx.stream.ack(task.id)

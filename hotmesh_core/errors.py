@@ -1,0 +1,97 @@
+"""The public error hierarchy.
+
+Every error a user can see derives from :class:`HotMeshError`, so one ``except``
+clause catches everything the engine raises on purpose.  Errors that cross a
+process boundary (an activity failing on another worker, a child job failing)
+travel as ``(type name, message, traceback text)`` and are rebuilt here.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ActivityFailed",
+    "BackendNotFound",
+    "DuplicateWorkflow",
+    "HotMeshError",
+    "InvalidIdentifier",
+    "NonDeterminismError",
+    "SerializationError",
+    "UnknownWorkflow",
+    "WaitTimeout",
+    "WorkflowClosed",
+    "WorkflowFailed",
+    "WorkflowInterrupted",
+    "WorkflowNotFound",
+]
+
+
+class HotMeshError(Exception):
+    """Base of every error HotMesh raises on purpose."""
+
+
+class BackendNotFound(HotMeshError):
+    """No installed backend answers to the requested name."""
+
+    def __init__(self, name: str, installed: list[str]) -> None:
+        self.name = name
+        self.installed = sorted(installed)
+        listing = ", ".join(self.installed) or "none"
+        super().__init__(f"no HotMesh backend named {name!r}; installed backends: {listing}")
+
+
+class InvalidIdentifier(HotMeshError, ValueError):
+    """An identifier (app id, queue, workflow id...) does not have the allowed shape."""
+
+
+class SerializationError(HotMeshError, TypeError):
+    """A value that must be stored is not JSON-serializable; nothing was stored."""
+
+
+class WorkflowNotFound(HotMeshError, LookupError):
+    """No job exists with the given workflow id."""
+
+
+class UnknownWorkflow(HotMeshError, LookupError):
+    """A worker was handed a workflow or activity name it has not registered."""
+
+
+class DuplicateWorkflow(HotMeshError):
+    """A strict start found a job with the same workflow id already present."""
+
+
+class WorkflowClosed(HotMeshError):
+    """A hook was sent to a job that has finished and is not persistent."""
+
+
+class NonDeterminismError(HotMeshError):
+    """The workflow issued a different command at an index than its history holds."""
+
+
+class WaitTimeout(HotMeshError, TimeoutError):
+    """``workflow.wait_for`` (or ``exec_hook``) timed out before its signal arrived."""
+
+
+class RemoteError(HotMeshError):
+    """An error raised somewhere else (another worker, another job), rebuilt locally.
+
+    ``type_name`` is the class name of the original exception, ``message`` its text
+    and ``traceback`` the formatted traceback captured where it was raised.
+    """
+
+    def __init__(self, message: str, *, type_name: str = "", traceback: str = "") -> None:
+        self.message = message
+        self.type_name = type_name or type(self).__name__
+        self.traceback = traceback
+        super().__init__(f"{self.type_name}: {message}" if type_name else message)
+
+
+class ActivityFailed(RemoteError):
+    """An activity failed on its last attempt (or with a non-retryable error)."""
+
+
+class WorkflowFailed(RemoteError):
+    """A workflow (job, child or hook) failed; carries the remote error."""
+
+
+class WorkflowInterrupted(RemoteError):
+    """The job was interrupted (cancelled) before it finished."""

@@ -1,0 +1,120 @@
+"""``MemFlow``: the entry point — a client, workers, entity queries, one backend."""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from .client import WorkflowClient
+from .config import choose_backend, validate_app_id, validate_name
+from .entity import EntityClient
+from .plugins import resolve_backend
+from .protocols import Backend
+from .worker import Functions, Worker
+
+__all__ = ["Client", "MemFlow"]
+
+
+class Client:
+    """The client surface without workers: ``.workflow`` and ``.entity``."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self.app_id = backend.app_id
+        self.workflow = WorkflowClient(backend)
+        self.entity = EntityClient(backend)
+
+    @property
+    def clock(self) -> Any:
+        """The backend's clock (a ``VirtualClock`` in tests that asked for one)."""
+        return getattr(self.backend, "clock", None)
+
+    async def shutdown(self) -> None:
+        await self.backend.close()
+
+    close = shutdown
+
+    @classmethod
+    async def _open(cls, app_id: str, backend: str | None, options: dict[str, Any]) -> Any:
+        name = choose_backend(backend, options)
+        instance = resolve_backend(name, validate_app_id(app_id), options)
+        await instance.open()
+        return cls(instance)
+
+
+class MemFlow(Client):
+    """A client plus the workers of this process."""
+
+    def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
+        self.workers: list[Worker] = []
+
+    @classmethod
+    def init(cls, app_id: str, backend: str | None = None, **options: Any) -> _Opening[MemFlow]:
+        """Connect to (and provision) app ``app_id``: ``await`` it or ``async with`` it."""
+        return _Opening(cls, app_id, backend, options)
+
+    @staticmethod
+    def Client(app_id: str, backend: str | None = None, **options: Any) -> _Opening[Client]:  # noqa: N802
+        """Open a client without workers (``await`` it or ``async with`` it)."""
+        return _Opening(Client, app_id, backend, options)
+
+    async def worker(
+        self,
+        task_queue: str,
+        workflows: Functions | None = None,
+        activities: Functions | None = None,
+        *,
+        concurrency: int = 10,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+    ) -> Worker:
+        """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``)."""
+        worker = Worker(
+            self.backend, validate_name(task_queue, "task_queue"), workflows=workflows,
+            activities=activities, concurrency=concurrency, lease=lease,
+            poll_interval=poll_interval,
+        )
+        await worker.start()
+        self.workers.append(worker)
+        return worker
+
+    async def shutdown(self) -> None:
+        """Drain and stop this process's workers, then close the backend."""
+        for worker in self.workers:
+            await worker.stop()
+        self.workers.clear()
+        await self.backend.close()
+
+
+C = TypeVar("C", bound=Client)
+
+
+class _Opening(Generic[C]):
+    """Makes ``MemFlow.init(...)`` both awaitable and an async context manager."""
+
+    def __init__(
+        self, cls: type[C], app_id: str, backend: str | None, options: dict[str, Any]
+    ) -> None:
+        self._cls = cls
+        self._args = (app_id, backend, options)
+        self._opened: C | None = None
+
+    async def _open(self) -> C:
+        opened: C = await self._cls._open(*self._args)
+        return opened
+
+    def __await__(self) -> Generator[Any, None, C]:
+        return self._open().__await__()
+
+    async def __aenter__(self) -> C:
+        self._opened = await self._open()
+        return self._opened
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._opened is not None:
+            await self._opened.shutdown()

@@ -1,0 +1,170 @@
+"""Records that cross the boundary between the engine and a backend.
+
+Every field is plain data (JSON-able once unstructured by :mod:`hotmesh_core.serde`)
+so a backend can store a record however it likes and give back an equal one.
+Times are POSIX seconds (floats) on the backend's clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from attrs import define, field
+
+__all__ = [
+    "MAIN_THREAD",
+    "TERMINAL_STATUSES",
+    "EntityChange",
+    "EntityOp",
+    "ErrorInfo",
+    "Job",
+    "JobStatus",
+    "Step",
+    "StepStatus",
+    "Task",
+    "TaskKind",
+    "Thread",
+    "Waiter",
+]
+
+JobStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
+StepStatus = Literal["pending", "done", "failed"]
+TaskKind = Literal["run", "activity", "timer"]
+ThreadStatus = Literal["running", "completed", "failed"]
+
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "interrupted"})
+
+#: The dimension of a job's main function; hooks run in dimensions of their own.
+MAIN_THREAD = ""
+
+
+@define(frozen=True)
+class ErrorInfo:
+    """An exception reduced to what survives a trip through JSON."""
+
+    type_name: str
+    message: str
+    traceback: str = ""
+
+
+@define
+class Job:
+    """A workflow execution and its entity (``context``), versioned."""
+
+    id: str
+    entity: str
+    workflow_name: str
+    task_queue: str
+    args: list[Any] = field(factory=list)
+    status: str = "pending"
+    context: dict[str, Any] = field(factory=dict)
+    version: int = 0
+    result: Any = None
+    error: ErrorInfo | None = None
+    parent_id: str | None = None
+    parent_dimension: str | None = None
+    parent_index: int | None = None
+    persistent: bool = False
+    search: dict[str, Any] = field(factory=dict)
+    expire: float | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+
+
+@define
+class Thread:
+    """A hook: a workflow function running against an existing job's entity.
+
+    ``signal_id`` is set when a caller waits for it with ``exec_hook``: if the hook
+    ends without signalling, the waiter is released instead of hanging forever.
+    """
+
+    job_id: str
+    dimension: str
+    workflow_name: str
+    task_queue: str
+    args: list[Any] = field(factory=list)
+    status: str = "running"
+    signal_id: str | None = None
+    error: ErrorInfo | None = None
+    created_at: float = 0.0
+    finished_at: float | None = None
+
+
+@define
+class Step:
+    """One durable call of one run, recorded under (job, dimension, index).
+
+    A ``pending`` step is a command issued and not yet answered; resolving it
+    (``done`` or ``failed``) wakes the run of its dimension, which the backend
+    enqueues on ``wake_queue`` under ``wake_name``.
+    """
+
+    job_id: str
+    dimension: str
+    index: int
+    kind: str
+    name: str
+    args: Any = None
+    status: str = "pending"
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempts: int = 0
+    wake_queue: str = ""
+    wake_name: str = ""
+    started_at: float = 0.0
+    finished_at: float | None = None
+
+
+@define
+class Task:
+    """A message on a task queue: run a workflow thread, run an activity, or fire a timer."""
+
+    queue: str
+    kind: str
+    job_id: str
+    dimension: str
+    name: str
+    index: int | None = None
+    payload: dict[str, Any] = field(factory=dict)
+    id: str = ""
+    attempts: int = 0
+    visible_at: float = 0.0
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    created_at: float = 0.0
+
+
+@define(frozen=True)
+class EntityOp:
+    """An atomic change (or read) of an entity document, applied by the backend."""
+
+    op: str
+    path: str | None = None
+    value: Any = None
+
+
+@define
+class EntityChange:
+    """One entry of an entity's change log: which operation produced which version."""
+
+    job_id: str
+    version: int
+    op: str
+    path: str | None
+    value: Any
+    dimension: str | None = None
+    index: int | None = None
+    at: float = 0.0
+
+
+@define
+class Waiter:
+    """A pending ``wait_for`` (or ``exec_hook``) step waiting for a signal id."""
+
+    signal_id: str
+    job_id: str
+    dimension: str
+    index: int
+    created_at: float = 0.0

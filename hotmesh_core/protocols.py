@@ -1,0 +1,190 @@
+"""What a backend must provide, at the level of meaning (never SQL text).
+
+A backend hands out *transactions*; each transaction exposes the three roles of
+the design — :class:`Store`, :class:`Stream`, :class:`Signal` — and everything
+done through one transaction commits or rolls back together.  That is how a
+task's completion and the enqueue it causes, or an entity change and its step
+record, are made atomic without the engine knowing any storage detail.
+
+Wake-ups (``wait_for_tasks``/``wait_for_job``) live on the backend itself: they
+are how idle workers and waiting clients learn that something committed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol, runtime_checkable
+
+from .models import EntityChange, EntityOp, ErrorInfo, Job, Step, Task, Thread, Waiter
+
+__all__ = ["Backend", "BackendFactory", "Signal", "Store", "Stream", "Transaction"]
+
+
+class Store(Protocol):
+    """Jobs with their entity, hook threads, step history, entity changes, search."""
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        """Insert ``job`` unless its id exists; return the stored job and whether it was created."""
+
+    async def get_job(self, job_id: str) -> Job | None: ...
+
+    async def set_job_status(
+        self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
+    ) -> Job | None:
+        """Move a job that is not finished to ``status``; return it, or None if it was finished."""
+
+    async def active_children(self, job_id: str) -> list[str]:
+        """Ids of the job's child jobs that have not finished."""
+
+    async def create_thread(self, thread: Thread) -> bool:
+        """Insert a hook thread unless (job, dimension) exists; return whether it was created."""
+
+    async def get_thread(self, job_id: str, dimension: str) -> Thread | None: ...
+
+    async def finish_thread(
+        self, job_id: str, dimension: str, status: str, error: ErrorInfo | None = None
+    ) -> Thread | None:
+        """Mark a running hook thread finished; None if it was already finished."""
+
+    async def threads(self, job_id: str) -> list[Thread]: ...
+
+    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+        """The step history of one dimension (or all, ordered by dimension then index)."""
+
+    async def insert_step(self, step: Step) -> bool:
+        """Record a step unless (job, dimension, index) exists; return whether it was inserted."""
+
+    async def resolve_step(
+        self,
+        job_id: str,
+        dimension: str,
+        index: int,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        attempts: int | None = None,
+    ) -> Step | None:
+        """Answer a *pending* step (done, or failed when ``error``); None if it was not pending."""
+
+    async def note_attempt(
+        self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
+    ) -> None:
+        """Record a failed attempt on a pending step (the step stays pending)."""
+
+    async def apply_entity(
+        self, job_id: str, op: EntityOp, *, dimension: str | None, index: int | None
+    ) -> tuple[Any, int]:
+        """Apply an entity operation atomically; return (result, version after)."""
+
+    async def entity_changes(self, job_id: str) -> list[EntityChange]: ...
+
+    async def find_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        where: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        limit: int = 100,
+        order_by: str | None = None,
+    ) -> list[Job]:
+        """Jobs matching every given filter; ``where`` matches entity fields at dotted paths."""
+
+    async def expire_jobs(self) -> int:
+        """Delete finished jobs whose ``expire`` has passed; return how many."""
+
+
+class Stream(Protocol):
+    """Task queues with leases, delays, retries and a dead letter."""
+
+    async def enqueue(self, task: Task, *, delay: float = 0.0) -> bool:
+        """Add a task visible after ``delay`` seconds.
+
+        A ``run`` task is not added when an unclaimed run of the same
+        (job, dimension) is already queued: one run will see every answer.
+        """
+
+    async def claim(
+        self,
+        queue: str,
+        *,
+        owner: str,
+        lease: float,
+        workflow_names: Sequence[str],
+        activity_names: Sequence[str],
+        limit: int,
+    ) -> list[Task]:
+        """Lease up to ``limit`` visible tasks this worker can serve (or whose lease expired)."""
+
+    async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool: ...
+
+    async def ack(self, task_id: str) -> None:
+        """Remove a finished task."""
+
+    async def retry(self, task_id: str, *, delay: float) -> None:
+        """Release a task's lease and make it visible again after ``delay`` seconds."""
+
+    async def dead_letter(self, task_id: str, error: ErrorInfo) -> None:
+        """Move a task that can never succeed out of its queue, keeping it for inspection."""
+
+
+class Signal(Protocol):
+    """Signal waiters, buffered early signals, and commit-time wake-ups."""
+
+    async def add_waiter(self, waiter: Waiter) -> None: ...
+
+    async def take_waiter(self, signal_id: str) -> Waiter | None:
+        """Remove and return the oldest waiter for ``signal_id``."""
+
+    async def remove_waiter(self, job_id: str, dimension: str, index: int) -> None: ...
+
+    async def remove_job_waiters(self, job_id: str) -> None: ...
+
+    async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
+        """Keep a signal nobody waits for yet, for ``expire`` seconds."""
+
+    async def take_buffered(self, signal_id: str) -> tuple[bool, Any]:
+        """Remove and return the oldest unexpired buffered signal: (found, data)."""
+
+    async def notify_queue(self, queue: str) -> None:
+        """Wake idle workers of ``queue`` once this transaction commits."""
+
+    async def notify_job(self, job_id: str) -> None:
+        """Wake clients waiting on ``job_id`` once this transaction commits."""
+
+
+class Transaction(Protocol):
+    store: Store
+    stream: Stream
+    signal: Signal
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One configured backend instance, shared by the clients and workers of an app."""
+
+    name: str
+    app_id: str
+    capabilities: frozenset[str]
+
+    async def open(self) -> None:
+        """Connect and provision (idempotent)."""
+
+    async def close(self) -> None: ...
+
+    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+
+    def now(self) -> float:
+        """The backend's current time in POSIX seconds (virtual in tests where supported)."""
+
+    async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
+        """Return when a task may be ready on one of ``queues``, or after ``timeout``."""
+
+    async def wait_for_job(self, job_id: str, timeout: float) -> None:
+        """Return when ``job_id`` may have changed state, or after ``timeout``."""
+
+
+class BackendFactory(Protocol):
+    def __call__(self, app_id: str, options: dict[str, Any]) -> Backend: ...

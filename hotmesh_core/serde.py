@@ -1,0 +1,51 @@
+"""JSON, never pickle: the one way values become bytes and come back.
+
+User values (arguments, results, signal data, entity documents) must be plain
+JSON.  They are checked *at the call* so that a bad value is refused before
+anything is stored.  Records that cross the backend boundary are attrs classes,
+turned into JSON-able dicts by the cattrs converter below.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import cattrs
+
+from .errors import SerializationError
+
+__all__ = ["converter", "dumps", "ensure_json", "loads", "structure", "unstructure"]
+
+T = TypeVar("T")
+
+converter = cattrs.Converter()
+
+
+def dumps(value: Any, *, what: str = "value") -> str:
+    """Serialize a user value to JSON text, refusing what JSON cannot hold."""
+    try:
+        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+    except (TypeError, ValueError) as exc:
+        raise SerializationError(f"{what} is not JSON-serializable: {exc}") from None
+
+
+def loads(text: str | bytes) -> Any:
+    return json.loads(text)
+
+
+def ensure_json(value: Any, *, what: str = "value") -> Any:
+    """Return the JSON-normalized copy of ``value`` (tuples become lists, ...).
+
+    Normalizing at the call means a first execution and a replay observe the
+    very same value.
+    """
+    return json.loads(dumps(value, what=what))
+
+
+def unstructure(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def structure(data: Any, cls: type[T]) -> T:
+    return converter.structure(data, cls)

@@ -1,0 +1,228 @@
+"""Workers: claim tasks under a lease, run workflows and activities, answer.
+
+A worker is a few background tasks in the current process.  It coordinates
+with other workers (in this process or any other) only through the backend: a
+task is leased by one worker at a time, the lease is extended while the work
+runs, and a task whose lease runs out (its worker died) is claimed again by
+someone else — no control plane, no manual recovery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .engine import Engine
+from .errors import SerializationError, UnknownWorkflow
+from .models import MAIN_THREAD, TERMINAL_STATUSES, ErrorInfo, Task
+from .protocols import Backend
+from .replay import Run, error_info
+from .retry import retry_delay
+from .serde import ensure_json
+
+__all__ = ["Worker", "registry"]
+
+log = logging.getLogger("hotmesh.worker")
+
+Functions = Iterable[Callable[..., Any]] | Mapping[str, Callable[..., Any]]
+
+
+def registry(functions: Functions | None, what: str) -> dict[str, Callable[..., Any]]:
+    """Functions by name: their ``__name__``, or the key of a ``{name: fn}`` mapping."""
+    from .config import validate_name
+
+    if functions is None:
+        return {}
+    if isinstance(functions, Mapping):
+        items = list(functions.items())
+    else:
+        items = [(getattr(fn, "__name__", ""), fn) for fn in functions]
+    named: dict[str, Callable[..., Any]] = {}
+    for name, fn in items:
+        if not callable(fn):
+            raise TypeError(f"{what} {name!r} is not callable")
+        named[validate_name(name, f"{what} name")] = fn
+    return named
+
+
+class Worker:
+    """Serves one task queue: the workflows (and hooks) and activities registered on it."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        task_queue: str,
+        *,
+        workflows: Functions | None = None,
+        activities: Functions | None = None,
+        concurrency: int = 10,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.backend = backend
+        self.engine = Engine(backend)
+        self.task_queue = task_queue
+        self.workflows = registry(workflows, "workflow")
+        self.activities = registry(activities, "activity")
+        self.concurrency = concurrency
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.id = f"worker-{uuid.uuid4().hex[:12]}"
+        self._inflight: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    async def start(self) -> Worker:
+        self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
+        return self
+
+    async def stop(self, *, drain: bool = True) -> None:
+        """Stop claiming; with ``drain``, let the tasks in hand finish (else abandon them)."""
+        self._stopping = True
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        if drain:
+            if self._inflight:
+                await asyncio.gather(*self._inflight, return_exceptions=True)
+        else:
+            # Like a process dying: nothing is acked; leases will expire.
+            for task in self._inflight:
+                task.cancel()
+            await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _claim_loop(self) -> None:
+        workflow_names = sorted(self.workflows)
+        activity_names = sorted(self.activities)
+        while not self._stopping:
+            free = self.concurrency - len(self._inflight)
+            if free <= 0:
+                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                continue
+            try:
+                async with self.backend.transaction() as tx:
+                    tasks = await tx.stream.claim(
+                        self.task_queue, owner=self.id, lease=self.lease,
+                        workflow_names=workflow_names, activity_names=activity_names,
+                        limit=free,
+                    )
+            except Exception:
+                log.exception("claim failed on queue %r; retrying", self.task_queue)
+                await asyncio.sleep(self.poll_interval)
+                continue
+            if not tasks:
+                await self.backend.wait_for_tasks([self.task_queue], self.poll_interval)
+                continue
+            for task in tasks:
+                handler = asyncio.create_task(self._handle(task))
+                self._inflight.add(handler)
+                handler.add_done_callback(self._inflight.discard)
+
+    async def _handle(self, task: Task) -> None:
+        heartbeat = asyncio.create_task(self._heartbeat(task))
+        try:
+            if task.kind == "run":
+                await self._run_workflow(task)
+            elif task.kind == "activity":
+                await self._run_activity(task)
+            elif task.kind == "timer":
+                await self.engine.fire_timer(task)
+            else:
+                log.error("unknown task kind %r; dropping task %s", task.kind, task.id)
+                await self.engine.drop_task(task)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # The lease will expire and another attempt will be made.
+            log.exception("task %s (%s %s) failed in the engine", task.id, task.kind, task.name)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, task: Task) -> None:
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                async with self.backend.transaction() as tx:
+                    kept = await tx.stream.extend_lease(task.id, owner=self.id, lease=self.lease)
+            except Exception:
+                log.exception("could not extend the lease of task %s", task.id)
+                continue
+            if not kept:
+                return
+
+    async def _run_workflow(self, task: Task) -> None:
+        context = await self.engine.load_run(task)
+        if context is None:
+            await self.engine.drop_task(task)
+            return
+        job, thread = context.job, context.thread
+        finished = job.status in TERMINAL_STATUSES
+        if (task.dimension == MAIN_THREAD and finished) or job.status == "interrupted" or (
+            thread is not None and thread.status != "running"
+        ):
+            await self.engine.drop_task(task)
+            return
+        name = thread.workflow_name if thread is not None else job.workflow_name
+        fn = self.workflows.get(name)
+        if fn is None:
+            # Claim filters by name, so this is a race with a re-registration:
+            # hand the task back for a worker that has the function.
+            log.warning("%s", UnknownWorkflow(f"workflow {name!r} is not registered here"))
+            async with self.backend.transaction() as tx:
+                await tx.stream.retry(task.id, delay=self.poll_interval)
+            return
+        args = thread.args if thread is not None else job.args
+        run = Run(
+            job=job, thread=thread, history=context.history, now=self.backend.now(),
+            execute_inline=self.engine.execute_inline, clock=self.backend.now,
+        )
+        outcome = await run.execute(fn, list(args))
+        if outcome.status == "completed":
+            try:
+                outcome.result = ensure_json(outcome.result, what=f"the result of {name!r}")
+            except SerializationError as exc:
+                outcome.status, outcome.result, outcome.error = "failed", None, error_info(exc)
+        await self.engine.finish_run(task, run, outcome)
+
+    async def _run_activity(self, task: Task) -> None:
+        fn = self.activities.get(task.name)
+        if fn is None:
+            async with self.backend.transaction() as tx:
+                await tx.stream.retry(task.id, delay=self.poll_interval)
+            return
+        payload = task.payload
+        try:
+            result = await asyncio.wait_for(
+                _invoke(fn, payload.get("args", [])), payload.get("start_to_close") or None
+            )
+            result = ensure_json(result, what=f"the result of activity {task.name!r}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = error_info(exc)
+            if isinstance(exc, asyncio.TimeoutError):
+                error = ErrorInfo("TimeoutError", f"activity {task.name!r} exceeded "
+                                  f"start_to_close of {payload.get('start_to_close')} s",
+                                  error.traceback)
+            delay = None if isinstance(exc, SerializationError) else retry_delay(
+                payload["retry"], task.attempts, error.type_name
+            )
+            await self.engine.fail_activity(task, error, delay)
+            return
+        await self.engine.complete_activity(task, result)
+
+
+async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
+    if asyncio.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await asyncio.to_thread(fn, *args)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return result

@@ -1,0 +1,281 @@
+"""Functions used inside workflows and hooks (``from hotmesh_core import workflow``).
+
+Each durable call takes the next execution index of the run (see
+:mod:`hotmesh_core.replay`).  Rules users must follow, as with any replaying
+engine: a workflow talks to the world only through these functions; it uses
+``workflow.now()/random()/uuid4()`` instead of the stdlib; it does not use
+asyncio timers (``workflow.sleep_for`` is the durable one).
+"""
+
+from __future__ import annotations
+
+import random as _random
+import uuid as _uuid
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from attrs import define
+
+from .config import validate_name, validate_workflow_id
+from .durations import Duration, parse_duration
+from .engine import DEFAULT_SIGNAL_EXPIRE
+from .entity import WorkflowEntity
+from .replay import current_run
+from .retry import RetryPolicy
+from .serde import ensure_json
+
+__all__ = [
+    "ActivityProxy",
+    "WorkflowInfo",
+    "entity",
+    "exec_child",
+    "exec_hook",
+    "hook",
+    "info",
+    "now",
+    "proxy_activities",
+    "random",
+    "signal",
+    "sleep_for",
+    "start_child",
+    "uuid4",
+    "wait_for",
+]
+
+
+
+
+@define(frozen=True)
+class WorkflowInfo:
+    workflow_id: str
+    workflow_name: str
+    entity: str
+    task_queue: str
+    dimension: str
+    is_hook: bool
+
+
+def info() -> WorkflowInfo:
+    run = current_run()
+    return WorkflowInfo(run.job.id, run.workflow_name, run.job.entity, run.task_queue,
+                        run.dimension, run.thread is not None)
+
+
+async def entity() -> WorkflowEntity:
+    """The job's entity (a hook gets the entity of the job it runs against)."""
+    return WorkflowEntity(current_run())
+
+
+def _args(args: Iterable[Any] | None, what: str) -> list[Any]:
+    return list(ensure_json(list(args or []), what=what))
+
+
+class ActivityProxy:
+    """``acts.name(*args)`` schedules activity ``name`` and returns its recorded result."""
+
+    def __init__(self, names: dict[str, str], options: dict[str, Any]) -> None:
+        self._names = names
+        self._options = options
+
+    def __getattr__(self, attribute: str) -> Callable[..., Any]:
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        try:
+            name = self._names[attribute]
+        except KeyError:
+            known = ", ".join(sorted(self._names)) or "none"
+            raise AttributeError(
+                f"no activity {attribute!r} in this proxy (known: {known})"
+            ) from None
+
+        async def call(*args: Any) -> Any:
+            return await current_run().call(
+                "activity", name, _args(args, f"the arguments of activity {name!r}"),
+                **self._options,
+            )
+
+        call.__name__ = attribute
+        return call
+
+
+def proxy_activities(
+    activities: Iterable[Callable[..., Any] | str] | Mapping[str, Callable[..., Any]] | None = None,
+    *,
+    task_queue: str | None = None,
+    retry_policy: RetryPolicy | None = None,
+    start_to_close: Duration = "5 minutes",
+) -> ActivityProxy:
+    """Activities by function (registered under ``__name__``), by name, or a ``{name: fn}`` map."""
+    names: dict[str, str] = {}
+    if isinstance(activities, Mapping):
+        for key in activities:
+            names[key] = validate_name(key, "activity name")
+    else:
+        for item in activities or []:
+            name = item if isinstance(item, str) else getattr(item, "__name__", None)
+            names[validate_name(name, "activity name")] = name  # type: ignore[index]
+    if task_queue is not None:
+        validate_name(task_queue, "task_queue")
+    options = {
+        "task_queue": task_queue,
+        "retry": (retry_policy or RetryPolicy()).to_record(),
+        "start_to_close": parse_duration(start_to_close),
+    }
+    return ActivityProxy(names, options)
+
+
+async def sleep_for(duration: Duration) -> None:
+    """Sleep durably: no worker is busy meanwhile; survives restarts."""
+    seconds = parse_duration(duration)
+    await current_run().call("sleep", "sleep", seconds, seconds=seconds)
+
+
+async def wait_for(signal_id: str, timeout: Duration | None = None) -> Any:
+    """Suspend until a signal with ``signal_id`` arrives; return its data.
+
+    Raises :class:`~hotmesh_core.errors.WaitTimeout` after ``timeout``; a signal
+    arriving later is kept for the next waiter.
+    """
+    seconds = None if timeout is None else parse_duration(timeout)
+    return await current_run().call(
+        "wait", _signal_name(signal_id), {"timeout": seconds},
+        signal_id=signal_id, timeout=seconds,
+    )
+
+
+def _signal_name(signal_id: str) -> str:
+    if not isinstance(signal_id, str) or not signal_id:
+        from .errors import InvalidIdentifier
+
+        raise InvalidIdentifier(f"a signal id must be a non-empty string, got {signal_id!r}")
+    return signal_id
+
+
+async def signal(signal_id: str, data: Any = None, *, expire: Duration | None = None) -> None:
+    """Deliver a signal: to its one waiter, or kept for the first one (``expire``, 1 day)."""
+    payload = ensure_json(data, what="signal data")
+    keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
+    await current_run().call(
+        "signal", _signal_name(signal_id), {"data": payload},
+        signal_id=signal_id, data=payload, expire=keep,
+    )
+
+
+def _child_options(
+    entity: str, workflow_id: str | None, task_queue: str | None, kind: str,
+    expire: Duration | None, persistent: bool,
+) -> dict[str, Any]:
+    run = current_run()
+    child_id = workflow_id
+    if child_id is None:
+        # Deterministic: derived from the parent id and the index this call will take.
+        child_id = f"{run.job.id}-{kind}{run.dimension and '-' + run.dimension}-{run._next_index}"
+    return {
+        "entity": validate_name(entity, "entity"),
+        "workflow_id": validate_workflow_id(child_id),
+        "task_queue": validate_name(task_queue or run.task_queue, "task_queue"),
+        "expire": None if expire is None else parse_duration(expire),
+        "persistent": persistent,
+    }
+
+
+async def exec_child(
+    entity: str,
+    workflow_name: str,
+    workflow_id: str | None = None,
+    args: Iterable[Any] | None = None,
+    task_queue: str | None = None,
+    *,
+    expire: Duration | None = None,
+    persistent: bool = False,
+) -> Any:
+    """Start a child job with its own entity and wait for its result."""
+    options = _child_options(entity, workflow_id, task_queue, "c", expire, persistent)
+    return await current_run().call(
+        "child", validate_name(workflow_name, "workflow_name"),
+        _args(args, "child arguments"), **options,
+    )
+
+
+async def start_child(
+    entity: str,
+    workflow_name: str,
+    workflow_id: str | None = None,
+    args: Iterable[Any] | None = None,
+    task_queue: str | None = None,
+    *,
+    expire: Duration | None = None,
+    persistent: bool = False,
+) -> str:
+    """Start a child job without waiting; return its workflow id."""
+    options = _child_options(entity, workflow_id, task_queue, "s", expire, persistent)
+    child_id: str = await current_run().call(
+        "start_child", validate_name(workflow_name, "workflow_name"),
+        _args(args, "child arguments"), **options,
+    )
+    return child_id
+
+
+def _hook_options(task_queue: str | None, prefix: str) -> dict[str, Any]:
+    run = current_run()
+    dimension = f"{prefix}{run.dimension and run.dimension + '.'}{run._next_index}"
+    return {
+        "dimension": dimension,
+        "task_queue": validate_name(task_queue or run.task_queue, "task_queue"),
+    }
+
+
+async def exec_hook(
+    task_queue: str | None,
+    workflow_name: str,
+    args: Iterable[Any] | None = None,
+    timeout: Duration | None = None,
+) -> Any:
+    """Run hook ``workflow_name`` against this job's entity and wait for its signal.
+
+    The hook receives ``args`` plus a last argument ``{"signal": id}`` and
+    finishes with ``await workflow.signal(config["signal"], data)``; this
+    returns ``data``.  A hook that returns without signalling yields None; one
+    that fails raises :class:`~hotmesh_core.errors.WorkflowFailed` here.
+    """
+    run = current_run()
+    options = _hook_options(task_queue, "h")
+    signal_id = f"hook:{run.job.id}:{options['dimension']}"
+    hook_args = [*_args(args, "hook arguments"), {"signal": signal_id}]
+    seconds = None if timeout is None else parse_duration(timeout)
+    return await run.call(
+        "exec_hook", validate_name(workflow_name, "workflow_name"), hook_args,
+        signal_id=signal_id, timeout=seconds, **options,
+    )
+
+
+async def hook(
+    task_queue: str | None, workflow_name: str, args: Iterable[Any] | None = None
+) -> str:
+    """Start hook ``workflow_name`` against this job's entity without waiting."""
+    options = _hook_options(task_queue, "g")
+    hook_id: str = await current_run().call(
+        "hook", validate_name(workflow_name, "workflow_name"),
+        _args(args, "hook arguments"), **options,
+    )
+    return hook_id
+
+
+def now() -> datetime:
+    """The current time, recorded: a replay sees the same instant."""
+    run = current_run()
+    stamp: float = run.value("now", run.clock)
+    return datetime.fromtimestamp(stamp, tz=timezone.utc)
+
+
+def random() -> float:
+    """A random float in [0, 1), recorded."""
+    value: float = current_run().value("random", _random.random)
+    return value
+
+
+def uuid4() -> str:
+    """A random UUID (as text), recorded."""
+    value: str = current_run().value("uuid4", lambda: str(_uuid.uuid4()))
+    return value

@@ -1,0 +1,145 @@
+"""The in-memory backend: the engine's fast, faithful twin of PostgreSQL.
+
+One asyncio lock serializes transactions (the engine never holds one across a
+user's code), an undo log gives rollback, and wake-ups fire on commit only —
+so the engine observes the same ordering it would against a database.  With a
+:class:`~hotmesh_core.clock.VirtualClock`, leases, delays and timers follow the
+virtual time, and a result-waiter may skip time when only timers remain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+from hotmesh_core.clock import Clock, SystemClock, VirtualClock
+
+from .signal import MemorySignal
+from .state import MemoryState, MemoryTx
+from .store import MemoryStore
+from .stream import MemoryStream
+
+__all__ = ["MemoryBackend", "MemoryTransaction"]
+
+# Shared between MemFlow instances of one process with the same app id, like a
+# database is shared between processes: a client and a worker created apart
+# still see the same jobs.
+_SHARED_STATES: dict[str, MemoryState] = {}
+
+
+class MemoryTransaction:
+    def __init__(self, tx: MemoryTx) -> None:
+        self.store = MemoryStore(tx)
+        self.stream = MemoryStream(tx)
+        self.signal = MemorySignal(tx)
+
+
+class MemoryBackend:
+    name = "memory"
+    capabilities = frozenset({"virtual_clock"})
+
+    def __init__(self, app_id: str, options: dict[str, Any]) -> None:
+        self.app_id = app_id
+        clock = options.get("clock")
+        if clock == "virtual":
+            clock = VirtualClock()
+        self.clock: Clock = clock if clock is not None else SystemClock()
+        shared = options.get("shared", False)
+        if shared and app_id in _SHARED_STATES:
+            self.state = _SHARED_STATES[app_id]
+            self.clock = self.state.clock
+        else:
+            self.state = MemoryState(self.clock)
+            if shared:
+                _SHARED_STATES[app_id] = self.state
+        self._lock: asyncio.Lock | None = None
+        self._changed: asyncio.Event | None = None
+        self._result_waiters = 0
+        if isinstance(self.clock, VirtualClock):
+            self.clock.subscribe(self._wake)
+
+    async def open(self) -> None:
+        self._lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    async def close(self) -> None:
+        self._wake()
+
+    def now(self) -> float:
+        return self.clock.now()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[MemoryTransaction]:
+        if self._lock is None:
+            await self.open()
+        assert self._lock is not None
+        async with self._lock:
+            tx = MemoryTx(self.state)
+            try:
+                yield MemoryTransaction(tx)
+            except BaseException:
+                tx.rollback()
+                raise
+        if tx.queues_to_wake or tx.jobs_to_wake:
+            self._wake()
+
+    def _wake(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = asyncio.Event()
+
+    async def _wait_changed(self, timeout: float) -> bool:
+        if self._changed is None:
+            await self.open()
+        assert self._changed is not None
+        try:
+            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def _next_due(self, queues: Sequence[str] | None) -> float | None:
+        names = self.state.queues.keys() if queues is None else queues
+        due: float | None = None
+        for name in names:
+            for task in self.state.queues.get(name, {}).values():
+                moment = task.visible_at if task.lease_until is None else task.lease_until
+                if due is None or moment < due:
+                    due = moment
+        return due
+
+    async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
+        if not self.clock.virtual:
+            due = self._next_due(queues)
+            if due is not None:
+                timeout = min(timeout, max(due - self.clock.now(), 0.0) + 0.0005)
+        await self._wait_changed(timeout)
+
+    async def wait_for_job(self, job_id: str, timeout: float) -> None:
+        clock = self.clock
+        if not (isinstance(clock, VirtualClock) and clock.auto_skip):
+            await self._wait_changed(timeout)
+            return
+        self._result_waiters += 1
+        try:
+            if not await self._wait_changed(min(timeout, 0.01)):
+                self._skip_if_idle(clock)
+        finally:
+            self._result_waiters -= 1
+
+    def _skip_if_idle(self, clock: VirtualClock) -> None:
+        """Jump to the next timer when no task is ready or in flight (time skipping)."""
+        now = clock.now()
+        next_due: float | None = None
+        for queue in self.state.queues.values():
+            for task in queue.values():
+                if task.lease_until is not None and task.lease_until > now:
+                    return  # work in flight: its lease must not expire under it
+                if task.visible_at <= now:
+                    return  # ready work a worker will pick up
+                if next_due is None or task.visible_at < next_due:
+                    next_due = task.visible_at
+        if next_due is not None:
+            clock.advance_to(next_due)

@@ -1,0 +1,77 @@
+"""The in-memory tables, and the transaction that changes them all-or-nothing.
+
+Every write goes through :class:`MemoryTx`, which remembers how to undo it, so a
+failing transaction leaves the state exactly as it was — the same guarantee a
+database gives.  Records are replaced (``attrs.evolve``), never edited in place,
+and values are deep-copied in and out so callers cannot alias stored documents.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, MutableMapping
+from typing import Any, TypeVar
+
+from hotmesh_core.clock import Clock
+from hotmesh_core.models import EntityChange, Job, Step, Task, Thread, Waiter
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+_MISSING: Any = object()
+
+
+class MemoryState:
+    """All the data of one app."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.jobs: dict[str, Job] = {}
+        self.children: dict[str, dict[str, None]] = {}
+        self.threads: dict[tuple[str, str], Thread] = {}
+        self.steps: dict[tuple[str, str], dict[int, Step]] = {}
+        self.changes: dict[str, list[EntityChange]] = {}
+        self.queues: dict[str, dict[str, Task]] = {}
+        self.task_queue_of: dict[str, str] = {}
+        self.unclaimed_runs: dict[tuple[str, str], str] = {}
+        self.dead_letters: list[tuple[Task, Any]] = []
+        self.waiters: dict[str, list[Waiter]] = {}
+        self.buffered: dict[str, list[tuple[float, Any]]] = {}
+        self.task_ids = itertools.count(1)
+
+
+class MemoryTx:
+    """An undo log plus the wake-ups to send once the transaction commits."""
+
+    def __init__(self, state: MemoryState) -> None:
+        self.state = state
+        self.undo: list[Callable[[], None]] = []
+        self.queues_to_wake: set[str] = set()
+        self.jobs_to_wake: set[str] = set()
+
+    def now(self) -> float:
+        return self.state.clock.now()
+
+    def put(self, mapping: MutableMapping[K, V], key: K, value: V) -> None:
+        previous = mapping.get(key, _MISSING)
+        mapping[key] = value
+        self.undo.append(lambda: self._restore(mapping, key, previous))
+
+    def pop(self, mapping: MutableMapping[K, V], key: K) -> V | None:
+        previous = mapping.pop(key, _MISSING)
+        if previous is _MISSING:
+            return None
+        self.undo.append(lambda: self._restore(mapping, key, previous))
+        return previous  # type: ignore[no-any-return]
+
+    @staticmethod
+    def _restore(mapping: MutableMapping[Any, Any], key: Any, previous: Any) -> None:
+        if previous is _MISSING:
+            mapping.pop(key, None)
+        else:
+            mapping[key] = previous
+
+    def rollback(self) -> None:
+        for undo in reversed(self.undo):
+            undo()
+        self.undo.clear()

@@ -1,0 +1,258 @@
+"""The Store role over the in-memory tables."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from attrs import evolve
+
+from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
+from hotmesh_core.models import (
+    TERMINAL_STATUSES,
+    EntityChange,
+    EntityOp,
+    ErrorInfo,
+    Job,
+    Step,
+    Thread,
+)
+
+from .state import MemoryTx
+
+_MISSING: Any = object()
+
+
+def _path_value(doc: Any, path: str) -> Any:
+    node = doc
+    for part in split_path(path):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def json_equal(left: Any, right: Any) -> bool:
+    """Equality as JSON sees it: ``True`` is not ``1``."""
+    if isinstance(left, bool) or isinstance(right, bool):
+        return isinstance(left, bool) and isinstance(right, bool) and left == right
+    if isinstance(left, dict) and isinstance(right, dict):
+        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
+    if isinstance(left, list) and isinstance(right, list):
+        return len(left) == len(right) and all(map(json_equal, left, right))
+    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
+        return left == right
+    return type(left) is type(right) and bool(left == right)
+
+
+def _sort_key(job: Job, field: str) -> tuple[int, Any]:
+    if field in ("created_at", "updated_at", "id"):
+        return (0, getattr(job, field))
+    value = _path_value(job.context, field)
+    if value is _MISSING or value is None:
+        return (1, 0)  # missing values sort last, as NULLS LAST does
+    return (0, value)
+
+
+class MemoryStore:
+    def __init__(self, tx: MemoryTx) -> None:
+        self.tx = tx
+        self.state = tx.state
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        existing = self.state.jobs.get(job.id)
+        if existing is not None:
+            return copy.deepcopy(existing), False
+        now = self.tx.now()
+        stored = evolve(copy.deepcopy(job), created_at=now, updated_at=now)
+        self.tx.put(self.state.jobs, job.id, stored)
+        if job.parent_id is not None:
+            siblings = dict(self.state.children.get(job.parent_id, {}))
+            siblings[job.id] = None
+            self.tx.put(self.state.children, job.parent_id, siblings)
+        return copy.deepcopy(stored), True
+
+    async def get_job(self, job_id: str) -> Job | None:
+        job = self.state.jobs.get(job_id)
+        return copy.deepcopy(job) if job is not None else None
+
+    async def set_job_status(
+        self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
+    ) -> Job | None:
+        job = self.state.jobs.get(job_id)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return None
+        now = self.tx.now()
+        finished = now if status in TERMINAL_STATUSES else None
+        updated = evolve(
+            job, status=status, result=copy.deepcopy(result), error=error,
+            updated_at=now, finished_at=finished,
+        )
+        self.tx.put(self.state.jobs, job_id, updated)
+        return copy.deepcopy(updated)
+
+    async def active_children(self, job_id: str) -> list[str]:
+        return [
+            child for child in self.state.children.get(job_id, {})
+            if (job := self.state.jobs.get(child)) is not None
+            and job.status not in TERMINAL_STATUSES
+        ]
+
+    async def create_thread(self, thread: Thread) -> bool:
+        key = (thread.job_id, thread.dimension)
+        if key in self.state.threads:
+            return False
+        self.tx.put(
+            self.state.threads, key, evolve(copy.deepcopy(thread), created_at=self.tx.now())
+        )
+        return True
+
+    async def get_thread(self, job_id: str, dimension: str) -> Thread | None:
+        thread = self.state.threads.get((job_id, dimension))
+        return copy.deepcopy(thread) if thread is not None else None
+
+    async def finish_thread(
+        self, job_id: str, dimension: str, status: str, error: ErrorInfo | None = None
+    ) -> Thread | None:
+        thread = self.state.threads.get((job_id, dimension))
+        if thread is None or thread.status != "running":
+            return None
+        updated = evolve(thread, status=status, error=error, finished_at=self.tx.now())
+        self.tx.put(self.state.threads, (job_id, dimension), updated)
+        return copy.deepcopy(updated)
+
+    async def threads(self, job_id: str) -> list[Thread]:
+        found = [t for (job, _), t in self.state.threads.items() if job == job_id]
+        return copy.deepcopy(sorted(found, key=lambda t: (t.created_at, t.dimension)))
+
+    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+        if dimension is not None:
+            steps = self.state.steps.get((job_id, dimension), {})
+            return copy.deepcopy(sorted(steps.values(), key=lambda s: s.index))
+        found = [
+            step for (job, _), steps in self.state.steps.items() if job == job_id
+            for step in steps.values()
+        ]
+        return copy.deepcopy(sorted(found, key=lambda s: (s.dimension, s.index)))
+
+    async def insert_step(self, step: Step) -> bool:
+        key = (step.job_id, step.dimension)
+        steps = self.state.steps.get(key, {})
+        if step.index in steps:
+            return False
+        now = self.tx.now()
+        stored = evolve(
+            copy.deepcopy(step), started_at=now,
+            finished_at=None if step.status == "pending" else now,
+        )
+        self.tx.put(self.state.steps, key, {**steps, step.index: stored})
+        return True
+
+    def _replace_step(self, step: Step) -> None:
+        key = (step.job_id, step.dimension)
+        steps = self.state.steps.get(key, {})
+        self.tx.put(self.state.steps, key, {**steps, step.index: step})
+
+    async def resolve_step(
+        self,
+        job_id: str,
+        dimension: str,
+        index: int,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        attempts: int | None = None,
+    ) -> Step | None:
+        step = self.state.steps.get((job_id, dimension), {}).get(index)
+        if step is None or step.status != "pending":
+            return None
+        resolved = evolve(
+            step,
+            status="failed" if error is not None else "done",
+            result=copy.deepcopy(result),
+            error=error,
+            attempts=step.attempts if attempts is None else attempts,
+            finished_at=self.tx.now(),
+        )
+        self._replace_step(resolved)
+        return copy.deepcopy(resolved)
+
+    async def note_attempt(
+        self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
+    ) -> None:
+        step = self.state.steps.get((job_id, dimension), {}).get(index)
+        if step is not None and step.status == "pending":
+            self._replace_step(evolve(step, attempts=attempts, error=error))
+
+    async def apply_entity(
+        self, job_id: str, op: EntityOp, *, dimension: str | None, index: int | None
+    ) -> tuple[Any, int]:
+        job = self.state.jobs[job_id]
+        new_doc, result, changed = apply_op(job.context, op.op, op.path, copy.deepcopy(op.value))
+        if not changed or op.op in READ_ONLY_OPS:
+            return result, job.version
+        now = self.tx.now()
+        version = job.version + 1
+        self.tx.put(
+            self.state.jobs, job_id,
+            evolve(job, context=new_doc, version=version, updated_at=now),
+        )
+        change = EntityChange(
+            job_id=job_id, version=version, op=op.op, path=op.path,
+            value=copy.deepcopy(op.value), dimension=dimension, index=index, at=now,
+        )
+        self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), change])
+        return result, version
+
+    async def entity_changes(self, job_id: str) -> list[EntityChange]:
+        return copy.deepcopy(self.state.changes.get(job_id, []))
+
+    async def find_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        where: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        limit: int = 100,
+        order_by: str | None = None,
+    ) -> list[Job]:
+        def matches(job: Job) -> bool:
+            if entity is not None and job.entity != entity:
+                return False
+            if status is not None and job.status != status:
+                return False
+            if workflow_name is not None and job.workflow_name != workflow_name:
+                return False
+            for path, expected in (where or {}).items():
+                if not json_equal(_path_value(job.context, path), expected):
+                    return False
+            for path, expected in (search or {}).items():
+                if not json_equal(_path_value(job.search, path), expected):
+                    return False
+            return True
+
+        found = [job for job in self.state.jobs.values() if matches(job)]
+        field = (order_by or "created_at").lstrip("-")
+        descending = (order_by or "").startswith("-")
+        present = [j for j in found if _sort_key(j, field)[0] == 0]
+        missing = [j for j in found if _sort_key(j, field)[0] == 1]
+        present.sort(key=lambda j: (_sort_key(j, field)[1], j.id), reverse=descending)
+        return copy.deepcopy((present + missing)[:limit])
+
+    async def expire_jobs(self) -> int:
+        now = self.tx.now()
+        expired = [
+            job.id for job in self.state.jobs.values()
+            if job.status in TERMINAL_STATUSES and job.expire is not None
+            and job.finished_at is not None and job.finished_at + job.expire <= now
+        ]
+        for job_id in expired:
+            self.tx.pop(self.state.jobs, job_id)
+            self.tx.pop(self.state.changes, job_id)
+            for key in [k for k in self.state.steps if k[0] == job_id]:
+                self.tx.pop(self.state.steps, key)
+            for key in [k for k in self.state.threads if k[0] == job_id]:
+                self.tx.pop(self.state.threads, key)
+        return len(expired)

@@ -1,0 +1,116 @@
+"""The Stream role over in-memory queues: leases, delays, retries, dead letters."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+from attrs import evolve
+
+from hotmesh_core.models import ErrorInfo, Task
+
+from .state import MemoryTx
+
+
+class MemoryStream:
+    def __init__(self, tx: MemoryTx) -> None:
+        self.tx = tx
+        self.state = tx.state
+
+    def _queue(self, name: str) -> dict[str, Task]:
+        return self.state.queues.setdefault(name, {})
+
+    def _put(self, task: Task) -> None:
+        queue = self._queue(task.queue)
+        # Replace the queue's dict so the undo log can restore the old one.
+        self.tx.put(self.state.queues, task.queue, {**queue, task.id: task})
+        self.tx.put(self.state.task_queue_of, task.id, task.queue)
+
+    async def enqueue(self, task: Task, *, delay: float = 0.0) -> bool:
+        run_key = (task.job_id, task.dimension)
+        if task.kind == "run" and run_key in self.state.unclaimed_runs:
+            return False
+        now = self.tx.now()
+        stored = evolve(
+            copy.deepcopy(task), id=f"m{next(self.state.task_ids)}",
+            visible_at=now + delay, created_at=now, attempts=0,
+            lease_owner=None, lease_until=None,
+        )
+        self._put(stored)
+        if task.kind == "run":
+            self.tx.put(self.state.unclaimed_runs, run_key, stored.id)
+        self.tx.queues_to_wake.add(task.queue)
+        return True
+
+    async def claim(
+        self,
+        queue: str,
+        *,
+        owner: str,
+        lease: float,
+        workflow_names: Sequence[str],
+        activity_names: Sequence[str],
+        limit: int,
+    ) -> list[Task]:
+        now = self.tx.now()
+        workflows, activities = set(workflow_names), set(activity_names)
+        ready = [
+            task for task in self._queue(queue).values()
+            if task.visible_at <= now
+            and (task.lease_until is None or task.lease_until <= now)
+            and (
+                task.kind == "timer"
+                or (task.kind == "run" and task.name in workflows)
+                or (task.kind == "activity" and task.name in activities)
+            )
+        ]
+        ready.sort(key=lambda t: t.visible_at)
+        claimed: list[Task] = []
+        for task in ready[:limit]:
+            leased = evolve(
+                task, lease_owner=owner, lease_until=now + lease, attempts=task.attempts + 1
+            )
+            self._put(leased)
+            if task.kind == "run":
+                self.tx.pop(self.state.unclaimed_runs, (task.job_id, task.dimension))
+            claimed.append(copy.deepcopy(leased))
+        return claimed
+
+    def _find(self, task_id: str) -> Task | None:
+        queue = self.state.task_queue_of.get(task_id)
+        return None if queue is None else self._queue(queue).get(task_id)
+
+    async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool:
+        task = self._find(task_id)
+        if task is None or task.lease_owner != owner:
+            return False
+        self._put(evolve(task, lease_until=self.tx.now() + lease))
+        return True
+
+    def _remove(self, task: Task) -> None:
+        queue = {k: v for k, v in self._queue(task.queue).items() if k != task.id}
+        self.tx.put(self.state.queues, task.queue, queue)
+        self.tx.pop(self.state.task_queue_of, task.id)
+
+    async def ack(self, task_id: str) -> None:
+        task = self._find(task_id)
+        if task is not None:
+            self._remove(task)
+
+    async def retry(self, task_id: str, *, delay: float) -> None:
+        task = self._find(task_id)
+        if task is None:
+            return
+        self._put(
+            evolve(task, visible_at=self.tx.now() + delay, lease_owner=None, lease_until=None)
+        )
+        self.tx.queues_to_wake.add(task.queue)
+
+    async def dead_letter(self, task_id: str, error: ErrorInfo) -> None:
+        task = self._find(task_id)
+        if task is None:
+            return
+        self._remove(task)
+        letters = self.state.dead_letters
+        letters.append((task, error))
+        self.tx.undo.append(letters.pop)

@@ -1,0 +1,1 @@
+"""PostgreSQL reference backend (see issue: PostgreSQL reference backend)."""
