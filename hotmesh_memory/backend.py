@@ -10,6 +10,7 @@ virtual time, and a result-waiter may skip time when only timers remain.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
@@ -23,10 +24,12 @@ from .stream import MemoryStream
 
 __all__ = ["MemoryBackend", "MemoryTransaction"]
 
-# Shared between MemFlow instances of one process with the same app id, like a
-# database is shared between processes: a client and a worker created apart
-# still see the same jobs.
-_SHARED_STATES: dict[str, MemoryState] = {}
+# One "database" per app id and event loop: a client and a worker opened apart
+# in one program see the same jobs, as they would through PostgreSQL; a new
+# event loop (each test under pytest-asyncio) starts from nothing.
+_DATABASES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, MemoryState]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 class MemoryTransaction:
@@ -45,37 +48,39 @@ class MemoryBackend:
         clock = options.get("clock")
         if clock == "virtual":
             clock = VirtualClock()
+        self._requested_clock: Clock | None = clock
         self.clock: Clock = clock if clock is not None else SystemClock()
-        shared = options.get("shared", False)
-        if shared and app_id in _SHARED_STATES:
-            self.state = _SHARED_STATES[app_id]
-            self.clock = self.state.clock
-        else:
-            self.state = MemoryState(self.clock)
-            if shared:
-                _SHARED_STATES[app_id] = self.state
-        self._lock: asyncio.Lock | None = None
-        self._changed: asyncio.Event | None = None
-        self._result_waiters = 0
-        if isinstance(self.clock, VirtualClock):
-            self.clock.subscribe(self._wake)
+        self.state = MemoryState(self.clock)
+        self._opened = False
 
     async def open(self) -> None:
-        self._lock = asyncio.Lock()
-        self._changed = asyncio.Event()
+        if self._opened:
+            return
+        databases = _DATABASES.setdefault(asyncio.get_running_loop(), {})
+        state = databases.get(self.app_id)
+        if state is None or (
+            self._requested_clock is not None and state.clock is not self._requested_clock
+        ):
+            # A new database (an explicitly given clock starts a fresh one).
+            state = MemoryState(self.clock)
+            databases[self.app_id] = state
+            if isinstance(self.clock, VirtualClock):
+                self.clock.subscribe(state.wake)
+        self.state = state
+        self.clock = state.clock
+        self._opened = True
 
     async def close(self) -> None:
-        self._wake()
+        self.state.wake()
 
     def now(self) -> float:
         return self.clock.now()
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[MemoryTransaction]:
-        if self._lock is None:
+        if not self._opened:
             await self.open()
-        assert self._lock is not None
-        async with self._lock:
+        async with self.state.lock:
             tx = MemoryTx(self.state)
             try:
                 yield MemoryTransaction(tx)
@@ -83,19 +88,13 @@ class MemoryBackend:
                 tx.rollback()
                 raise
         if tx.queues_to_wake or tx.jobs_to_wake:
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._changed is not None:
-            self._changed.set()
-            self._changed = asyncio.Event()
+            self.state.wake()
 
     async def _wait_changed(self, timeout: float) -> bool:
-        if self._changed is None:
+        if not self._opened:
             await self.open()
-        assert self._changed is not None
         try:
-            await asyncio.wait_for(self._changed.wait(), max(timeout, 0.0))
+            await asyncio.wait_for(self.state.changed.wait(), max(timeout, 0.0))
         except asyncio.TimeoutError:
             return False
         return True
@@ -122,12 +121,8 @@ class MemoryBackend:
         if not (isinstance(clock, VirtualClock) and clock.auto_skip):
             await self._wait_changed(timeout)
             return
-        self._result_waiters += 1
-        try:
-            if not await self._wait_changed(min(timeout, 0.01)):
-                self._skip_if_idle(clock)
-        finally:
-            self._result_waiters -= 1
+        if not await self._wait_changed(min(timeout, 0.01)):
+            self._skip_if_idle(clock)
 
     def _skip_if_idle(self, clock: VirtualClock) -> None:
         """Jump to the next timer when no task is ready or in flight (time skipping)."""

@@ -8,6 +8,7 @@ and values are deep-copied in and out so callers cannot alias stored documents.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections.abc import Callable, MutableMapping
 from typing import Any, TypeVar
@@ -38,6 +39,13 @@ class MemoryState:
         self.waiters: dict[str, list[Waiter]] = {}
         self.buffered: dict[str, list[tuple[float, Any]]] = {}
         self.task_ids = itertools.count(1)
+        self.lock = asyncio.Lock()
+        self.changed = asyncio.Event()
+
+    def wake(self) -> None:
+        """Wake everyone waiting for a change (workers, result waiters)."""
+        self.changed.set()
+        self.changed = asyncio.Event()
 
 
 class MemoryTx:
