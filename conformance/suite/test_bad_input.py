@@ -1,0 +1,90 @@
+"""Bad input is refused with a typed error naming the problem; nothing is stored."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conformance.plugin import Harness
+from hotmesh_core import (
+    BackendNotFound,
+    InvalidIdentifier,
+    MemFlow,
+    SerializationError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    workflow,
+)
+
+
+async def test_non_json_arguments_are_refused_before_storing(hm: Harness) -> None:
+    mf = await hm.memflow()
+    with pytest.raises(SerializationError, match="workflow arguments"):
+        await mf.workflow.start("t", "anything", "bad-args", [object()], "q")
+    with pytest.raises(WorkflowNotFound):
+        await mf.workflow.get_handle("bad-args")
+    with pytest.raises(SerializationError):
+        await mf.workflow.start("t", "anything", "nan", [float("nan")], "q")
+
+
+async def test_non_json_signal_data_is_refused(hm: Harness) -> None:
+    mf = await hm.memflow()
+    with pytest.raises(SerializationError, match="signal data"):
+        await mf.workflow.signal("s", {1, 2})
+
+
+def returns_a_set() -> Any:
+    return {1, 2}
+
+
+async def uses_bad_activity() -> Any:
+    acts = workflow.proxy_activities(activities=[returns_a_set])
+    return await acts.returns_a_set()
+
+
+async def passes_bad_argument() -> Any:
+    acts = workflow.proxy_activities(activities=[returns_a_set])
+    return await acts.returns_a_set(object())
+
+
+async def test_non_json_results_and_activity_args_fail_clearly(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[uses_bad_activity, passes_bad_argument],
+                    activities=[returns_a_set])
+    handle = await mf.workflow.start("t", "uses_bad_activity", "bad-result", [], "q")
+    with pytest.raises(WorkflowFailed) as caught:
+        await handle.result(timeout=10)
+    assert caught.value.type_name == "SerializationError"
+    (step,) = (await handle.export()).timeline
+    assert step.attempts == 1  # not retried: it can never succeed
+    other = await mf.workflow.start("t", "passes_bad_argument", "bad-arg", [], "q")
+    with pytest.raises(WorkflowFailed, match="SerializationError"):
+        await other.result(timeout=10)
+    assert (await other.export()).timeline == []
+
+
+@pytest.mark.parametrize("app_id", ["", "Upper", "1starts-with-digit", "has space",
+                                    "x" * 49, "semi;colon", 'quo"te'])
+async def test_invalid_app_id(hm: Harness, app_id: str) -> None:
+    with pytest.raises(InvalidIdentifier, match="app_id"):
+        await MemFlow.init(app_id=app_id, backend=hm.backend, **hm.options)
+
+
+async def test_unknown_backend_lists_installed(hm: Harness) -> None:
+    with pytest.raises(BackendNotFound) as caught:
+        await MemFlow.init(app_id="fine", backend="no-such-backend")
+    assert hm.backend in caught.value.installed
+    assert hm.backend in str(caught.value)
+
+
+async def test_invalid_names(hm: Harness) -> None:
+    mf = await hm.memflow()
+    with pytest.raises(InvalidIdentifier, match="task_queue"):
+        await mf.workflow.start("t", "wf", "id-1", [], "bad queue!")
+    with pytest.raises(InvalidIdentifier, match="workflow_id"):
+        await mf.workflow.start("t", "wf", "bad\nid", [], "q")
+    with pytest.raises(InvalidIdentifier, match="entity"):
+        await mf.workflow.start("drop table;", "wf", "id-2", [], "q")
+    with pytest.raises(ValueError, match="duration"):
+        await mf.workflow.start("t", "wf", "id-3", [], "q", expire="soon")

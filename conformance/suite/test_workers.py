@@ -1,0 +1,115 @@
+"""Workers coordinate only through the backend: one claim at a time, leases taken over."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from conformance.plugin import Harness
+from hotmesh_core import workflow
+from hotmesh_core.models import Task
+
+ACTIVE: dict[str, int] = {}
+RUNS: dict[str, int] = {}
+
+
+async def exclusive(key: str) -> int:
+    ACTIVE[key] = ACTIVE.get(key, 0) + 1
+    RUNS[key] = RUNS.get(key, 0) + 1
+    try:
+        assert ACTIVE[key] == 1, "two workers ran the same task at once"
+        await asyncio.sleep(0.01)
+    finally:
+        ACTIVE[key] -= 1
+    return RUNS[key]
+
+
+async def uses_exclusive(key: str) -> list[int]:
+    acts = workflow.proxy_activities(activities=[exclusive])
+    return [await acts.exclusive(f"{key}-a"), await acts.exclusive(f"{key}-b")]
+
+
+async def test_two_workers_never_run_the_same_task(hm: Harness) -> None:
+    mf = await hm.memflow()
+    other = await hm.memflow(mf.app_id)
+    await mf.worker("q", workflows=[uses_exclusive], activities=[exclusive], concurrency=4)
+    await other.worker("q", workflows=[uses_exclusive], activities=[exclusive], concurrency=4)
+    handles = [await mf.workflow.start("t", "uses_exclusive", f"x{i}", [f"{mf.app_id}-{i}"], "q")
+               for i in range(30)]
+    results = [await handle.result(timeout=30) for handle in handles]
+    assert results == [[1, 1]] * 30
+
+
+async def slow_once(key: str) -> str:
+    RUNS[key] = RUNS.get(key, 0) + 1
+    return f"run {RUNS[key]}"
+
+
+async def uses_slow(key: str) -> str:
+    acts = workflow.proxy_activities(activities=[slow_once])
+    return await acts.slow_once(key)  # type: ignore[no-any-return]
+
+
+async def test_a_lost_lease_is_taken_over(hm: Harness) -> None:
+    mf = await hm.memflow(**({"clock": "virtual"} if "virtual_clock" in hm.capabilities else {}))
+    key = f"lease-{mf.app_id}"
+    # A worker that serves only the workflow dispatches the activity...
+    flow_worker = await mf.worker("q", workflows=[uses_slow])
+    handle = await mf.workflow.start("t", "uses_slow", "lease", [key], "q")
+    await asyncio.sleep(0.2)
+    await flow_worker.stop()
+    # ...a worker claims it and dies without acking (a SIGKILL, as the backend sees it)...
+    async with mf.backend.transaction() as tx:
+        claimed: list[Task] = await tx.stream.claim(
+            "q", owner="doomed-worker", lease=1.0, workflow_names=[],
+            activity_names=["slow_once"], limit=1)
+    assert [t.name for t in claimed] == ["slow_once"]
+    # ...and a live worker takes the task over once the lease has run out.
+    await mf.worker("q", workflows=[uses_slow], activities=[slow_once], lease=1.0)
+    await asyncio.sleep(0.1)
+    assert RUNS.get(key, 0) == 0  # not before the lease ends
+    clock = mf.clock
+    if clock is not None and getattr(clock, "virtual", False):
+        clock.advance(1.5)
+    assert await handle.result(timeout=10) == "run 1"
+    (step,) = (await handle.export()).timeline
+    assert step.attempts == 2
+
+
+async def test_stop_drains_work_in_hand(hm: Harness) -> None:
+    mf = await hm.memflow()
+    key = f"drain-{mf.app_id}"
+
+    async def slow(k: str) -> str:
+        await asyncio.sleep(0.3)
+        RUNS[k] = RUNS.get(k, 0) + 1
+        return "finished"
+
+    async def wf(k: str) -> str:
+        acts = workflow.proxy_activities(activities={"slow": slow})
+        return await acts.slow(k)  # type: ignore[no-any-return]
+
+    worker = await mf.worker("q", workflows={"wf": wf}, activities={"slow": slow})
+    handle = await mf.workflow.start("t", "wf", "d", [key], "q")
+    await asyncio.sleep(0.15)
+    await worker.stop()
+    assert RUNS[key] == 1
+    await mf.worker("q", workflows={"wf": wf}, activities={"slow": slow})
+    assert await handle.result(timeout=10) == "finished"
+    assert RUNS[key] == 1
+
+
+@pytest.mark.requires("virtual_clock")
+async def test_finished_jobs_expire(hm: Harness) -> None:
+    mf = await hm.memflow(virtual_clock=True)
+    await mf.worker("q", workflows=[uses_slow], activities=[slow_once])
+    handle = await mf.workflow.start("t", "uses_slow", "exp", [f"exp-{mf.app_id}"], "q",
+                                     expire="1 hour")
+    await handle.result(timeout=10)
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.expire_jobs() == 0
+    mf.clock.advance("2 hours")
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.expire_jobs() == 1
+    assert await mf.workflow.search(entity="t") == []
