@@ -21,7 +21,10 @@ from hotmesh_core.plugins import capabilities, installed_backends, test_options
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("hotmesh")
     group.addoption(
-        "--hotmesh-backend", action="append", default=[], dest="hotmesh_backends",
+        "--hotmesh-backend",
+        action="append",
+        default=[],
+        dest="hotmesh_backends",
         help="backend(s) to certify with the conformance suite (default: all installed)",
     )
 
@@ -58,20 +61,21 @@ class Harness:
     def new_app_id(self) -> str:
         return f"t{uuid.uuid4().hex[:20]}"
 
-    async def memflow(self, app_id: str | None = None, *, virtual_clock: bool = False,
-                      **options: Any) -> MemFlow:
+    async def memflow(
+        self, app_id: str | None = None, *, virtual_clock: bool = False, **options: Any
+    ) -> MemFlow:
         merged = {**self.options, **options}
         if virtual_clock:
             self.require("virtual_clock")
             merged["clock"] = VirtualClock()
-        mf = await MemFlow.init(app_id=app_id or self.new_app_id(), backend=self.backend,
-                                **merged)
+        mf = await MemFlow.init(app_id=app_id or self.new_app_id(), backend=self.backend, **merged)
         self._opened.append(mf)
         return mf
 
     async def client(self, app_id: str, **options: Any) -> Client:
-        client = await MemFlow.Client(app_id=app_id, backend=self.backend,
-                                      **{**self.options, **options})
+        client = await MemFlow.Client(
+            app_id=app_id, backend=self.backend, **{**self.options, **options}
+        )
         self._opened.append(client)
         return client
 

@@ -4,8 +4,8 @@ Public names only; the engine's internals live in private-by-convention modules.
 """
 
 from . import workflow
-from .clock import SystemClock, VirtualClock
 from .client import WorkflowClient, WorkflowExport, WorkflowHandle
+from .clock import SystemClock, VirtualClock
 from .entity import EntityRecord
 from .entity_ops import EntityPathError
 from .errors import (

@@ -114,9 +114,7 @@ class WorkflowHandle:
                 return _outcome(job)
             remaining = 5.0 if deadline is None else deadline - loop.time()
             if remaining <= 0:
-                raise TimeoutError(
-                    f"workflow {self.workflow_id!r} did not finish within {timeout}"
-                )
+                raise TimeoutError(f"workflow {self.workflow_id!r} did not finish within {timeout}")
             await self._backend.wait_for_job(self.workflow_id, min(remaining, 5.0))
 
     async def interrupt(self, reason: str | None = None) -> bool:
@@ -132,15 +130,35 @@ class WorkflowHandle:
             changes = await tx.store.entity_changes(self.workflow_id)
             threads = await tx.store.threads(self.workflow_id)
         timeline = [
-            TimelineEntry(s.dimension, s.index, s.kind, s.name, s.args, s.status, s.result,
-                          s.error, s.attempts, s.started_at, s.finished_at)
+            TimelineEntry(
+                s.dimension,
+                s.index,
+                s.kind,
+                s.name,
+                s.args,
+                s.status,
+                s.result,
+                s.error,
+                s.attempts,
+                s.started_at,
+                s.finished_at,
+            )
             for s in sorted(steps, key=lambda s: (s.started_at, s.dimension, s.index))
         ]
         return WorkflowExport(
-            workflow_id=job.id, entity=job.entity, workflow_name=job.workflow_name,
-            task_queue=job.task_queue, status=job.status, args=job.args, result=job.result,
-            error=job.error, context=job.context, version=job.version,
-            parent_id=job.parent_id, created_at=job.created_at, finished_at=job.finished_at,
+            workflow_id=job.id,
+            entity=job.entity,
+            workflow_name=job.workflow_name,
+            task_queue=job.task_queue,
+            status=job.status,
+            args=job.args,
+            result=job.result,
+            error=job.error,
+            context=job.context,
+            version=job.version,
+            parent_id=job.parent_id,
+            created_at=job.created_at,
+            finished_at=job.finished_at,
             timeline=timeline,
             entity_changes=[unstructure(c) for c in changes],
             hooks=[unstructure(t) for t in threads],
@@ -221,7 +239,8 @@ class WorkflowClient:
     ) -> str:
         """Run hook ``workflow_name`` against the job's entity; return the hook id."""
         return await self._engine.start_outside_hook(
-            validate_workflow_id(workflow_id), validate_name(task_queue, "task_queue"),
+            validate_workflow_id(workflow_id),
+            validate_name(task_queue, "task_queue"),
             validate_name(workflow_name, "workflow_name"),
             ensure_json(list(args or []), what="hook arguments"),
         )
@@ -238,7 +257,10 @@ class WorkflowClient:
         """Ids of jobs whose ``search`` fields (given at start) match ``where``."""
         async with self._backend.transaction() as tx:
             jobs = await tx.store.find_jobs(
-                entity=entity, search=ensure_json(where or {}, what="where"), status=status,
-                workflow_name=workflow_name, limit=limit,
+                entity=entity,
+                search=ensure_json(where or {}, what="where"),
+                status=status,
+                workflow_name=workflow_name,
+                limit=limit,
             )
         return [job.id for job in jobs]

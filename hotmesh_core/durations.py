@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Union
 
 __all__ = ["Duration", "parse_duration"]
 
-Duration = Union[str, int, float, timedelta]
+Duration = str | int | float | timedelta  # a runtime alias: Python >= 3.10
 
 _UNITS: dict[str, float] = {}
 for _names, _seconds in (
@@ -30,7 +29,7 @@ _PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]+)?\s*,?")
 
 
 def parse_duration(value: Duration) -> float:
-    """Return ``value`` in seconds; raise ``ValueError`` naming the input if it is not a duration."""
+    """Return ``value`` in seconds; raise ``ValueError`` naming a non-duration input."""
     if isinstance(value, bool):
         raise ValueError(f"not a duration: {value!r}")
     if isinstance(value, timedelta):

@@ -76,7 +76,8 @@ class Engine:
         await tx.signal.notify_job(job_id)
         for child_id in await tx.store.active_children(job_id):
             await self._interrupt(
-                tx, child_id,
+                tx,
+                child_id,
                 ErrorInfo("WorkflowInterrupted", f"parent workflow {job_id!r} was interrupted"),
             )
         await self._answer_parent(tx, job, error=error)
@@ -88,8 +89,11 @@ class Engine:
         if job.parent_id is None or job.parent_index is None:
             return
         step = await tx.store.resolve_step(
-            job.parent_id, job.parent_dimension or MAIN_THREAD, job.parent_index,
-            result=result, error=error,
+            job.parent_id,
+            job.parent_dimension or MAIN_THREAD,
+            job.parent_index,
+            result=result,
+            error=error,
         )
         if step is not None:
             await self._wake(tx, step)
@@ -129,8 +133,14 @@ class Engine:
         return dimension
 
     async def _start_hook(
-        self, tx: Transaction, job: Job, dimension: str, workflow_name: str,
-        task_queue: str, args: list[Any], signal_id: str | None,
+        self,
+        tx: Transaction,
+        job: Job,
+        dimension: str,
+        workflow_name: str,
+        task_queue: str,
+        args: list[Any],
+        signal_id: str | None,
     ) -> None:
         if job.status in TERMINAL_STATUSES and not job.persistent:
             raise WorkflowClosed(
@@ -138,8 +148,12 @@ class Engine:
                 "(or one started with persistent=True)"
             )
         thread = Thread(
-            job_id=job.id, dimension=dimension, workflow_name=workflow_name,
-            task_queue=task_queue, args=args, signal_id=signal_id,
+            job_id=job.id,
+            dimension=dimension,
+            workflow_name=workflow_name,
+            task_queue=task_queue,
+            args=args,
+            signal_id=signal_id,
         )
         if await tx.store.create_thread(thread):
             await tx.stream.enqueue(_run_task(task_queue, job.id, dimension, workflow_name))
@@ -167,9 +181,7 @@ class Engine:
                 if not await tx.store.insert_step(command.step(run)):
                     return await self._recorded(tx, run, command.index)
                 result = await self._apply_inline(tx, run, command)
-                await tx.store.resolve_step(
-                    run.job.id, run.dimension, command.index, result=result
-                )
+                await tx.store.resolve_step(run.job.id, run.dimension, command.index, result=result)
                 return result
         except HotMeshError as exc:
             # Recorded, so that a replay raises the very same error at this index.
@@ -211,8 +223,13 @@ class Engine:
             job = await tx.store.get_job(run.job.id)
             assert job is not None
             await self._start_hook(
-                tx, job, options["dimension"], command.name, options["task_queue"],
-                command.args, None,
+                tx,
+                job,
+                options["dimension"],
+                command.name,
+                options["task_queue"],
+                command.args,
+                None,
             )
             return options["dimension"]
         raise HotMeshError(f"unknown inline command {command.kind!r}")
@@ -220,11 +237,16 @@ class Engine:
     def _child_job(self, run: Run, command: Command, *, awaited: bool) -> Job:
         options = command.options
         return Job(
-            id=options["workflow_id"], entity=options["entity"], workflow_name=command.name,
-            task_queue=options["task_queue"], args=command.args, parent_id=run.job.id,
+            id=options["workflow_id"],
+            entity=options["entity"],
+            workflow_name=command.name,
+            task_queue=options["task_queue"],
+            args=command.args,
+            parent_id=run.job.id,
             parent_dimension=run.dimension if awaited else None,
             parent_index=command.index if awaited else None,
-            expire=options.get("expire"), persistent=options.get("persistent", False),
+            expire=options.get("expire"),
+            persistent=options.get("persistent", False),
         )
 
     async def finish_run(self, task: Task, run: Run, outcome: RunOutcome) -> None:
@@ -274,13 +296,21 @@ class Engine:
             return  # a concurrent run of the same thread recorded it already
         options = command.options
         if command.kind == "activity":
-            await tx.stream.enqueue(Task(
-                queue=options["task_queue"] or run.task_queue, kind="activity",
-                job_id=run.job.id, dimension=run.dimension, name=command.name,
-                index=command.index,
-                payload={"args": command.args, "retry": options["retry"],
-                         "start_to_close": options["start_to_close"]},
-            ))
+            await tx.stream.enqueue(
+                Task(
+                    queue=options["task_queue"] or run.task_queue,
+                    kind="activity",
+                    job_id=run.job.id,
+                    dimension=run.dimension,
+                    name=command.name,
+                    index=command.index,
+                    payload={
+                        "args": command.args,
+                        "retry": options["retry"],
+                        "start_to_close": options["start_to_close"],
+                    },
+                )
+            )
         elif command.kind == "sleep":
             await self._timer(tx, run, command, options["seconds"], {})
         elif command.kind == "wait":
@@ -291,8 +321,13 @@ class Engine:
             job = await tx.store.get_job(run.job.id)
             assert job is not None
             await self._start_hook(
-                tx, job, options["dimension"], command.name, options["task_queue"],
-                command.args, options["signal_id"],
+                tx,
+                job,
+                options["dimension"],
+                command.name,
+                options["task_queue"],
+                command.args,
+                options["signal_id"],
             )
             await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
         else:
@@ -302,9 +337,15 @@ class Engine:
         self, tx: Transaction, run: Run, command: Command, delay: float, payload: dict[str, Any]
     ) -> None:
         await tx.stream.enqueue(
-            Task(queue=run.task_queue, kind="timer", job_id=run.job.id,
-                 dimension=run.dimension, name=run.workflow_name, index=command.index,
-                 payload=payload),
+            Task(
+                queue=run.task_queue,
+                kind="timer",
+                job_id=run.job.id,
+                dimension=run.dimension,
+                name=run.workflow_name,
+                index=command.index,
+                payload=payload,
+            ),
             delay=delay,
         )
 
@@ -320,12 +361,12 @@ class Engine:
                 await self._wake(tx, answered)
             return
         await tx.signal.add_waiter(
-            Waiter(signal_id=signal_id, job_id=run.job.id, dimension=run.dimension,
-                   index=command.index)
+            Waiter(
+                signal_id=signal_id, job_id=run.job.id, dimension=run.dimension, index=command.index
+            )
         )
         if timeout is not None:
-            await self._timer(tx, run, command, timeout,
-                              {"signal": signal_id, "timeout": timeout})
+            await self._timer(tx, run, command, timeout, {"signal": signal_id, "timeout": timeout})
 
     async def _start_awaited_child(
         self, tx: Transaction, run: Run, command: Command, step: Step
@@ -339,9 +380,11 @@ class Engine:
             return
         error: ErrorInfo | None = None
         if stored.parent_id != run.job.id:
-            error = error_info(DuplicateWorkflow(
-                f"a workflow with id {stored.id!r} exists and is not a child of {run.job.id!r}"
-            ))
+            error = error_info(
+                DuplicateWorkflow(
+                    f"a workflow with id {stored.id!r} exists and is not a child of {run.job.id!r}"
+                )
+            )
         elif stored.status not in TERMINAL_STATUSES:
             return  # our child from an earlier attempt: it will answer
         else:
@@ -387,9 +430,13 @@ class Engine:
                 step = await tx.store.resolve_step(task.job_id, task.dimension, task.index)
             else:
                 step = await tx.store.resolve_step(
-                    task.job_id, task.dimension, task.index,
-                    error=ErrorInfo("WaitTimeout", f"no signal {signal_id!r} within "
-                                    f"{task.payload.get('timeout')} seconds"),
+                    task.job_id,
+                    task.dimension,
+                    task.index,
+                    error=ErrorInfo(
+                        "WaitTimeout",
+                        f"no signal {signal_id!r} within {task.payload.get('timeout')} seconds",
+                    ),
                 )
                 if step is not None:
                     await tx.signal.remove_waiter(task.job_id, task.dimension, task.index)

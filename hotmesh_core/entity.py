@@ -96,8 +96,9 @@ class EntityRecord:
 
     @classmethod
     def from_job(cls, job: Job) -> EntityRecord:
-        return cls(job.id, job.entity, job.context, job.version, job.status,
-                   job.created_at, job.updated_at)
+        return cls(
+            job.id, job.entity, job.context, job.version, job.status, job.created_at, job.updated_at
+        )
 
 
 class EntityClient:
@@ -127,7 +128,9 @@ class EntityClient:
             raise ValueError("limit must be at least 1")
         async with self._backend.transaction() as tx:
             jobs = await tx.store.find_jobs(
-                entity=entity, where=ensure_json(where or {}, what="where"),
-                limit=limit, order_by=order_by,
+                entity=entity,
+                where=ensure_json(where or {}, what="where"),
+                limit=limit,
+                order_by=order_by,
             )
         return [EntityRecord.from_job(job) for job in jobs]

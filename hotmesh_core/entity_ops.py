@@ -25,8 +25,17 @@ __all__ = [
 ]
 
 ENTITY_OPS = frozenset(
-    {"set", "merge", "get", "append", "prepend", "increment", "toggle",
-     "set_if_not_exists", "delete"}
+    {
+        "set",
+        "merge",
+        "get",
+        "append",
+        "prepend",
+        "increment",
+        "toggle",
+        "set_if_not_exists",
+        "delete",
+    }
 )
 READ_ONLY_OPS = frozenset({"get"})
 
@@ -77,9 +86,9 @@ def _parent_for_write(doc: dict[str, Any], parts: list[str], path: str) -> dict[
     return node
 
 
-def apply_op(doc: dict[str, Any], op: str, path: str | None, value: Any) -> tuple[
-    dict[str, Any], Any, bool
-]:
+def apply_op(
+    doc: dict[str, Any], op: str, path: str | None, value: Any
+) -> tuple[dict[str, Any], Any, bool]:
     """Apply ``op`` to a copy of ``doc``; return ``(new_doc, result, changed)``."""
     if op not in ENTITY_OPS:
         raise EntityPathError(f"unknown entity operation {op!r}")

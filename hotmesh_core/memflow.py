@@ -56,7 +56,7 @@ class MemFlow(Client):
         return _Opening(cls, app_id, backend, options)
 
     @staticmethod
-    def Client(app_id: str, backend: str | None = None, **options: Any) -> _Opening[Client]:  # noqa: N802
+    def Client(app_id: str, backend: str | None = None, **options: Any) -> _Opening[Client]:
         """Open a client without workers (``await`` it or ``async with`` it)."""
         return _Opening(Client, app_id, backend, options)
 
@@ -72,8 +72,12 @@ class MemFlow(Client):
     ) -> Worker:
         """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``)."""
         worker = Worker(
-            self.backend, validate_name(task_queue, "task_queue"), workflows=workflows,
-            activities=activities, concurrency=concurrency, lease=lease,
+            self.backend,
+            validate_name(task_queue, "task_queue"),
+            workflows=workflows,
+            activities=activities,
+            concurrency=concurrency,
+            lease=lease,
             poll_interval=poll_interval,
         )
         await worker.start()
@@ -113,7 +117,9 @@ class _Opening(Generic[C]):
         return self._opened
 
     async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
         if self._opened is not None:

@@ -156,18 +156,28 @@ class Signal(Protocol):
 
 
 class Transaction(Protocol):
-    store: Store
-    stream: Stream
-    signal: Signal
+    @property
+    def store(self) -> Store: ...
+
+    @property
+    def stream(self) -> Stream: ...
+
+    @property
+    def signal(self) -> Signal: ...
 
 
 @runtime_checkable
 class Backend(Protocol):
     """One configured backend instance, shared by the clients and workers of an app."""
 
-    name: str
-    app_id: str
-    capabilities: frozenset[str]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def app_id(self) -> str: ...
+
+    @property
+    def capabilities(self) -> frozenset[str]: ...
 
     async def open(self) -> None:
         """Connect and provision (idempotent)."""

@@ -108,9 +108,16 @@ class Command:
 
     def step(self, run: Run, *, status: str = "pending", result: Any = None) -> Step:
         return Step(
-            job_id=run.job.id, dimension=run.dimension, index=self.index, kind=self.kind,
-            name=self.name, args=self.args, status=status, result=result,
-            wake_queue=run.task_queue, wake_name=run.workflow_name,
+            job_id=run.job.id,
+            dimension=run.dimension,
+            index=self.index,
+            kind=self.kind,
+            name=self.name,
+            args=self.args,
+            status=status,
+            result=result,
+            wake_queue=run.task_queue,
+            wake_name=run.workflow_name,
         )
 
 
@@ -128,29 +135,44 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 
     # -- what asyncio's futures, tasks and gather need ---------------------
     def call_soon(  # type: ignore[override]
-        self, callback: Callable[..., object], *args: Any,
+        self,
+        callback: Callable[..., object],
+        *args: Any,
         context: contextvars.Context | None = None,
     ) -> asyncio.Handle:
         handle = asyncio.Handle(callback, args, self, context)
         self._ready.append(handle)
         return handle
 
-    def call_later(self, delay: float, callback: Callable[..., object], *args: Any,
-                   context: contextvars.Context | None = None) -> asyncio.TimerHandle:
+    def call_later(  # type: ignore[override]
+        self,
+        delay: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
         raise HotMeshError(
             "asyncio timers are not replay-stable inside a workflow: "
             "use workflow.sleep_for(...) or workflow.wait_for(..., timeout=...)"
         )
 
-    def call_at(self, when: float, callback: Callable[..., object], *args: Any,
-                context: contextvars.Context | None = None) -> asyncio.TimerHandle:
+    def call_at(  # type: ignore[override]
+        self,
+        when: float,
+        callback: Callable[..., object],
+        *args: Any,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.TimerHandle:
         return self.call_later(0, callback, *args, context=context)
 
     def create_future(self) -> asyncio.Future[Any]:
         return asyncio.Future(loop=self)
 
     def create_task(  # type: ignore[override]
-        self, coro: Coroutine[Any, Any, Any], *, name: str | None = None,
+        self,
+        coro: Coroutine[Any, Any, Any],
+        *,
+        name: str | None = None,
         context: contextvars.Context | None = None,
     ) -> asyncio.Task[Any]:
         if context is None:
@@ -184,8 +206,8 @@ class ReplayLoop(asyncio.AbstractEventLoop):
         try:
             while self._ready:
                 handle = self._ready.popleft()
-                if not handle._cancelled:  # type: ignore[attr-defined]
-                    handle._run()  # type: ignore[attr-defined]
+                if not handle._cancelled:
+                    handle._run()
         finally:
             asyncio.events._set_running_loop(previous)
 
@@ -223,7 +245,7 @@ class Run:
         self.workflow_name = thread.workflow_name if thread is not None else job.workflow_name
         self.task_queue = thread.task_queue if thread is not None else job.task_queue
         self.history = {step.index: step for step in history}
-        self.loop = ReplayLoop(now)
+        self.loop = ReplayLoop(now)  # type: ignore[abstract]  # only what asyncio needs
         self.clock = clock
         self._execute_inline = execute_inline
         self._next_index = 0
@@ -267,9 +289,7 @@ class Run:
         if recorded is not None:
             return recorded.result
         generated = generate()
-        self.values.append(
-            Command(index, kind, kind).step(self, status="done", result=generated)
-        )
+        self.values.append(Command(index, kind, kind).step(self, status="done", result=generated))
         return generated
 
     def take_values(self) -> list[Step]:
@@ -285,8 +305,9 @@ class Run:
         while True:
             self.loop.run_ready()
             if self.nondeterminism is not None:
-                return RunOutcome("failed", error=error_info(self.nondeterminism),
-                                  values=self.take_values())
+                return RunOutcome(
+                    "failed", error=error_info(self.nondeterminism), values=self.take_values()
+                )
             if not self.inline:
                 break
             batch, self.inline = self.inline, []
@@ -299,9 +320,9 @@ class Run:
                 else:
                     command.future.set_result(result)
         if root.done():
-            exc = root.exception() if not root.cancelled() else asyncio.CancelledError()
-            if exc is not None:
-                return RunOutcome("failed", error=error_info(exc), values=self.take_values())
+            raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
+            if raised is not None:
+                return RunOutcome("failed", error=error_info(raised), values=self.take_values())
             return RunOutcome("completed", result=root.result(), values=self.take_values())
         return RunOutcome("suspended", commands=self.commands, values=self.take_values())
 

@@ -62,6 +62,7 @@ class Worker:
         concurrency: int = 10,
         lease: float = 30.0,
         poll_interval: float = 1.0,
+        expire_interval: float = 60.0,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -73,22 +74,26 @@ class Worker:
         self.concurrency = concurrency
         self.lease = lease
         self.poll_interval = poll_interval
+        self.expire_interval = expire_interval
         self.id = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        self._expiry_task: asyncio.Task[None] | None = None
         self._stopping = False
 
     async def start(self) -> Worker:
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
+        self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"hotmesh:{self.id}:x")
         return self
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop claiming; with ``drain``, let the tasks in hand finish (else abandon them)."""
         self._stopping = True
-        if self._loop_task is not None:
-            self._loop_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._loop_task
+        for background in (self._loop_task, self._expiry_task):
+            if background is not None:
+                background.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await background
         if drain:
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
@@ -109,8 +114,11 @@ class Worker:
             try:
                 async with self.backend.transaction() as tx:
                     tasks = await tx.stream.claim(
-                        self.task_queue, owner=self.id, lease=self.lease,
-                        workflow_names=workflow_names, activity_names=activity_names,
+                        self.task_queue,
+                        owner=self.id,
+                        lease=self.lease,
+                        workflow_names=workflow_names,
+                        activity_names=activity_names,
                         limit=free,
                     )
             except Exception:
@@ -124,6 +132,16 @@ class Worker:
                 handler = asyncio.create_task(self._handle(task))
                 self._inflight.add(handler)
                 handler.add_done_callback(self._inflight.discard)
+
+    async def _expire_loop(self) -> None:
+        """Delete finished jobs past their ``expire`` (every worker helps; idempotent)."""
+        while not self._stopping:
+            await asyncio.sleep(self.expire_interval)
+            try:
+                async with self.backend.transaction() as tx:
+                    await tx.store.expire_jobs()
+            except Exception:
+                log.exception("expiring finished jobs failed")
 
     async def _handle(self, task: Task) -> None:
         heartbeat = asyncio.create_task(self._heartbeat(task))
@@ -164,8 +182,10 @@ class Worker:
             return
         job, thread = context.job, context.thread
         finished = job.status in TERMINAL_STATUSES
-        if (task.dimension == MAIN_THREAD and finished) or job.status == "interrupted" or (
-            thread is not None and thread.status != "running"
+        if (
+            (task.dimension == MAIN_THREAD and finished)
+            or job.status == "interrupted"
+            or (thread is not None and thread.status != "running")
         ):
             await self.engine.drop_task(task)
             return
@@ -180,8 +200,12 @@ class Worker:
             return
         args = thread.args if thread is not None else job.args
         run = Run(
-            job=job, thread=thread, history=context.history, now=self.backend.now(),
-            execute_inline=self.engine.execute_inline, clock=self.backend.now,
+            job=job,
+            thread=thread,
+            history=context.history,
+            now=self.backend.now(),
+            execute_inline=self.engine.execute_inline,
+            clock=self.backend.now,
         )
         outcome = await run.execute(fn, list(args))
         if outcome.status == "completed":
@@ -208,11 +232,16 @@ class Worker:
         except Exception as exc:
             error = error_info(exc)
             if isinstance(exc, asyncio.TimeoutError):
-                error = ErrorInfo("TimeoutError", f"activity {task.name!r} exceeded "
-                                  f"start_to_close of {payload.get('start_to_close')} s",
-                                  error.traceback)
-            delay = None if isinstance(exc, SerializationError) else retry_delay(
-                payload["retry"], task.attempts, error.type_name
+                error = ErrorInfo(
+                    "TimeoutError",
+                    f"activity {task.name!r} exceeded "
+                    f"start_to_close of {payload.get('start_to_close')} s",
+                    error.traceback,
+                )
+            delay = (
+                None
+                if isinstance(exc, SerializationError)
+                else retry_delay(payload["retry"], task.attempts, error.type_name)
             )
             await self.engine.fail_activity(task, error, delay)
             return

@@ -44,8 +44,6 @@ __all__ = [
 ]
 
 
-
-
 @define(frozen=True)
 class WorkflowInfo:
     workflow_id: str
@@ -58,8 +56,14 @@ class WorkflowInfo:
 
 def info() -> WorkflowInfo:
     run = current_run()
-    return WorkflowInfo(run.job.id, run.workflow_name, run.job.entity, run.task_queue,
-                        run.dimension, run.thread is not None)
+    return WorkflowInfo(
+        run.job.id,
+        run.workflow_name,
+        run.job.entity,
+        run.task_queue,
+        run.dimension,
+        run.thread is not None,
+    )
 
 
 async def entity() -> WorkflowEntity:
@@ -91,7 +95,9 @@ class ActivityProxy:
 
         async def call(*args: Any) -> Any:
             return await current_run().call(
-                "activity", name, _args(args, f"the arguments of activity {name!r}"),
+                "activity",
+                name,
+                _args(args, f"the arguments of activity {name!r}"),
                 **self._options,
             )
 
@@ -113,8 +119,11 @@ def proxy_activities(
             names[key] = validate_name(key, "activity name")
     else:
         for item in activities or []:
-            name = item if isinstance(item, str) else getattr(item, "__name__", None)
-            names[validate_name(name, "activity name")] = name  # type: ignore[index]
+            name = validate_name(
+                item if isinstance(item, str) else getattr(item, "__name__", None),
+                "activity name",
+            )
+            names[name] = name
     if task_queue is not None:
         validate_name(task_queue, "task_queue")
     options = {
@@ -139,8 +148,11 @@ async def wait_for(signal_id: str, timeout: Duration | None = None) -> Any:
     """
     seconds = None if timeout is None else parse_duration(timeout)
     return await current_run().call(
-        "wait", _signal_name(signal_id), {"timeout": seconds},
-        signal_id=signal_id, timeout=seconds,
+        "wait",
+        _signal_name(signal_id),
+        {"timeout": seconds},
+        signal_id=signal_id,
+        timeout=seconds,
     )
 
 
@@ -157,14 +169,22 @@ async def signal(signal_id: str, data: Any = None, *, expire: Duration | None = 
     payload = ensure_json(data, what="signal data")
     keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
     await current_run().call(
-        "signal", _signal_name(signal_id), {"data": payload},
-        signal_id=signal_id, data=payload, expire=keep,
+        "signal",
+        _signal_name(signal_id),
+        {"data": payload},
+        signal_id=signal_id,
+        data=payload,
+        expire=keep,
     )
 
 
 def _child_options(
-    entity: str, workflow_id: str | None, task_queue: str | None, kind: str,
-    expire: Duration | None, persistent: bool,
+    entity: str,
+    workflow_id: str | None,
+    task_queue: str | None,
+    kind: str,
+    expire: Duration | None,
+    persistent: bool,
 ) -> dict[str, Any]:
     run = current_run()
     child_id = workflow_id
@@ -193,8 +213,10 @@ async def exec_child(
     """Start a child job with its own entity and wait for its result."""
     options = _child_options(entity, workflow_id, task_queue, "c", expire, persistent)
     return await current_run().call(
-        "child", validate_name(workflow_name, "workflow_name"),
-        _args(args, "child arguments"), **options,
+        "child",
+        validate_name(workflow_name, "workflow_name"),
+        _args(args, "child arguments"),
+        **options,
     )
 
 
@@ -211,8 +233,10 @@ async def start_child(
     """Start a child job without waiting; return its workflow id."""
     options = _child_options(entity, workflow_id, task_queue, "s", expire, persistent)
     child_id: str = await current_run().call(
-        "start_child", validate_name(workflow_name, "workflow_name"),
-        _args(args, "child arguments"), **options,
+        "start_child",
+        validate_name(workflow_name, "workflow_name"),
+        _args(args, "child arguments"),
+        **options,
     )
     return child_id
 
@@ -245,8 +269,12 @@ async def exec_hook(
     hook_args = [*_args(args, "hook arguments"), {"signal": signal_id}]
     seconds = None if timeout is None else parse_duration(timeout)
     return await run.call(
-        "exec_hook", validate_name(workflow_name, "workflow_name"), hook_args,
-        signal_id=signal_id, timeout=seconds, **options,
+        "exec_hook",
+        validate_name(workflow_name, "workflow_name"),
+        hook_args,
+        signal_id=signal_id,
+        timeout=seconds,
+        **options,
     )
 
 
@@ -256,8 +284,10 @@ async def hook(
     """Start hook ``workflow_name`` against this job's entity without waiting."""
     options = _hook_options(task_queue, "g")
     hook_id: str = await current_run().call(
-        "hook", validate_name(workflow_name, "workflow_name"),
-        _args(args, "hook arguments"), **options,
+        "hook",
+        validate_name(workflow_name, "workflow_name"),
+        _args(args, "hook arguments"),
+        **options,
     )
     return hook_id
 

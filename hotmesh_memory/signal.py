@@ -34,8 +34,7 @@ class MemorySignal:
     async def remove_waiter(self, job_id: str, dimension: str, index: int) -> None:
         for signal_id, waiters in list(self.state.waiters.items()):
             kept = [
-                w for w in waiters
-                if (w.job_id, w.dimension, w.index) != (job_id, dimension, index)
+                w for w in waiters if (w.job_id, w.dimension, w.index) != (job_id, dimension, index)
             ]
             if len(kept) != len(waiters):
                 self._replace(signal_id, kept)

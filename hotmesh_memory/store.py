@@ -85,15 +85,20 @@ class MemoryStore:
         now = self.tx.now()
         finished = now if status in TERMINAL_STATUSES else None
         updated = evolve(
-            job, status=status, result=copy.deepcopy(result), error=error,
-            updated_at=now, finished_at=finished,
+            job,
+            status=status,
+            result=copy.deepcopy(result),
+            error=error,
+            updated_at=now,
+            finished_at=finished,
         )
         self.tx.put(self.state.jobs, job_id, updated)
         return copy.deepcopy(updated)
 
     async def active_children(self, job_id: str) -> list[str]:
         return [
-            child for child in self.state.children.get(job_id, {})
+            child
+            for child in self.state.children.get(job_id, {})
             if (job := self.state.jobs.get(child)) is not None
             and job.status not in TERMINAL_STATUSES
         ]
@@ -130,7 +135,9 @@ class MemoryStore:
             steps = self.state.steps.get((job_id, dimension), {})
             return copy.deepcopy(sorted(steps.values(), key=lambda s: s.index))
         found = [
-            step for (job, _), steps in self.state.steps.items() if job == job_id
+            step
+            for (job, _), steps in self.state.steps.items()
+            if job == job_id
             for step in steps.values()
         ]
         return copy.deepcopy(sorted(found, key=lambda s: (s.dimension, s.index)))
@@ -142,7 +149,8 @@ class MemoryStore:
             return False
         now = self.tx.now()
         stored = evolve(
-            copy.deepcopy(step), started_at=now,
+            copy.deepcopy(step),
+            started_at=now,
             finished_at=None if step.status == "pending" else now,
         )
         self.tx.put(self.state.steps, key, {**steps, step.index: stored})
@@ -194,12 +202,19 @@ class MemoryStore:
         now = self.tx.now()
         version = job.version + 1
         self.tx.put(
-            self.state.jobs, job_id,
+            self.state.jobs,
+            job_id,
             evolve(job, context=new_doc, version=version, updated_at=now),
         )
         change = EntityChange(
-            job_id=job_id, version=version, op=op.op, path=op.path,
-            value=copy.deepcopy(op.value), dimension=dimension, index=index, at=now,
+            job_id=job_id,
+            version=version,
+            op=op.op,
+            path=op.path,
+            value=copy.deepcopy(op.value),
+            dimension=dimension,
+            index=index,
+            at=now,
         )
         self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), change])
         return result, version
@@ -244,9 +259,12 @@ class MemoryStore:
     async def expire_jobs(self) -> int:
         now = self.tx.now()
         expired = [
-            job.id for job in self.state.jobs.values()
-            if job.status in TERMINAL_STATUSES and job.expire is not None
-            and job.finished_at is not None and job.finished_at + job.expire <= now
+            job.id
+            for job in self.state.jobs.values()
+            if job.status in TERMINAL_STATUSES
+            and job.expire is not None
+            and job.finished_at is not None
+            and job.finished_at + job.expire <= now
         ]
         for job_id in expired:
             self.tx.pop(self.state.jobs, job_id)

@@ -32,9 +32,13 @@ class MemoryStream:
             return False
         now = self.tx.now()
         stored = evolve(
-            copy.deepcopy(task), id=f"m{next(self.state.task_ids)}",
-            visible_at=now + delay, created_at=now, attempts=0,
-            lease_owner=None, lease_until=None,
+            copy.deepcopy(task),
+            id=f"m{next(self.state.task_ids)}",
+            visible_at=now + delay,
+            created_at=now,
+            attempts=0,
+            lease_owner=None,
+            lease_until=None,
         )
         self._put(stored)
         if task.kind == "run":
@@ -55,7 +59,8 @@ class MemoryStream:
         now = self.tx.now()
         workflows, activities = set(workflow_names), set(activity_names)
         ready = [
-            task for task in self._queue(queue).values()
+            task
+            for task in self._queue(queue).values()
             if task.visible_at <= now
             and (task.lease_until is None or task.lease_until <= now)
             and (
@@ -113,4 +118,8 @@ class MemoryStream:
         self._remove(task)
         letters = self.state.dead_letters
         letters.append((task, error))
-        self.tx.undo.append(letters.pop)
+
+        def undo() -> None:
+            letters.pop()
+
+        self.tx.undo.append(undo)

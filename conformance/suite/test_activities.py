@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 from typing import Any
 
 import pytest
@@ -56,8 +57,9 @@ async def flaky(key: str, fail_times: int) -> str:
 async def retrying(key: str, fail_times: int, attempts: int) -> Any:
     acts = workflow.proxy_activities(
         activities=[flaky],
-        retry_policy=RetryPolicy(maximum_attempts=attempts, initial_interval=0.01,
-                                 maximum_interval=0.05),
+        retry_policy=RetryPolicy(
+            maximum_attempts=attempts, initial_interval=0.01, maximum_interval=0.05
+        ),
     )
     try:
         return await acts.flaky(key, fail_times)
@@ -73,8 +75,9 @@ async def picky(key: str) -> None:
 async def no_retry(key: str) -> Any:
     acts = workflow.proxy_activities(
         activities=[picky],
-        retry_policy=RetryPolicy(maximum_attempts=5, initial_interval=0.01,
-                                 non_retryable=[TypeError]),
+        retry_policy=RetryPolicy(
+            maximum_attempts=5, initial_interval=0.01, non_retryable=[TypeError]
+        ),
     )
     try:
         await acts.picky(key)
@@ -140,7 +143,9 @@ async def test_retries_exhausted_surface_as_activity_failed(hm: Harness) -> None
     await mf.worker("q", workflows=[retrying], activities=[flaky])
     handle = await mf.workflow.start("job", "retrying", "r2", [key, 99, 3], "q")
     assert await handle.result(timeout=10) == {
-        "caught": "ConnectionError", "message": "attempt 3 failed"}
+        "caught": "ConnectionError",
+        "message": "attempt 3 failed",
+    }
     assert CALLS[key] == 3
     (step,) = (await handle.export()).timeline
     assert step.status == "failed" and step.attempts == 3
@@ -170,15 +175,19 @@ async def test_backoff_follows_the_policy(hm: Harness) -> None:
     async def backoff(k: str) -> str:
         acts = workflow.proxy_activities(
             activities={"timed": timed},
-            retry_policy=RetryPolicy(maximum_attempts=5, initial_interval="1 second",
-                                     backoff_coefficient=2.0, maximum_interval="5 seconds"),
+            retry_policy=RetryPolicy(
+                maximum_attempts=5,
+                initial_interval="1 second",
+                backoff_coefficient=2.0,
+                maximum_interval="5 seconds",
+            ),
         )
         return await acts.timed(k)  # type: ignore[no-any-return]
 
     await mf.worker("q", workflows=[backoff], activities={"timed": timed})
     handle = await mf.workflow.start("job", "backoff", "bo", [key], "q")
     assert await handle.result(timeout=10) == "done"
-    gaps = [round(b - a, 1) for a, b in zip(moments, moments[1:])]
+    gaps = [round(b - a, 1) for a, b in itertools.pairwise(moments)]
     assert gaps == [1.0, 2.0, 4.0, 5.0]
 
 

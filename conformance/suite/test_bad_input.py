@@ -50,8 +50,9 @@ async def passes_bad_argument() -> Any:
 
 async def test_non_json_results_and_activity_args_fail_clearly(hm: Harness) -> None:
     mf = await hm.memflow()
-    await mf.worker("q", workflows=[uses_bad_activity, passes_bad_argument],
-                    activities=[returns_a_set])
+    await mf.worker(
+        "q", workflows=[uses_bad_activity, passes_bad_argument], activities=[returns_a_set]
+    )
     handle = await mf.workflow.start("t", "uses_bad_activity", "bad-result", [], "q")
     with pytest.raises(WorkflowFailed) as caught:
         await handle.result(timeout=10)
@@ -64,8 +65,9 @@ async def test_non_json_results_and_activity_args_fail_clearly(hm: Harness) -> N
     assert (await other.export()).timeline == []
 
 
-@pytest.mark.parametrize("app_id", ["", "Upper", "1starts-with-digit", "has space",
-                                    "x" * 49, "semi;colon", 'quo"te'])
+@pytest.mark.parametrize(
+    "app_id", ["", "Upper", "1starts-with-digit", "has space", "x" * 49, "semi;colon", 'quo"te']
+)
 async def test_invalid_app_id(hm: Harness, app_id: str) -> None:
     with pytest.raises(InvalidIdentifier, match="app_id"):
         await MemFlow.init(app_id=app_id, backend=hm.backend, **hm.options)

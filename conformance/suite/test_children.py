@@ -38,8 +38,10 @@ async def test_exec_child_has_its_own_entity(hm: Harness) -> None:
 
 
 async def starter(n: int) -> list[str]:
-    ids = [await workflow.start_child("fact-checker", "checker", f"kid-{i}", [f"claim {i}"])
-           for i in range(n)]
+    ids = [
+        await workflow.start_child("fact-checker", "checker", f"kid-{i}", [f"claim {i}"])
+        for i in range(n)
+    ]
     return ids
 
 
@@ -74,8 +76,12 @@ async def test_child_failure_surfaces_in_parent(hm: Harness) -> None:
 
 
 async def child_on_other_queue() -> int:
-    return await workflow.exec_child("calc", "times_two", args=[21],  # type: ignore[no-any-return]
-                                     task_queue="kids")
+    return await workflow.exec_child(
+        "calc",
+        "times_two",
+        args=[21],  # type: ignore[no-any-return]
+        task_queue="kids",
+    )
 
 
 async def times_two(x: int) -> int:

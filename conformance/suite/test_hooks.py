@@ -32,10 +32,14 @@ async def test_exec_hook_returns_signal_data_and_shares_entity(hm: Harness) -> N
     await mf.worker("q", workflows=[coordinator, perspective])
     handle = await mf.workflow.start("research", "coordinator", "r1", ["why?"], "q")
     result = await handle.result(timeout=10)
-    assert result["answers"] == [{"kind": "optimistic", "ok": True},
-                                 {"kind": "skeptical", "ok": True}]
+    assert result["answers"] == [
+        {"kind": "optimistic", "ok": True},
+        {"kind": "skeptical", "ok": True},
+    ]
     assert result["entity"]["perspectives"] == {
-        "optimistic": {"view": "optimistic take"}, "skeptical": {"view": "skeptical take"}}
+        "optimistic": {"view": "optimistic take"},
+        "skeptical": {"view": "skeptical take"},
+    }
     hooks = (await handle.export()).hooks
     assert sorted(h["workflow_name"] for h in hooks) == ["perspective", "perspective"]
     assert {h["status"] for h in hooks} == {"completed"}
@@ -60,7 +64,9 @@ async def test_hook_from_outside(hm: Harness) -> None:
     handle = await mf.workflow.start("doc", "waits_for_approval", "w1", [], "q")
     await mf.workflow.hook("w1", "q", "approver", ["ada"])
     assert await handle.result(timeout=10) == {
-        "decision": "yes", "entity": {"approved": True, "by": "ada"}}
+        "decision": "yes",
+        "entity": {"approved": True, "by": "ada"},
+    }
 
 
 async def quick() -> str:
@@ -128,7 +134,10 @@ async def test_exec_hook_never_blocks_forever(hm: Harness) -> None:
     await mf.worker("q", workflows=[hook_outcomes, failing_hook, silent_hook, never_signals])
     handle = await mf.workflow.start("doc", "hook_outcomes", "ho", [], "q")
     assert await handle.result(timeout=10) == {
-        "silent": None, "failed": ["LookupError", "hook could not find it"], "timeout": True}
+        "silent": None,
+        "failed": ["LookupError", "hook could not find it"],
+        "timeout": True,
+    }
 
 
 async def fire_and_forget() -> str:

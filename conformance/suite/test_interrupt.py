@@ -16,8 +16,11 @@ async def sleeper() -> str:
 
 
 async def family(n: int) -> list[str]:
-    return list(await asyncio.gather(*(workflow.exec_child("kid", "sleeper", f"fam-kid-{i}")
-                                       for i in range(n))))
+    return list(
+        await asyncio.gather(
+            *(workflow.exec_child("kid", "sleeper", f"fam-kid-{i}") for i in range(n))
+        )
+    )
 
 
 async def wait_status(handle: object, status: str) -> None:

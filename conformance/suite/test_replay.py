@@ -38,7 +38,9 @@ async def test_nondeterminism_is_detected(hm: Harness) -> None:
     assert "step_b" in caught.value.message and "step_a" in caught.value.message
     timeline = (await handle.export()).timeline
     assert [(e.kind, e.name, e.result) for e in timeline] == [
-        ("activity", "step_a", "a"), ("sleep", "sleep", None)]
+        ("activity", "step_a", "a"),
+        ("sleep", "sleep", None),
+    ]
 
 
 async def uses_asyncio_sleep() -> None:
@@ -71,17 +73,26 @@ async def test_export_is_a_complete_timeline(hm: Harness) -> None:
     await handle.result(timeout=10)
     export = await handle.export()
     assert (export.workflow_id, export.status, export.result, export.args) == (
-        "audit", "completed", "a", ["ada"])
+        "audit",
+        "completed",
+        "a",
+        ["ada"],
+    )
     assert [(e.index, e.kind, e.name, e.status) for e in export.timeline] == [
-        (0, "entity", "set", "done"), (1, "activity", "step_a", "done"),
-        (2, "entity", "merge", "done"), (3, "sleep", "sleep", "done"),
-        (4, "entity", "increment", "done")]
+        (0, "entity", "set", "done"),
+        (1, "activity", "step_a", "done"),
+        (2, "entity", "merge", "done"),
+        (3, "sleep", "sleep", "done"),
+        (4, "entity", "increment", "done"),
+    ]
     activity = export.timeline[1]
     assert activity.attempts == 1 and activity.result == "a" and activity.args == []
-    assert all(e.finished_at is not None and e.finished_at >= e.started_at
-               for e in export.timeline)
+    assert all(e.finished_at is not None and e.finished_at >= e.started_at for e in export.timeline)
     assert [(c["version"], c["op"], c["path"]) for c in export.entity_changes] == [
-        (1, "set", None), (2, "merge", None), (3, "increment", "visits")]
+        (1, "set", None),
+        (2, "merge", None),
+        (3, "increment", "visits"),
+    ]
     assert export.context == {"name": "ada", "letter": "a", "visits": 1}
     as_dict = export.to_dict()
     assert as_dict["timeline"][1]["name"] == "step_a"

@@ -121,13 +121,19 @@ async def test_workflow_to_workflow_signal(hm: Harness) -> None:
 
 
 async def recorder() -> dict[str, Any]:
-    first = {"now": workflow.now().isoformat(), "random": workflow.random(),
-             "uuid": workflow.uuid4()}
+    first = {
+        "now": workflow.now().isoformat(),
+        "random": workflow.random(),
+        "uuid": workflow.uuid4(),
+    }
     entity = await workflow.entity()
     await entity.set({"first": first})
     await workflow.sleep_for(0.05)  # forces a second run that replays the values
-    again = {"now": workflow.now().isoformat(), "random": workflow.random(),
-             "uuid": workflow.uuid4()}
+    again = {
+        "now": workflow.now().isoformat(),
+        "random": workflow.random(),
+        "uuid": workflow.uuid4(),
+    }
     return {"first": first, "replayed_first": (await entity.get("first")), "again": again}
 
 

@@ -35,8 +35,10 @@ async def test_two_workers_never_run_the_same_task(hm: Harness) -> None:
     other = await hm.memflow(mf.app_id)
     await mf.worker("q", workflows=[uses_exclusive], activities=[exclusive], concurrency=4)
     await other.worker("q", workflows=[uses_exclusive], activities=[exclusive], concurrency=4)
-    handles = [await mf.workflow.start("t", "uses_exclusive", f"x{i}", [f"{mf.app_id}-{i}"], "q")
-               for i in range(30)]
+    handles = [
+        await mf.workflow.start("t", "uses_exclusive", f"x{i}", [f"{mf.app_id}-{i}"], "q")
+        for i in range(30)
+    ]
     results = [await handle.result(timeout=30) for handle in handles]
     assert results == [[1, 1]] * 30
 
@@ -52,7 +54,7 @@ async def uses_slow(key: str) -> str:
 
 
 async def test_a_lost_lease_is_taken_over(hm: Harness) -> None:
-    mf = await hm.memflow(**({"clock": "virtual"} if "virtual_clock" in hm.capabilities else {}))
+    mf = await hm.memflow(virtual_clock="virtual_clock" in hm.capabilities)
     key = f"lease-{mf.app_id}"
     # A worker that serves only the workflow dispatches the activity...
     flow_worker = await mf.worker("q", workflows=[uses_slow])
@@ -62,8 +64,13 @@ async def test_a_lost_lease_is_taken_over(hm: Harness) -> None:
     # ...a worker claims it and dies without acking (a SIGKILL, as the backend sees it)...
     async with mf.backend.transaction() as tx:
         claimed: list[Task] = await tx.stream.claim(
-            "q", owner="doomed-worker", lease=1.0, workflow_names=[],
-            activity_names=["slow_once"], limit=1)
+            "q",
+            owner="doomed-worker",
+            lease=1.0,
+            workflow_names=[],
+            activity_names=["slow_once"],
+            limit=1,
+        )
     assert [t.name for t in claimed] == ["slow_once"]
     # ...and a live worker takes the task over once the lease has run out.
     await mf.worker("q", workflows=[uses_slow], activities=[slow_once], lease=1.0)
@@ -104,8 +111,9 @@ async def test_stop_drains_work_in_hand(hm: Harness) -> None:
 async def test_finished_jobs_expire(hm: Harness) -> None:
     mf = await hm.memflow(virtual_clock=True)
     await mf.worker("q", workflows=[uses_slow], activities=[slow_once])
-    handle = await mf.workflow.start("t", "uses_slow", "exp", [f"exp-{mf.app_id}"], "q",
-                                     expire="1 hour")
+    handle = await mf.workflow.start(
+        "t", "uses_slow", "exp", [f"exp-{mf.app_id}"], "q", expire="1 hour"
+    )
     await handle.result(timeout=10)
     async with mf.backend.transaction() as tx:
         assert await tx.store.expire_jobs() == 0
