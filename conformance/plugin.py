@@ -65,6 +65,8 @@ class Harness:
         self, app_id: str | None = None, *, virtual_clock: bool = False, **options: Any
     ) -> MemFlow:
         merged = {**self.options, **options}
+        if app_id is not None:
+            merged.pop("drop_on_close", None)  # the app's first opener cleans up, last
         if virtual_clock:
             self.require("virtual_clock")
             merged["clock"] = VirtualClock()

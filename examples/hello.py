@@ -23,8 +23,12 @@ async def main() -> None:
     mf = await MemFlow.init(app_id="demo")  # embedded PostgreSQL when nothing is configured
     await mf.worker(task_queue="hello", workflows=[hello], activities=[greet])
     handle = await mf.workflow.start(
-        entity="greeter", workflow_name="hello", workflow_id="greet-ada",
-        args=["Ada"], task_queue="hello")
+        entity="greeter",
+        workflow_name="hello",
+        workflow_id="greet-ada",
+        args=["Ada"],
+        task_queue="hello",
+    )
     print(await handle.result())
     await mf.shutdown()
 

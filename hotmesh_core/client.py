@@ -29,6 +29,8 @@ from .serde import ensure_json, unstructure
 
 __all__ = ["TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
 
+SAFETY_POLL = 1.0  # seconds between re-reads of a job when no wake-up arrives
+
 
 @define(frozen=True)
 class TimelineEntry:
@@ -108,14 +110,18 @@ class WorkflowHandle:
         """
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + parse_duration(timeout)
-        while True:
-            job = await self._job()
-            if job.status in TERMINAL_STATUSES:
-                return _outcome(job)
-            remaining = 5.0 if deadline is None else deadline - loop.time()
-            if remaining <= 0:
-                raise TimeoutError(f"workflow {self.workflow_id!r} did not finish within {timeout}")
-            await self._backend.wait_for_job(self.workflow_id, min(remaining, 5.0))
+        async with self._backend.watch_job(self.workflow_id) as watch:
+            while True:
+                job = await self._job()
+                if job.status in TERMINAL_STATUSES:
+                    return _outcome(job)
+                remaining = SAFETY_POLL if deadline is None else deadline - loop.time()
+                if remaining <= 0:
+                    raise TimeoutError(
+                        f"workflow {self.workflow_id!r} did not finish within {timeout}"
+                    )
+                # Woken by the backend on change; the poll is only a safety net.
+                await watch.wait(min(remaining, SAFETY_POLL))
 
     async def interrupt(self, reason: str | None = None) -> bool:
         """Cancel the job and its children; return False if it had already finished."""

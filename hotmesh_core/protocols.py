@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .models import EntityChange, EntityOp, ErrorInfo, Job, Step, Task, Thread, Waiter
 
-__all__ = ["Backend", "BackendFactory", "Signal", "Store", "Stream", "Transaction"]
+__all__ = ["Backend", "BackendFactory", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
 
 
 class Store(Protocol):
@@ -155,6 +155,11 @@ class Signal(Protocol):
         """Wake clients waiting on ``job_id`` once this transaction commits."""
 
 
+class JobWatch(Protocol):
+    async def wait(self, timeout: float) -> None:
+        """Return when the watched job may have changed, or after ``timeout`` seconds."""
+
+
 class Transaction(Protocol):
     @property
     def store(self) -> Store: ...
@@ -192,8 +197,8 @@ class Backend(Protocol):
     async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a task may be ready on one of ``queues``, or after ``timeout``."""
 
-    async def wait_for_job(self, job_id: str, timeout: float) -> None:
-        """Return when ``job_id`` may have changed state, or after ``timeout``."""
+    def watch_job(self, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
+        """Watch ``job_id``: a change committed after entering is never missed by ``wait``."""
 
 
 class BackendFactory(Protocol):

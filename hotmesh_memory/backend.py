@@ -39,6 +39,18 @@ class MemoryTransaction:
         self.signal = MemorySignal(tx)
 
 
+class _MemoryWatch:
+    """Holds the change event current when watching began, so no wake-up is missed."""
+
+    def __init__(self, backend: MemoryBackend) -> None:
+        self._backend = backend
+        self._event = backend.state.changed
+
+    async def wait(self, timeout: float) -> None:
+        await self._backend.wait_changed(self._event, timeout)
+        self._event = self._backend.state.changed
+
+
 class MemoryBackend:
     name = "memory"
     capabilities = frozenset({"virtual_clock"})
@@ -105,7 +117,8 @@ class MemoryBackend:
         for name in names:
             for task in self.state.queues.get(name, {}).values():
                 moment = task.visible_at if task.lease_until is None else task.lease_until
-                if due is None or moment < due:
+                # Only future moments: a ready task this worker cannot serve must not spin it.
+                if moment > self.clock.now() and (due is None or moment < due):
                     due = moment
         return due
 
@@ -116,13 +129,22 @@ class MemoryBackend:
                 timeout = min(timeout, max(due - self.clock.now(), 0.0) + 0.0005)
         await self._wait_changed(timeout)
 
-    async def wait_for_job(self, job_id: str, timeout: float) -> None:
+    @asynccontextmanager
+    async def watch_job(self, job_id: str) -> AsyncIterator[_MemoryWatch]:
+        if not self._opened:
+            await self.open()
+        yield _MemoryWatch(self)
+
+    async def wait_changed(self, event: asyncio.Event, timeout: float) -> None:
         clock = self.clock
-        if not (isinstance(clock, VirtualClock) and clock.auto_skip):
-            await self._wait_changed(timeout)
-            return
-        if not await self._wait_changed(min(timeout, 0.01)):
-            self._skip_if_idle(clock)
+        skipping = isinstance(clock, VirtualClock) and clock.auto_skip
+        try:
+            await asyncio.wait_for(
+                event.wait(), max(min(timeout, 0.01) if skipping else timeout, 0)
+            )
+        except asyncio.TimeoutError:
+            if isinstance(clock, VirtualClock) and clock.auto_skip:
+                self._skip_if_idle(clock)
 
     def _skip_if_idle(self, clock: VirtualClock) -> None:
         """Jump to the next timer when no task is ready or in flight (time skipping)."""

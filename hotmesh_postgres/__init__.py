@@ -1,1 +1,9 @@
-"""PostgreSQL reference backend (see issue: PostgreSQL reference backend)."""
+"""PostgreSQL reference backend: partitioned JSONB tables, SKIP LOCKED claims, LISTEN/NOTIFY.
+
+Selected by configuration (``backend="postgres"``, a DSN, or nothing at all for
+the embedded server), never imported by users.
+"""
+
+from .backend import PostgresBackend
+
+__all__ = ["PostgresBackend"]

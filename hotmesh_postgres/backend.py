@@ -1,0 +1,217 @@
+"""The PostgreSQL backend: a pool, transactions, LISTEN/NOTIFY wake-ups.
+
+Every NOTIFY is sent from the committing transaction, so no wake-up arrives
+before its row is visible.  One listening connection per backend turns
+notifications into asyncio events; polling with short timeouts is the safety
+net for a dropped listener.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .connection import resolve_dsn
+from .migrations import apply_migrations
+from .signal import PgSignal
+from .store import PgStore
+from .stream import PgStream
+
+__all__ = ["PgTransaction", "PostgresBackend"]
+
+log = logging.getLogger("hotmesh.postgres")
+
+Connection = psycopg.AsyncConnection[dict[str, Any]]
+Params = Sequence[Any]
+
+
+class PgTransaction:
+    """One database transaction, seen through the Store, Stream and Signal roles."""
+
+    def __init__(self, backend: PostgresBackend, conn: Connection) -> None:
+        self.backend = backend
+        self.conn = conn
+        self.store = PgStore(self)
+        self.stream = PgStream(self)
+        self.signal = PgSignal(self)
+        self._notifications: set[tuple[str, str]] = set()
+
+    async def one(self, query: Any, params: Params) -> dict[str, Any] | None:
+        cursor = await self.conn.execute(query, params)
+        return await cursor.fetchone()
+
+    async def all(self, query: Any, params: Params) -> list[dict[str, Any]]:
+        cursor = await self.conn.execute(query, params)
+        return await cursor.fetchall()
+
+    async def run(self, query: Any, params: Params) -> None:
+        await self.conn.execute(query, params)
+
+    def notify_queue(self, queue: str) -> None:
+        self._notifications.add((self.backend.queue_channel, queue))
+
+    def notify_job(self, job_id: str) -> None:
+        self._notifications.add((self.backend.job_channel, job_id))
+
+    async def send_notifications(self) -> None:
+        if self._notifications:
+            channels, payloads = zip(*sorted(self._notifications), strict=True)
+            await self.conn.execute(
+                "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
+                [list(channels), list(payloads)],
+            )
+
+
+class _PgWatch:
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+
+    async def wait(self, timeout: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self.event.wait(), max(timeout, 0.0))
+        self.event.clear()
+
+
+class PostgresBackend:
+    name = "postgres"
+    capabilities = frozenset({"multi_process", "partial_index"})
+
+    def __init__(self, app_id: str, options: dict[str, Any]) -> None:
+        self.app_id = app_id
+        self.schema = app_id  # validated by the core: ^[a-z][a-z0-9_-]{0,47}$
+        self.options = options
+        self.queue_channel = f"hotmesh:{app_id}:q"
+        self.job_channel = f"hotmesh:{app_id}:j"
+        self.dsn = ""
+        self.pool: AsyncConnectionPool[Connection] | None = None
+        self._listener: asyncio.Task[None] | None = None
+        self._listening = asyncio.Event()
+        self._queue_events: dict[str, asyncio.Event] = {}
+        self._job_watchers: dict[str, set[asyncio.Event]] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+    async def open(self) -> None:
+        if self.pool is not None:
+            return
+        self.dsn = await resolve_dsn(self.options)
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            await apply_migrations(conn, self.schema)
+        pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            self.dsn,
+            min_size=int(self.options.get("pool_min", 1)),
+            max_size=int(self.options.get("pool_size", 10)),
+            kwargs={"autocommit": True, "row_factory": dict_row},
+            configure=self._configure,
+            open=False,
+        )
+        await pool.open(wait=True)
+        self.pool = pool
+        self._listener = asyncio.create_task(self._listen(), name=f"hotmesh-listen:{self.app_id}")
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._listening.wait(), 10)
+
+    async def _configure(self, conn: Connection) -> None:
+        await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+        if self.pool is not None:
+            await self.pool.close()
+            self.pool = None
+        if self.options.get("drop_on_close"):
+            # Test isolation only: a real app's schema is never dropped.
+            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                await conn.execute(
+                    sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
+                )
+
+    def now(self) -> float:
+        return time.time()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[PgTransaction]:
+        if self.pool is None:
+            await self.open()
+        assert self.pool is not None
+        async with self.pool.connection() as conn, conn.transaction():
+            tx = PgTransaction(self, conn)
+            yield tx
+            await tx.send_notifications()
+
+    # -- wake-ups --------------------------------------------------------------
+    def queue_event(self, queue: str) -> asyncio.Event:
+        event = self._queue_events.get(queue)
+        if event is None:
+            event = self._queue_events[queue] = asyncio.Event()
+        return event
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                    for channel in (self.queue_channel, self.job_channel):
+                        await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
+                    self._listening.set()
+                    self._wake_everyone()  # anything may have happened while we were away
+                    async for note in conn.notifies():
+                        if note.channel == self.queue_channel:
+                            self.queue_event(note.payload).set()
+                        else:
+                            for event in self._job_watchers.get(note.payload, ()):
+                                event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("LISTEN connection lost (%s); reconnecting", error)
+                await asyncio.sleep(1.0)
+
+    def _wake_everyone(self) -> None:
+        for event in self._queue_events.values():
+            event.set()
+        for watchers in self._job_watchers.values():
+            for event in watchers:
+                event.set()
+
+    async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
+        async with self.transaction() as tx:
+            row = await tx.one(
+                "SELECT extract(epoch FROM min(visible_at) - clock_timestamp())::float8 AS due"
+                " FROM tasks WHERE queue = ANY(%s) AND visible_at > clock_timestamp()",
+                [list(queues)],
+            )
+        if row is not None and row["due"] is not None:
+            timeout = min(timeout, float(row["due"]) + 0.001)
+        waits = [asyncio.ensure_future(self.queue_event(q).wait()) for q in queues]
+        try:
+            await asyncio.wait(
+                waits, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+
+    @asynccontextmanager
+    async def watch_job(self, job_id: str) -> AsyncIterator[_PgWatch]:
+        event = asyncio.Event()
+        watchers = self._job_watchers.setdefault(job_id, set())
+        watchers.add(event)
+        try:
+            yield _PgWatch(event)
+        finally:
+            watchers.discard(event)
+            if not watchers:
+                self._job_watchers.pop(job_id, None)

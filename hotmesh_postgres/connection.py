@@ -1,0 +1,53 @@
+"""Where the database is: an explicit DSN, the environment, or an embedded server.
+
+With nothing configured, an embedded PostgreSQL (package ``pgserver``) is
+started with its data under ``$HOTMESH_DATA_DIR`` (default
+``~/.local/share/hotmesh/pg``) and reused by later runs, so the README demo
+needs no server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["data_dir", "embedded_dsn", "resolve_dsn"]
+
+
+def configured_dsn(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:
+    environ = os.environ if env is None else env
+    dsn = options.get("dsn") or environ.get("HOTMESH_DSN") or environ.get("DATABASE_URL")
+    return str(dsn) if dsn else None
+
+
+def data_dir(env: Mapping[str, str] | None = None) -> Path:
+    environ = os.environ if env is None else env
+    if environ.get("HOTMESH_DATA_DIR"):
+        return Path(environ["HOTMESH_DATA_DIR"]).expanduser()
+    base = environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "hotmesh" / "pg"
+
+
+_servers: dict[Path, Any] = {}
+
+
+def _start_embedded(path: Path) -> str:
+    import pgserver
+
+    if path not in _servers:
+        path.mkdir(parents=True, exist_ok=True)
+        _servers[path] = pgserver.get_server(path, cleanup_mode="stop")
+    uri: str = _servers[path].get_uri()
+    return uri
+
+
+async def embedded_dsn(path: Path | None = None) -> str:
+    """Start (or reuse) the embedded server; return its DSN."""
+    return await asyncio.to_thread(_start_embedded, path or data_dir())
+
+
+async def resolve_dsn(options: Mapping[str, Any]) -> str:
+    return configured_dsn(options) or await embedded_dsn()

@@ -1,0 +1,148 @@
+"""Columns selected for each record, and rows turned back into models.
+
+Times are stored as ``timestamptz`` and read as POSIX seconds, the unit of the
+models; JSON columns are bound as ``Jsonb`` and come back as Python values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from hotmesh_core.models import EntityChange, ErrorInfo, Job, Step, Task, Thread, Waiter
+from hotmesh_core.serde import structure, unstructure
+
+
+def epoch(column: str, table: str = "") -> str:
+    qualified = f"{table}.{column}" if table else column
+    return f"extract(epoch FROM {qualified})::float8 AS {column}"
+
+
+def task_columns(table: str) -> str:
+    names = [
+        "id",
+        "queue",
+        "kind",
+        "job_id",
+        "dimension",
+        "name",
+        "idx",
+        "payload",
+        "attempts",
+        "lease_owner",
+    ]
+    return ", ".join(
+        [*(f"{table}.{n}" for n in names), epoch("visible_at", table), epoch("created_at", table)]
+    )
+
+
+def waiter_columns(table: str) -> str:
+    names = ["signal_id", "job_id", "dimension", "idx"]
+    return ", ".join([*(f"{table}.{n}" for n in names), epoch("created_at", table)])
+
+
+JOB_COLUMNS = ", ".join(
+    [
+        "id",
+        "entity",
+        "workflow_name",
+        "task_queue",
+        "args",
+        "status",
+        "context",
+        "version",
+        "result",
+        "error",
+        "parent_id",
+        "parent_dimension",
+        "parent_index",
+        "persistent",
+        "search",
+        "expire",
+        epoch("created_at"),
+        epoch("updated_at"),
+        epoch("finished_at"),
+    ]
+)
+THREAD_COLUMNS = ", ".join(
+    [
+        "job_id",
+        "dimension",
+        "workflow_name",
+        "task_queue",
+        "args",
+        "status",
+        "signal_id",
+        "error",
+        epoch("created_at"),
+        epoch("finished_at"),
+    ]
+)
+STEP_COLUMNS = ", ".join(
+    [
+        "job_id",
+        "dimension",
+        "idx",
+        "kind",
+        "name",
+        "args",
+        "status",
+        "result",
+        "error",
+        "attempts",
+        "wake_queue",
+        "wake_name",
+        epoch("started_at"),
+        epoch("finished_at"),
+    ]
+)
+CHANGE_COLUMNS = ", ".join(
+    ["job_id", "version", "op", "path", "value", "dimension", "idx", epoch("at")]
+)
+
+
+def jsonb(value: Any) -> Jsonb:
+    return Jsonb(value)
+
+
+def error_param(error: ErrorInfo | None) -> Jsonb | None:
+    return None if error is None else Jsonb(unstructure(error))
+
+
+def _error(value: Any) -> ErrorInfo | None:
+    return None if value is None else structure(value, ErrorInfo)
+
+
+def job(row: dict[str, Any]) -> Job:
+    return Job(**{**row, "error": _error(row["error"])})
+
+
+def thread(row: dict[str, Any]) -> Thread:
+    return Thread(**{**row, "error": _error(row["error"])})
+
+
+def step(row: dict[str, Any]) -> Step:
+    values = {**row, "error": _error(row["error"])}
+    values["index"] = values.pop("idx")
+    return Step(**values)
+
+
+def task(row: dict[str, Any]) -> Task:
+    values = dict(row)
+    values["index"] = values.pop("idx")
+    values["id"] = str(values["id"])
+    values["lease_until"] = values["visible_at"] if values["lease_owner"] else None
+    return Task(**values)
+
+
+def change(row: dict[str, Any]) -> EntityChange:
+    values = dict(row)
+    values["index"] = values.pop("idx")
+    return EntityChange(**values)
+
+
+def waiter(row: dict[str, Any]) -> Waiter:
+    values = dict(row)
+    values["index"] = values.pop("idx")
+    return Waiter(**values)

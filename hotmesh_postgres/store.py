@@ -1,0 +1,327 @@
+"""The Store role in SQL: jobs and their entity, threads, steps, changes, search."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg import sql
+
+from hotmesh_core.entity_ops import EntityPathError, split_path
+from hotmesh_core.errors import WorkflowNotFound
+from hotmesh_core.models import (
+    TERMINAL_STATUSES,
+    EntityChange,
+    EntityOp,
+    ErrorInfo,
+    Job,
+    Step,
+    Thread,
+)
+
+from . import rows
+from .rows import (
+    CHANGE_COLUMNS,
+    JOB_COLUMNS,
+    STEP_COLUMNS,
+    THREAD_COLUMNS,
+    error_param,
+    jsonb,
+)
+
+if TYPE_CHECKING:
+    from .backend import PgTransaction
+
+TERMINAL = list(TERMINAL_STATUSES)
+ORDER_COLUMNS = {"created_at", "updated_at", "id"}
+
+
+def _path_expression(column: str, path: str, *, text: bool) -> sql.Composable:
+    """``column -> 'a' -> 'b'`` (or ``->>`` last): the shape a user's expression index has."""
+    parts = split_path(path)
+    expression: sql.Composable = sql.Identifier(column)
+    for position, part in enumerate(parts):
+        last = position == len(parts) - 1
+        operator = "->>" if (last and text) else "->"
+        expression = sql.SQL("({} {} {})").format(expression, sql.SQL(operator), sql.Literal(part))
+    return expression
+
+
+def _equals(column: str, path: str, value: Any) -> sql.Composable:
+    """JSON equality at a path; booleans also in the ``(col->>'k')::boolean`` form.
+
+    The second form is what a partial index such as
+    ``WHERE (context->>'isPremium')::boolean = true`` is written with, so the
+    planner can prove the index applies.  The JSON equality comes first and is
+    as cheap, so rows holding a non-boolean never reach the cast.
+    """
+    equality = sql.SQL("{} = {}").format(
+        _path_expression(column, path, text=False), sql.Placeholder()
+    )
+    if isinstance(value, bool):
+        cast = sql.SQL("({})::boolean").format(_path_expression(column, path, text=True))
+        return sql.SQL("({} AND {})").format(equality, cast if value else sql.SQL("NOT ") + cast)
+    return equality
+
+
+class PgStore:
+    def __init__(self, tx: PgTransaction) -> None:
+        self.tx = tx
+
+    async def create_job(self, job: Job) -> tuple[Job, bool]:
+        row = await self.tx.one(
+            f"INSERT INTO jobs (id, entity, workflow_name, task_queue, args, status, context,"
+            f" parent_id, parent_dimension, parent_index, persistent, search, expire)"
+            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            f" ON CONFLICT (id) DO NOTHING RETURNING {JOB_COLUMNS}",
+            [
+                job.id,
+                job.entity,
+                job.workflow_name,
+                job.task_queue,
+                jsonb(job.args),
+                job.status,
+                jsonb(job.context),
+                job.parent_id,
+                job.parent_dimension,
+                job.parent_index,
+                job.persistent,
+                jsonb(job.search),
+                job.expire,
+            ],
+        )
+        if row is not None:
+            return rows.job(row), True
+        existing = await self.get_job(job.id)
+        assert existing is not None
+        return existing, False
+
+    async def get_job(self, job_id: str) -> Job | None:
+        row = await self.tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", [job_id])
+        return None if row is None else rows.job(row)
+
+    async def set_job_status(
+        self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
+    ) -> Job | None:
+        row = await self.tx.one(
+            f"UPDATE jobs SET status = %s, result = %s, error = %s,"
+            f" updated_at = clock_timestamp(),"
+            f" finished_at = CASE WHEN %s THEN clock_timestamp() END"
+            f" WHERE id = %s AND status <> ALL(%s) RETURNING {JOB_COLUMNS}",
+            [
+                status,
+                jsonb(result),
+                error_param(error),
+                status in TERMINAL_STATUSES,
+                job_id,
+                TERMINAL,
+            ],
+        )
+        return None if row is None else rows.job(row)
+
+    async def active_children(self, job_id: str) -> list[str]:
+        found = await self.tx.all(
+            "SELECT id FROM jobs WHERE parent_id = %s AND status <> ALL(%s) ORDER BY created_at",
+            [job_id, TERMINAL],
+        )
+        return [row["id"] for row in found]
+
+    async def create_thread(self, thread: Thread) -> bool:
+        row = await self.tx.one(
+            "INSERT INTO threads (job_id, dimension, workflow_name, task_queue, args, signal_id)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1 AS created",
+            [
+                thread.job_id,
+                thread.dimension,
+                thread.workflow_name,
+                thread.task_queue,
+                jsonb(thread.args),
+                thread.signal_id,
+            ],
+        )
+        return row is not None
+
+    async def get_thread(self, job_id: str, dimension: str) -> Thread | None:
+        row = await self.tx.one(
+            f"SELECT {THREAD_COLUMNS} FROM threads WHERE job_id = %s AND dimension = %s",
+            [job_id, dimension],
+        )
+        return None if row is None else rows.thread(row)
+
+    async def finish_thread(
+        self, job_id: str, dimension: str, status: str, error: ErrorInfo | None = None
+    ) -> Thread | None:
+        row = await self.tx.one(
+            f"UPDATE threads SET status = %s, error = %s, finished_at = clock_timestamp()"
+            f" WHERE job_id = %s AND dimension = %s AND status = 'running'"
+            f" RETURNING {THREAD_COLUMNS}",
+            [status, error_param(error), job_id, dimension],
+        )
+        return None if row is None else rows.thread(row)
+
+    async def threads(self, job_id: str) -> list[Thread]:
+        found = await self.tx.all(
+            f"SELECT {THREAD_COLUMNS} FROM threads WHERE job_id = %s"
+            f" ORDER BY created_at, dimension",
+            [job_id],
+        )
+        return [rows.thread(row) for row in found]
+
+    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+        if dimension is None:
+            found = await self.tx.all(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE job_id = %s ORDER BY dimension, idx",
+                [job_id],
+            )
+        else:
+            found = await self.tx.all(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE job_id = %s AND dimension = %s"
+                f" ORDER BY idx",
+                [job_id, dimension],
+            )
+        return [rows.step(row) for row in found]
+
+    async def insert_step(self, step: Step) -> bool:
+        row = await self.tx.one(
+            "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
+            " attempts, wake_queue, wake_name, finished_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " CASE WHEN %s THEN NULL ELSE clock_timestamp() END)"
+            " ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
+            [
+                step.job_id,
+                step.dimension,
+                step.index,
+                step.kind,
+                step.name,
+                jsonb(step.args),
+                step.status,
+                jsonb(step.result),
+                error_param(step.error),
+                step.attempts,
+                step.wake_queue,
+                step.wake_name,
+                step.status == "pending",
+            ],
+        )
+        return row is not None
+
+    async def resolve_step(
+        self,
+        job_id: str,
+        dimension: str,
+        index: int,
+        *,
+        result: Any = None,
+        error: ErrorInfo | None = None,
+        attempts: int | None = None,
+    ) -> Step | None:
+        row = await self.tx.one(
+            f"UPDATE steps SET status = %s, result = %s, error = %s,"
+            f" attempts = coalesce(%s, attempts), finished_at = clock_timestamp()"
+            f" WHERE job_id = %s AND dimension = %s AND idx = %s AND status = 'pending'"
+            f" RETURNING {STEP_COLUMNS}",
+            [
+                "failed" if error is not None else "done",
+                jsonb(result),
+                error_param(error),
+                attempts,
+                job_id,
+                dimension,
+                index,
+            ],
+        )
+        return None if row is None else rows.step(row)
+
+    async def note_attempt(
+        self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
+    ) -> None:
+        await self.tx.run(
+            "UPDATE steps SET attempts = %s, error = %s"
+            " WHERE job_id = %s AND dimension = %s AND idx = %s AND status = 'pending'",
+            [attempts, error_param(error), job_id, dimension, index],
+        )
+
+    async def apply_entity(
+        self, job_id: str, op: EntityOp, *, dimension: str | None, index: int | None
+    ) -> tuple[Any, int]:
+        if op.path is not None:
+            split_path(op.path)
+        try:
+            row = await self.tx.one(
+                "SELECT result, new_version FROM hm_apply_entity(%s, %s, %s, %s, %s, %s)",
+                [job_id, op.op, op.path, jsonb(op.value), dimension, index],
+            )
+        except psycopg.Error as error:
+            if error.sqlstate == "HM001":
+                raise EntityPathError(error.diag.message_primary or str(error)) from None
+            if error.sqlstate == "HM002":
+                raise WorkflowNotFound(error.diag.message_primary or str(error)) from None
+            raise
+        assert row is not None
+        return row["result"], int(row["new_version"])
+
+    async def entity_changes(self, job_id: str) -> list[EntityChange]:
+        found = await self.tx.all(
+            f"SELECT {CHANGE_COLUMNS} FROM entity_changes WHERE job_id = %s ORDER BY version",
+            [job_id],
+        )
+        return [rows.change(row) for row in found]
+
+    async def find_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        where: dict[str, Any] | None = None,
+        search: dict[str, Any] | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        limit: int = 100,
+        order_by: str | None = None,
+    ) -> list[Job]:
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        for column, value in (
+            ("entity", entity),
+            ("status", status),
+            ("workflow_name", workflow_name),
+        ):
+            if value is not None:
+                conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        for column, filters in (("context", where), ("search", search)):
+            for path, value in (filters or {}).items():
+                conditions.append(_equals(column, path, value))
+                params.append(jsonb(value))
+        field = (order_by or "created_at").lstrip("-")
+        direction = sql.SQL("DESC") if (order_by or "").startswith("-") else sql.SQL("ASC")
+        if field in ORDER_COLUMNS:
+            key: sql.Composable = sql.Identifier(field)
+        else:
+            key = _path_expression("context", field, text=False)
+        query = sql.SQL(
+            "SELECT {} FROM jobs WHERE {} ORDER BY {} {} NULLS LAST, id {} LIMIT %s"
+        ).format(
+            sql.SQL(JOB_COLUMNS),
+            sql.SQL(" AND ").join(conditions or [sql.SQL("true")]),
+            key,
+            direction,
+            direction,
+        )
+        found = await self.tx.all(query, [*params, limit])
+        return [rows.job(row) for row in found]
+
+    async def expire_jobs(self) -> int:
+        row = await self.tx.one(
+            "WITH gone AS ("
+            "  DELETE FROM jobs WHERE expire IS NOT NULL AND finished_at IS NOT NULL"
+            "  AND status = ANY(%s)"
+            "  AND finished_at + make_interval(secs => expire) <= clock_timestamp()"
+            "  RETURNING id),"
+            " s AS (DELETE FROM steps WHERE job_id IN (SELECT id FROM gone)),"
+            " t AS (DELETE FROM threads WHERE job_id IN (SELECT id FROM gone)),"
+            " c AS (DELETE FROM entity_changes WHERE job_id IN (SELECT id FROM gone))"
+            " SELECT count(*) AS n FROM gone",
+            [TERMINAL],
+        )
+        return int(row["n"]) if row else 0

@@ -1,0 +1,106 @@
+"""The Stream role in SQL: ``FOR UPDATE SKIP LOCKED`` claims under a lease.
+
+A leased task's ``visible_at`` is the end of its lease: claiming, extending,
+retrying and orphan take-over are all the one rule "claim what is visible".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from hotmesh_core.models import ErrorInfo, Task
+
+from . import rows
+from .rows import error_param, jsonb, task_columns
+
+if TYPE_CHECKING:
+    from .backend import PgTransaction
+
+
+class PgStream:
+    def __init__(self, tx: PgTransaction) -> None:
+        self.tx = tx
+
+    async def enqueue(self, task: Task, *, delay: float = 0.0) -> bool:
+        row = await self.tx.one(
+            "INSERT INTO tasks (queue, kind, job_id, dimension, name, idx, payload, visible_at)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s,"
+            " clock_timestamp() + make_interval(secs => %s))"
+            " ON CONFLICT (job_id, dimension) WHERE kind = 'run' AND lease_owner IS NULL"
+            " DO NOTHING RETURNING id",
+            [
+                task.queue,
+                task.kind,
+                task.job_id,
+                task.dimension,
+                task.name,
+                task.index,
+                jsonb(task.payload),
+                delay,
+            ],
+        )
+        if row is None:
+            return False
+        self.tx.notify_queue(task.queue)
+        return True
+
+    async def claim(
+        self,
+        queue: str,
+        *,
+        owner: str,
+        lease: float,
+        workflow_names: Sequence[str],
+        activity_names: Sequence[str],
+        limit: int,
+    ) -> list[Task]:
+        # Cleared before the snapshot: a NOTIFY for anything committed after it
+        # will set the event again, so an idle wait cannot miss it.
+        self.tx.backend.queue_event(queue).clear()
+        found = await self.tx.all(
+            f"WITH ready AS ("
+            f"  SELECT id FROM tasks"
+            f"  WHERE queue = %s AND visible_at <= clock_timestamp()"
+            f"  AND (kind = 'timer' OR (kind = 'run' AND name = ANY(%s))"
+            f"       OR (kind = 'activity' AND name = ANY(%s)))"
+            f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED)"
+            f" UPDATE tasks t SET lease_owner = %s, attempts = t.attempts + 1,"
+            f"  visible_at = clock_timestamp() + make_interval(secs => %s)"
+            f" FROM ready WHERE t.id = ready.id RETURNING {task_columns('t')}",
+            [queue, list(workflow_names), list(activity_names), limit, owner, lease],
+        )
+        return [rows.task(row) for row in found]
+
+    async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool:
+        row = await self.tx.one(
+            "UPDATE tasks SET visible_at = clock_timestamp() + make_interval(secs => %s)"
+            " WHERE id = %s AND lease_owner = %s RETURNING 1 AS kept",
+            [lease, int(task_id), owner],
+        )
+        return row is not None
+
+    async def ack(self, task_id: str) -> None:
+        await self.tx.run("DELETE FROM tasks WHERE id = %s", [int(task_id)])
+
+    async def retry(self, task_id: str, *, delay: float) -> None:
+        row = await self.tx.one(
+            "UPDATE tasks t SET lease_owner = NULL,"
+            " visible_at = clock_timestamp() + make_interval(secs => %s)"
+            " WHERE t.id = %s AND NOT (t.kind = 'run' AND EXISTS ("
+            "   SELECT 1 FROM tasks o WHERE o.job_id = t.job_id AND o.dimension = t.dimension"
+            "   AND o.kind = 'run' AND o.lease_owner IS NULL))"
+            " RETURNING t.queue",
+            [delay, int(task_id)],
+        )
+        if row is None:  # an unclaimed run of the same thread exists: it will do
+            await self.ack(task_id)
+        else:
+            self.tx.notify_queue(row["queue"])
+
+    async def dead_letter(self, task_id: str, error: ErrorInfo) -> None:
+        await self.tx.run(
+            "WITH gone AS (DELETE FROM tasks WHERE id = %s RETURNING *)"
+            " INSERT INTO dead_letters (id, task, error) SELECT id, to_jsonb(gone), %s FROM gone",
+            [int(task_id), error_param(error)],
+        )
