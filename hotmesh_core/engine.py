@@ -444,6 +444,10 @@ class Engine:
                 await self._wake(tx, step)
             await tx.stream.ack(task.id)
 
+    async def dead_letter(self, task: Task, error: ErrorInfo) -> None:
+        async with self.backend.transaction() as tx:
+            await tx.stream.dead_letter(task.id, error)
+
     async def drop_task(self, task: Task) -> None:
         async with self.backend.transaction() as tx:
             await tx.stream.ack(task.id)

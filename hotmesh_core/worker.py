@@ -63,6 +63,7 @@ class Worker:
         lease: float = 30.0,
         poll_interval: float = 1.0,
         expire_interval: float = 60.0,
+        max_task_attempts: int = 10,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -75,6 +76,7 @@ class Worker:
         self.lease = lease
         self.poll_interval = poll_interval
         self.expire_interval = expire_interval
+        self.max_task_attempts = max_task_attempts
         self.id = f"worker-{uuid.uuid4().hex[:12]}"
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
@@ -157,9 +159,12 @@ class Worker:
                 await self.engine.drop_task(task)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            # The lease will expire and another attempt will be made.
+        except Exception as exc:
             log.exception("task %s (%s %s) failed in the engine", task.id, task.kind, task.name)
+            if task.attempts >= self.max_task_attempts:
+                # A poison task: keep it for inspection instead of retrying forever.
+                await self.engine.dead_letter(task, error_info(exc))
+            # Otherwise its lease will expire and another attempt will be made.
         finally:
             heartbeat.cancel()
 

@@ -20,7 +20,23 @@ __all__ = ["data_dir", "embedded_dsn", "resolve_dsn"]
 def configured_dsn(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:
     environ = os.environ if env is None else env
     dsn = options.get("dsn") or environ.get("HOTMESH_DSN") or environ.get("DATABASE_URL")
-    return str(dsn) if dsn else None
+    return libpq_dsn(str(dsn)) if dsn else None
+
+
+def libpq_dsn(dsn: str) -> str:
+    """Accept SQLAlchemy-style URLs too (``postgresql+psycopg://``, ``postgres://``).
+
+    ``DATABASE_URL`` often carries a driver suffix meant for SQLAlchemy; libpq
+    does not understand it, so the URL is parsed and rendered without it.
+    """
+    if "://" not in dsn:
+        return dsn  # a libpq keyword string: "host=... dbname=..."
+    from sqlalchemy.engine import make_url
+
+    url = make_url(dsn)
+    if not url.drivername.startswith(("postgresql", "postgres")):
+        raise ValueError(f"not a PostgreSQL URL: {url.drivername!r}")
+    return url.set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> Path:

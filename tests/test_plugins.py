@@ -38,3 +38,16 @@ async def test_environment_selects_the_backend(monkeypatch: pytest.MonkeyPatch) 
     mf = await MemFlow.init(app_id="plugins-by-env")
     assert mf.backend.name == "memory"
     await mf.shutdown()
+
+
+def test_sqlalchemy_style_urls_are_accepted() -> None:
+    from hotmesh_postgres.connection import configured_dsn
+
+    assert configured_dsn({"dsn": "postgresql+psycopg://u:p@h:5433/db"}) == (
+        "postgresql://u:p@h:5433/db"
+    )
+    assert configured_dsn({}, {"DATABASE_URL": "postgres://u@h/db"}) == "postgresql://u@h/db"
+    assert configured_dsn({"dsn": "host=h dbname=db"}) == "host=h dbname=db"
+    assert configured_dsn({}, {}) is None
+    with pytest.raises(ValueError, match="not a PostgreSQL URL"):
+        configured_dsn({"dsn": "mysql://u@h/db"})
