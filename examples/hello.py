@@ -1,7 +1,6 @@
-"""The README's first program (SPEC §1). Runs on the backend chosen by configuration."""
+"""The README's first program (SPEC §1), verbatim; tests check they stay equal."""
 
 import asyncio
-
 from hotmesh_core import MemFlow, workflow
 
 

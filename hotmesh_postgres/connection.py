@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,9 @@ def _start_embedded(path: Path) -> str:
 
     if path not in _servers:
         path.mkdir(parents=True, exist_ok=True)
-        _servers[path] = pgserver.get_server(path, cleanup_mode="stop")
+        with warnings.catch_warnings():  # platformdirs complains about XDG_RUNTIME_DIR
+            warnings.simplefilter("ignore")
+            _servers[path] = pgserver.get_server(path, cleanup_mode="stop")
     uri: str = _servers[path].get_uri()
     return uri
 
