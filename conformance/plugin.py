@@ -15,7 +15,7 @@ import pytest
 
 from hotmesh_core import MemFlow, VirtualClock
 from hotmesh_core.memflow import Client
-from hotmesh_core.plugins import capabilities, installed_backends, test_options
+from hotmesh_core.plugins import backend_test_options, capabilities, installed_backends
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -51,7 +51,7 @@ class Harness:
     def __init__(self, backend: str) -> None:
         self.backend = backend
         self.capabilities = capabilities(backend)
-        self.options = test_options(backend)
+        self.options = backend_test_options(backend)
         self._opened: list[Client] = []
 
     def require(self, capability: str) -> None:

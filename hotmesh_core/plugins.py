@@ -73,7 +73,7 @@ def resolve_backend(name: str, app_id: str, options: dict[str, Any]) -> Backend:
     return backend  # type: ignore[no-any-return]
 
 
-def test_options(name: str) -> dict[str, Any]:
+def backend_test_options(name: str) -> dict[str, Any]:
     options = plugin_manager().hook.hotmesh_test_options(name=name)
     return dict(options or {})
 
