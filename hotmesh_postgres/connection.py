@@ -52,13 +52,13 @@ _servers: dict[Path, Any] = {}
 
 
 def _start_embedded(path: Path) -> str:
+    # pgserver asks platformdirs for a runtime dir, also when it stops at exit.
+    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
     import pgserver
 
     if path not in _servers:
         path.mkdir(parents=True, exist_ok=True)
-        with warnings.catch_warnings():  # platformdirs complains about XDG_RUNTIME_DIR
-            warnings.simplefilter("ignore")
-            _servers[path] = pgserver.get_server(path, cleanup_mode="stop")
+        _servers[path] = pgserver.get_server(path, cleanup_mode="stop")
     uri: str = _servers[path].get_uri()
     return uri
 

@@ -1,0 +1,69 @@
+"""The seed's programs run on every backend and end with the expected entity."""
+
+from __future__ import annotations
+
+import importlib.util
+import uuid
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from hotmesh_core import VirtualClock
+from hotmesh_core.plugins import backend_test_options
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def options(backend: str) -> dict[str, Any]:
+    extra: dict[str, Any] = {"clock": VirtualClock()} if backend == "memory" else {}
+    return {
+        "app_id": f"ex{uuid.uuid4().hex[:10]}",
+        "backend": backend,
+        **backend_test_options(backend),
+        **extra,
+    }
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_research_agent(backend: str) -> None:
+    final = await load("research_agent").main(**options(backend))
+    assert final["status"] == "completed"
+    assert set(final["perspectives"]) == {"optimistic", "skeptical", "synthesis"}
+    assert final["perspectives"]["synthesis"] == {
+        "finalAssessment": "cautiously positive",
+        "confidence": 0.6,
+    }
+    assert final["confidence"] == 0.6
+    assert len(final["findings"]) == 2
+    checker = final["verification"]  # the child's own entity
+    assert checker["query"] == final["query"]
+    assert {v["source"] for v in checker["verifications"]} == set(checker["sources"])
+    assert "verifications" not in final
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_data_pipeline(backend: str) -> None:
+    final = await load("data_pipeline").main(
+        refresh_interval="0.2s", max_runs=3, **options(backend)
+    )
+    assert [(entry["action"], entry.get("run")) for entry in final["changeLog"]] == [
+        ("clean", 1),
+        ("refresh", None),
+        ("clean", 2),
+        ("refresh", None),
+        ("clean", 3),
+        ("clean", 4),  # the run triggered from outside, after the main function returned
+    ]
+    assert final["runs"] == 4
+    stamps = [entry["at"] for entry in final["changeLog"]]
+    assert stamps == sorted(stamps)
