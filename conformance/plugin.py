@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import pytest_asyncio
 
 from hotmesh_core import MemFlow, VirtualClock
 from hotmesh_core.memflow import Client
@@ -86,7 +87,7 @@ class Harness:
             await opened.shutdown()
 
 
-@pytest.fixture
+@pytest_asyncio.fixture
 async def hm(hotmesh_backend: str, request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
     harness = Harness(hotmesh_backend)
     marker = request.node.get_closest_marker("requires")

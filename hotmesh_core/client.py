@@ -27,7 +27,7 @@ from .models import TERMINAL_STATUSES, ErrorInfo, Job
 from .protocols import Backend
 from .serde import ensure_json, unstructure
 
-__all__ = ["TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
+__all__ = ["RunSummary", "TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
 
 SAFETY_POLL = 1.0  # seconds between re-reads of a job when no wake-up arrives
 
@@ -47,6 +47,19 @@ class TimelineEntry:
     attempts: int
     started_at: float
     finished_at: float | None
+
+
+@define(frozen=True)
+class RunSummary:
+    """One job in a listing."""
+
+    workflow_id: str
+    entity: str
+    workflow_name: str
+    status: str
+    version: int
+    created_at: float
+    updated_at: float
 
 
 @define(frozen=True)
@@ -250,6 +263,30 @@ class WorkflowClient:
             validate_name(workflow_name, "workflow_name"),
             ensure_json(list(args or []), what="hook arguments"),
         )
+
+    async def list_runs(
+        self,
+        *,
+        entity: str | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        limit: int = 50,
+    ) -> list[RunSummary]:
+        """Jobs, newest first, filtered by entity type, status and workflow name."""
+        async with self._backend.transaction() as tx:
+            jobs = await tx.store.find_jobs(
+                entity=entity,
+                status=status,
+                workflow_name=workflow_name,
+                limit=limit,
+                order_by="-created_at",
+            )
+        return [
+            RunSummary(
+                j.id, j.entity, j.workflow_name, j.status, j.version, j.created_at, j.updated_at
+            )
+            for j in jobs
+        ]
 
     async def search(
         self,

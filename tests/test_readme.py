@@ -8,70 +8,103 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+import psycopg
 
 from hotmesh_postgres.testing import test_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
-PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, re.S)
+BLOCKS = re.findall(r"```(\w+)( \w+)?\n(.*?)```", README, re.S)
+PROGRAMS = [code for lang, tag, code in BLOCKS if lang == "python" and not tag]
+PYTEST_FILES = [code for lang, tag, code in BLOCKS if lang == "python" and tag == " pytest"]
+SQL = [code for lang, _, code in BLOCKS if lang == "sql"]
+SHELL = [code for lang, _, code in BLOCKS if lang == "bash"]
+DEMO_OUTPUT = "{'name': 'Ada', 'greetings': ['Hello, Ada!']}"
+TWO_COMMANDS = [
+    "pip install -e . && python examples/hello.py",
+    'pip install -e ".[dev]" && python -m pytest',
+]
 
 
-def run(code: str, env: dict[str, str]) -> str:
+def environment(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("HOTMESH_DSN", "DATABASE_URL", "HOTMESH_BACKEND", "HOTMESH_APP")
+    }
+    return {**env, **extra}
+
+
+def run(command: list[str], env: dict[str, str], cwd: Path = ROOT) -> str:
     done = subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
     )
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
     return done.stdout
 
 
-def test_the_demo_is_the_readme_program() -> None:
-    assert PYTHON_BLOCKS[0] in (ROOT / "examples" / "hello.py").read_text()
+def test_every_block_is_accounted_for() -> None:
+    assert len(BLOCKS) == len(PROGRAMS) + len(PYTEST_FILES) + len(SQL) + len(SHELL)
+    assert PROGRAMS[0] in (ROOT / "examples" / "hello.py").read_text()  # the demo is verbatim
 
 
-def test_python_blocks_run_in_order_against_postgres() -> None:
-    env = {**os.environ, "HOTMESH_DSN": test_dsn()}
-    env.pop("HOTMESH_BACKEND", None)
-    outputs = [run(block, env) for block in PYTHON_BLOCKS]
-    assert outputs[0].strip() == "{'name': 'Ada', 'greetings': ['Hello, Ada!']}"
+def test_blocks_run_in_order_against_postgres(tmp_path: Path) -> None:
+    env = environment(HOTMESH_DSN=test_dsn())
+    outputs = [run([sys.executable, "-c", code], env) for code in PROGRAMS]
+    assert outputs[0].strip() == DEMO_OUTPUT
     assert "time to stretch" in outputs[2]
-    assert outputs[-1].strip() == outputs[0].strip()  # the sync facade reads the same job
-    assert len(PYTHON_BLOCKS) >= 4
+    assert outputs[-1].strip() == DEMO_OUTPUT  # the sync facade reads the same job
+    for statement in SQL:  # the partial index, on the app the programs created
+        with psycopg.connect(test_dsn(), autocommit=True) as conn:
+            conn.execute(statement.encode())
+    for block in SHELL:
+        lines = [line for line in block.splitlines() if line.strip()]
+        if any(command in block for command in TWO_COMMANDS):
+            continue  # the two commands: the demo is run below, the tests by CI itself
+        for line in lines:
+            if line.startswith("export "):
+                name, _, value = line.removeprefix("export ").partition("=")
+                assert name == "HOTMESH_DSN" and value.startswith("postgresql://")
+            elif line.startswith("pytest --pyargs conformance"):
+                run(
+                    [
+                        sys.executable,
+                        "-m",
+                        *line.replace("NAME", "memory").split()[:-1],
+                        "--hotmesh-backend=memory",
+                        "-q",
+                        "-p",
+                        "no:cacheprovider",
+                    ],
+                    env,
+                    cwd=tmp_path,
+                )
+            else:
+                run(["bash", "-c", line.split("  #")[0]], env)
+
+
+def test_pytest_example(tmp_path: Path) -> None:
+    for number, code in enumerate(PYTEST_FILES):
+        (tmp_path / f"test_readme_example_{number}.py").write_text(code)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_mode = auto\n")
+    out = run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        environment(),
+        cwd=tmp_path,
+    )
+    assert f"{len(PYTEST_FILES)} passed" in out
 
 
 def test_demo_command_runs_on_embedded_postgres(tmp_path: Path) -> None:
     """`python examples/hello.py` with no server configured: the embedded default."""
-    env = {
-        k: v
-        for k, v in os.environ.items()
-        if k not in ("HOTMESH_DSN", "DATABASE_URL", "HOTMESH_BACKEND")
-    }
-    env["HOTMESH_DATA_DIR"] = str(tmp_path / "pg")
-    done = subprocess.run(
-        [sys.executable, "examples/hello.py"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    out = run(
+        [sys.executable, "examples/hello.py"], environment(HOTMESH_DATA_DIR=str(tmp_path / "pg"))
     )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "{'name': 'Ada', 'greetings': ['Hello, Ada!']}"
+    assert out.strip() == DEMO_OUTPUT
     assert (tmp_path / "pg" / "PG_VERSION").exists()
 
 
-@pytest.mark.parametrize(
-    "command",
-    ["pip install -e . && python examples/hello.py", 'pip install -e ".[dev]" && python -m pytest'],
-)
-def test_the_two_commands_are_in_the_readme_and_ci(command: str) -> None:
-    assert command in README
-    if "pytest" in command:
-        assert command in (ROOT / ".ci" / "run").read_text().replace("-q ", "")
+def test_the_two_commands_are_in_the_readme_and_ci() -> None:
+    for command in TWO_COMMANDS:
+        assert command in README
+    assert TWO_COMMANDS[1] in (ROOT / ".ci" / "run").read_text()

@@ -17,6 +17,10 @@ from hotmesh_core import (
     workflow,
 )
 
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
 
 async def test_non_json_arguments_are_refused_before_storing(hm: Harness) -> None:
     mf = await hm.memflow()

@@ -10,6 +10,10 @@ import pytest
 from conformance.plugin import Harness
 from hotmesh_core import EntityPathError, workflow
 
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
 
 async def run_ops(ops: list[list[Any]]) -> list[Any]:
     """Apply [op, *args] in order; return each result (errors as their type name)."""

@@ -10,6 +10,10 @@ import pytest
 from conformance.plugin import Harness
 from hotmesh_core import WaitTimeout, WorkflowClosed, WorkflowFailed, WorkflowNotFound, workflow
 
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
 
 async def perspective(kind: str, config: dict[str, str]) -> None:
     entity = await workflow.entity()

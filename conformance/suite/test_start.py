@@ -15,6 +15,10 @@ from hotmesh_core import (
     workflow,
 )
 
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
 RUNS: dict[str, int] = {}
 
 

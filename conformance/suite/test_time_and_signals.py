@@ -11,6 +11,10 @@ import pytest
 from conformance.plugin import Harness
 from hotmesh_core import WaitTimeout, WorkflowFailed, workflow
 
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
 
 async def napper(duration: Any) -> str:
     await workflow.sleep_for(duration)

@@ -10,6 +10,10 @@ from conformance.plugin import Harness
 from hotmesh_core import workflow
 from hotmesh_core.models import Task
 
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
 ACTIVE: dict[str, int] = {}
 RUNS: dict[str, int] = {}
 
