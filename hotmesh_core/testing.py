@@ -3,7 +3,8 @@
 Enable in a ``conftest.py`` with ``pytest_plugins = ["hotmesh_core.testing"]``,
 then take the ``memflow`` fixture (or ``postgres_memflow`` for a real database).
 On ``memflow``, time skips forward while a test awaits a result and only
-timers are left, so a workflow that sleeps for a day finishes at once; ``memflow.clock.advance("1 hour")`` moves time by hand.
+timers are left, so a workflow that sleeps for a day finishes at once;
+``memflow.clock.advance("1 hour")`` moves time by hand.
 """
 
 from __future__ import annotations
