@@ -1,6 +1,6 @@
 """``python -m bench [--quick]``: every standard workload, ours and the peer, one table.
 
-Runs W0–W6 of ../shared/BENCH.md against HotMesh (postgres and memory backends)
+Runs W0-W6 of ../shared/BENCH.md against HotMesh (postgres and memory backends)
 and DBOS Transact on the same PostgreSQL server in the same run, reports the
 median of the repetitions, and writes ``bench/results/latest.md``.
 """
