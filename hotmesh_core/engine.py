@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from attrs import evolve
+from attrs import define, evolve
 
 from .errors import DuplicateWorkflow, HotMeshError, WorkflowClosed, WorkflowNotFound
 from .models import (
@@ -27,11 +27,28 @@ from .models import (
     Waiter,
 )
 from .protocols import Backend, Transaction
-from .replay import Command, Run, RunOutcome, error_info, exception_for
+from .replay import Command, Run, RunAborted, RunOutcome, error_info, exception_for
 
 __all__ = ["Engine", "RunContext"]
 
 DEFAULT_SIGNAL_EXPIRE = 86400.0  # a kept signal lives one day by default
+
+
+class Superseded(RunAborted):
+    """An inline continuation lost a race: another worker answered one of its steps."""
+
+
+@define(frozen=True)
+class LocalWorker:
+    """A worker that runs the activities it can serve itself, right after dispatching them."""
+
+    owner: str
+    lease: float
+    task_queue: str
+    activity_names: frozenset[str]
+
+    def serves(self, task: Task) -> bool:
+        return task.queue == self.task_queue and task.name in self.activity_names
 
 
 def _run_task(queue: str, job_id: str, dimension: str, name: str) -> Task:
@@ -249,20 +266,90 @@ class Engine:
             persistent=options.get("persistent", False),
         )
 
-    async def finish_run(self, task: Task, run: Run, outcome: RunOutcome) -> None:
+    async def finish_run(
+        self, task: Task, run: Run, outcome: RunOutcome, local: LocalWorker | None = None
+    ) -> list[Task]:
+        """Commit a run's outcome and ack its task; return the activity tasks leased to
+        ``local`` (activities the finishing worker will run itself)."""
         async with self.backend.transaction() as tx:
-            for value in outcome.values:
-                await tx.store.insert_step(value)
-            if outcome.status == "suspended":
-                if run.dimension == MAIN_THREAD and run.job.status == "pending":
-                    await tx.store.set_job_status(run.job.id, "running")
-                for command in outcome.commands:
-                    await self._persist(tx, run, command)
-            elif run.dimension == MAIN_THREAD:
-                await self._finish_job(tx, run.job.id, outcome)
-            else:
-                await self._finish_hook(tx, run, outcome)
+            leased = await self._apply_outcome(tx, run, outcome, local)
             await tx.stream.ack(task.id)
+        return leased
+
+    async def continue_inline(
+        self,
+        run: Run,
+        answers: list[tuple[Task, Any, ErrorInfo | None]],
+        outcome: RunOutcome,
+        local: LocalWorker,
+    ) -> list[Task]:
+        """Record inline-run activities and the run they led to, in one transaction.
+
+        ``run`` replayed the workflow with the ``answers`` of activities its
+        worker ran itself.  Their results, the acks of their tasks and what the
+        run did next (new commands, or the job's end) commit together: one
+        commit per step.  If any answer was recorded by someone else meanwhile
+        (a lease ran out), nothing is written and :class:`Superseded` is raised.
+        """
+        async with self.backend.transaction() as tx:
+            await self._record_answers(tx, answers)
+            job = await tx.store.get_job(run.job.id)
+            if job is None or job.status == "interrupted":
+                return []
+            leased = await self._apply_outcome(tx, run, outcome, local)
+            waiting = {c.index for c in outcome.commands}
+            if outcome.status == "suspended" and any(
+                step.status == "pending" and step.index not in waiting
+                for step in run.known_history()
+            ):
+                # Other steps were pending: one may have been answered while this
+                # worker ran its activities, by a run that could not see them.
+                # A fresh run sees both (the queue holds at most one such run).
+                await self._wake(tx, Command(0, "", "").step(run))
+        return leased
+
+    async def record_answers(self, answers: list[tuple[Task, Any, ErrorInfo | None]]) -> None:
+        """Record inline-run activity results on their own (before a durable side effect
+        of the replay that used them); :class:`Superseded` if one was answered elsewhere."""
+        async with self.backend.transaction() as tx:
+            await self._record_answers(tx, answers)
+
+    async def _record_answers(
+        self, tx: Transaction, answers: list[tuple[Task, Any, ErrorInfo | None]]
+    ) -> None:
+        for task, result, error in answers:
+            assert task.index is not None
+            step = await tx.store.resolve_step(
+                task.job_id,
+                task.dimension,
+                task.index,
+                result=result,
+                error=error,
+                attempts=task.attempts,
+            )
+            if step is None:
+                raise Superseded(f"step {task.index} of {task.job_id!r} was answered elsewhere")
+            await tx.stream.ack(task.id)
+
+    async def _apply_outcome(
+        self, tx: Transaction, run: Run, outcome: RunOutcome, local: LocalWorker | None
+    ) -> list[Task]:
+        leased: list[Task] = []
+        for value in outcome.values:
+            await tx.store.insert_step(value)
+        if outcome.status == "suspended":
+            if run.dimension == MAIN_THREAD and run.job.status == "pending":
+                await tx.store.set_job_status(run.job.id, "running")
+                run.job.status = "running"
+            for command in outcome.commands:
+                task = await self._persist(tx, run, command, local)
+                if task is not None:
+                    leased.append(task)
+        elif run.dimension == MAIN_THREAD:
+            await self._finish_job(tx, run.job.id, outcome)
+        else:
+            await self._finish_hook(tx, run, outcome)
+        return leased
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:
         status = "completed" if outcome.status == "completed" else "failed"
@@ -289,28 +376,36 @@ class Engine:
             if step is not None:
                 await self._wake(tx, step)
 
-    async def _persist(self, tx: Transaction, run: Run, command: Command) -> None:
-        """Record a suspending command and set in motion what will answer it."""
+    async def _persist(
+        self, tx: Transaction, run: Run, command: Command, local: LocalWorker | None = None
+    ) -> Task | None:
+        """Record a suspending command and set in motion what will answer it.
+
+        Returns the activity task when it was leased to ``local`` at once.
+        """
         step = command.step(run)
         if not await tx.store.insert_step(step):
-            return  # a concurrent run of the same thread recorded it already
+            return None  # a concurrent run of the same thread recorded it already
         options = command.options
         if command.kind == "activity":
-            await tx.stream.enqueue(
-                Task(
-                    queue=options["task_queue"] or run.task_queue,
-                    kind="activity",
-                    job_id=run.job.id,
-                    dimension=run.dimension,
-                    name=command.name,
-                    index=command.index,
-                    payload={
-                        "args": command.args,
-                        "retry": options["retry"],
-                        "start_to_close": options["start_to_close"],
-                    },
-                )
+            task = Task(
+                queue=options["task_queue"] or run.task_queue,
+                kind="activity",
+                job_id=run.job.id,
+                dimension=run.dimension,
+                name=command.name,
+                index=command.index,
+                payload={
+                    "args": command.args,
+                    "retry": options["retry"],
+                    "start_to_close": options["start_to_close"],
+                },
             )
+            if local is not None and local.serves(task):
+                task.id = await tx.stream.enqueue(task, owner=local.owner, lease=local.lease) or ""
+                task.attempts, task.lease_owner = 1, local.owner
+                return task
+            await tx.stream.enqueue(task)
         elif command.kind == "sleep":
             await self._timer(tx, run, command, options["seconds"], {})
         elif command.kind == "wait":
@@ -332,6 +427,7 @@ class Engine:
             await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
         else:
             raise HotMeshError(f"unknown command {command.kind!r}")
+        return None
 
     async def _timer(
         self, tx: Transaction, run: Run, command: Command, delay: float, payload: dict[str, Any]

@@ -99,11 +99,16 @@ class Store(Protocol):
 class Stream(Protocol):
     """Task queues with leases, delays, retries and a dead letter."""
 
-    async def enqueue(self, task: Task, *, delay: float = 0.0) -> bool:
-        """Add a task visible after ``delay`` seconds.
+    async def enqueue(
+        self, task: Task, *, delay: float = 0.0, owner: str | None = None, lease: float = 0.0
+    ) -> str | None:
+        """Add a task visible after ``delay`` seconds; return its id.
 
-        A ``run`` task is not added when an unclaimed run of the same
-        (job, dimension) is already queued: one run will see every answer.
+        With ``owner``, the task is added already claimed by that worker under a
+        lease (a worker dispatching work it will run itself); should the worker
+        die, the lease runs out and anyone may claim it.  A ``run`` task is not
+        added (None) when an unclaimed run of the same (job, dimension) is
+        already queued: one run will see every answer.
         """
 
     async def claim(

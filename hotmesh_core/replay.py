@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from attrs import define, field
+from attrs import define, evolve, field
 
 from .errors import (
     ActivityFailed,
@@ -52,6 +52,11 @@ __all__ = [
     "error_info",
     "exception_for",
 ]
+
+
+class RunAborted(Exception):
+    """Raised by an inline executor to abandon the run (it lost a race); never user-visible."""
+
 
 INLINE_KINDS = frozenset({"entity", "signal", "start_child", "hook"})
 SUSPENDING_KINDS = frozenset({"activity", "sleep", "wait", "child", "exec_hook"})
@@ -252,6 +257,7 @@ class Run:
         self.commands: list[Command] = []
         self.inline: list[Command] = []
         self.values: list[Step] = []
+        self.recorded: dict[int, Step] = {}  # what this run learned or issued, by index
         self.nondeterminism: NonDeterminismError | None = None
 
     # -- used by the workflow API -----------------------------------------
@@ -289,7 +295,9 @@ class Run:
         if recorded is not None:
             return recorded.result
         generated = generate()
-        self.values.append(Command(index, kind, kind).step(self, status="done", result=generated))
+        step = Command(index, kind, kind).step(self, status="done", result=generated)
+        self.values.append(step)
+        self.recorded[index] = step
         return generated
 
     def take_values(self) -> list[Step]:
@@ -315,16 +323,28 @@ class Run:
                 assert command.future is not None
                 try:
                     result = await self._execute_inline(self, command)
+                except RunAborted:
+                    raise
                 except Exception as exc:  # recorded as a failed step; raised in the workflow
+                    self.recorded[command.index] = evolve(
+                        command.step(self), status="failed", error=error_info(exc)
+                    )
                     command.future.set_exception(exc)
                 else:
+                    self.recorded[command.index] = command.step(self, status="done", result=result)
                     command.future.set_result(result)
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
             if raised is not None:
                 return RunOutcome("failed", error=error_info(raised), values=self.take_values())
             return RunOutcome("completed", result=root.result(), values=self.take_values())
+        for command in self.commands:
+            self.recorded[command.index] = command.step(self)
         return RunOutcome("suspended", commands=self.commands, values=self.take_values())
+
+    def known_history(self) -> list[Step]:
+        """The history as this run left it: what it loaded plus what it recorded."""
+        return list({**self.history, **self.recorded}.values())
 
 
 async def _call(fn: Callable[..., Any], args: list[Any]) -> Any:

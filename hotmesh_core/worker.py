@@ -13,14 +13,16 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
-from .engine import Engine
+from attrs import define, evolve
+
+from .engine import Engine, LocalWorker, Superseded
 from .errors import SerializationError, UnknownWorkflow
-from .models import MAIN_THREAD, TERMINAL_STATUSES, ErrorInfo, Task
+from .models import MAIN_THREAD, TERMINAL_STATUSES, ErrorInfo, Job, Step, Task, Thread
 from .protocols import Backend
-from .replay import Run, error_info
+from .replay import Command, Run, RunOutcome, error_info
 from .retry import retry_delay
 from .serde import ensure_json
 
@@ -82,6 +84,8 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Activities this worker serves are run by the worker that dispatches them.
+        self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
 
     async def start(self) -> Worker:
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
@@ -203,35 +207,107 @@ class Worker:
             async with self.backend.transaction() as tx:
                 await tx.stream.retry(task.id, delay=self.poll_interval)
             return
-        args = thread.args if thread is not None else job.args
-        run = Run(
+        args = list(thread.args if thread is not None else job.args)
+        run = self._new_run(job, thread, context.history, self.engine.execute_inline)
+        outcome = await self._execute(run, fn, args, name)
+        leased = await self.engine.finish_run(task, run, outcome, self._local)
+        while leased:
+            run, leased = await self._continue_inline(run, fn, args, name, leased)
+
+    def _new_run(
+        self,
+        job: Job,
+        thread: Thread | None,
+        history: list[Step],
+        execute_inline: Callable[[Run, Command], Awaitable[Any]],
+    ) -> Run:
+        return Run(
             job=job,
             thread=thread,
-            history=context.history,
+            history=history,
             now=self.backend.now(),
-            execute_inline=self.engine.execute_inline,
+            execute_inline=execute_inline,
             clock=self.backend.now,
         )
-        outcome = await run.execute(fn, list(args))
+
+    async def _execute(
+        self, run: Run, fn: Callable[..., Any], args: list[Any], name: str
+    ) -> RunOutcome:
+        outcome = await run.execute(fn, args)
         if outcome.status == "completed":
             try:
                 outcome.result = ensure_json(outcome.result, what=f"the result of {name!r}")
             except SerializationError as exc:
                 outcome.status, outcome.result, outcome.error = "failed", None, error_info(exc)
-        await self.engine.finish_run(task, run, outcome)
+        return outcome
+
+    async def _continue_inline(
+        self, run: Run, fn: Callable[..., Any], args: list[Any], name: str, leased: list[Task]
+    ) -> tuple[Run, list[Task]]:
+        """Run the activities this worker leased to itself, then replay the workflow with
+        their results and commit both together: one commit per step on the hot path."""
+        outcomes = await asyncio.gather(*(self._activity_outcome(task) for task in leased))
+        if any(outcome.retry_in is not None for outcome in outcomes):
+            await self._answer_normally(outcomes)  # a retry waits in the queue as usual
+            return run, []
+        answers = [(o.task, o.result, o.error) for o in outcomes]
+        history = {step.index: step for step in run.known_history()}
+        for task, result, error in answers:
+            assert task.index is not None
+            history[task.index] = evolve(
+                history[task.index],
+                status="done" if error is None else "failed",
+                result=result,
+                error=error,
+                attempts=task.attempts,
+            )
+        recorded = False
+
+        async def record_then_execute(replaying: Run, command: Command) -> Any:
+            # A durable side effect may depend on the answers: record them first.
+            nonlocal recorded
+            if not recorded:
+                await self.engine.record_answers(answers)
+                recorded = True
+            return await self.engine.execute_inline(replaying, command)
+
+        replay = self._new_run(run.job, run.thread, list(history.values()), record_then_execute)
+        try:
+            outcome = await self._execute(replay, fn, args, name)
+            return replay, await self.engine.continue_inline(
+                replay, [] if recorded else answers, outcome, self._local
+            )
+        except Superseded:
+            if not recorded:
+                await self._answer_normally(outcomes)
+            return replay, []
+
+    async def _answer_normally(self, outcomes: list[ActivityOutcome]) -> None:
+        for outcome in outcomes:
+            if outcome.error is None:
+                await self.engine.complete_activity(outcome.task, outcome.result)
+            else:
+                await self.engine.fail_activity(outcome.task, outcome.error, outcome.retry_in)
 
     async def _run_activity(self, task: Task) -> None:
-        fn = self.activities.get(task.name)
-        if fn is None:
+        if task.name not in self.activities:
             async with self.backend.transaction() as tx:
                 await tx.stream.retry(task.id, delay=self.poll_interval)
             return
+        await self._answer_normally([await self._activity_outcome(task)])
+
+    async def _activity_outcome(self, task: Task) -> ActivityOutcome:
+        """Execute an activity (keeping its lease alive); what happened, not yet recorded."""
+        fn = self.activities[task.name]
         payload = task.payload
+        heartbeat = asyncio.create_task(self._heartbeat(task))
         try:
             result = await asyncio.wait_for(
                 _invoke(fn, payload.get("args", [])), payload.get("start_to_close") or None
             )
-            result = ensure_json(result, what=f"the result of activity {task.name!r}")
+            return ActivityOutcome(
+                task, ensure_json(result, what=f"the result of activity {task.name!r}")
+            )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -248,9 +324,17 @@ class Worker:
                 if isinstance(exc, SerializationError)
                 else retry_delay(payload["retry"], task.attempts, error.type_name)
             )
-            await self.engine.fail_activity(task, error, delay)
-            return
-        await self.engine.complete_activity(task, result)
+            return ActivityOutcome(task, None, error, delay)
+        finally:
+            heartbeat.cancel()
+
+
+@define
+class ActivityOutcome:
+    task: Task
+    result: Any = None
+    error: ErrorInfo | None = None
+    retry_in: float | None = None  # set when the activity will be tried again later
 
 
 async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from hotmesh_core.models import Waiter
 
-from .state import MemoryTx
+from .state import MemoryTx, clone
 
 
 class MemorySignal:
@@ -16,7 +15,7 @@ class MemorySignal:
         self.state = tx.state
 
     async def add_waiter(self, waiter: Waiter) -> None:
-        stored = copy.deepcopy(waiter)
+        stored = clone(waiter)
         stored.created_at = self.tx.now()
         waiters = self.state.waiters.get(waiter.signal_id, [])
         self.tx.put(self.state.waiters, waiter.signal_id, [*waiters, stored])
@@ -29,7 +28,7 @@ class MemorySignal:
             self.tx.pop(self.state.waiters, signal_id)
         else:
             self.tx.put(self.state.waiters, signal_id, waiters[1:])
-        return copy.deepcopy(waiters[0])
+        return clone(waiters[0])
 
     async def remove_waiter(self, job_id: str, dimension: str, index: int) -> None:
         for signal_id, waiters in list(self.state.waiters.items()):
@@ -53,7 +52,7 @@ class MemorySignal:
 
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         kept = self.state.buffered.get(signal_id, [])
-        entry = (self.tx.now() + expire, copy.deepcopy(data))
+        entry = (self.tx.now() + expire, clone(data))
         self.tx.put(self.state.buffered, signal_id, [*kept, entry])
 
     async def take_buffered(self, signal_id: str) -> tuple[bool, Any]:
@@ -66,7 +65,7 @@ class MemorySignal:
             self.tx.pop(self.state.buffered, signal_id)
         else:
             self.tx.put(self.state.buffered, signal_id, live[1:])
-        return True, copy.deepcopy(live[0][1])
+        return True, clone(live[0][1])
 
     async def notify_queue(self, queue: str) -> None:
         self.tx.queues_to_wake.add(queue)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 from attrs import evolve
@@ -18,7 +17,7 @@ from hotmesh_core.models import (
     Thread,
 )
 
-from .state import MemoryTx
+from .state import MemoryTx, clone
 
 _MISSING: Any = object()
 
@@ -62,19 +61,19 @@ class MemoryStore:
     async def create_job(self, job: Job) -> tuple[Job, bool]:
         existing = self.state.jobs.get(job.id)
         if existing is not None:
-            return copy.deepcopy(existing), False
+            return clone(existing), False
         now = self.tx.now()
-        stored = evolve(copy.deepcopy(job), created_at=now, updated_at=now)
+        stored = evolve(clone(job), created_at=now, updated_at=now)
         self.tx.put(self.state.jobs, job.id, stored)
         if job.parent_id is not None:
             siblings = dict(self.state.children.get(job.parent_id, {}))
             siblings[job.id] = None
             self.tx.put(self.state.children, job.parent_id, siblings)
-        return copy.deepcopy(stored), True
+        return clone(stored), True
 
     async def get_job(self, job_id: str) -> Job | None:
         job = self.state.jobs.get(job_id)
-        return copy.deepcopy(job) if job is not None else None
+        return clone(job) if job is not None else None
 
     async def set_job_status(
         self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
@@ -87,13 +86,13 @@ class MemoryStore:
         updated = evolve(
             job,
             status=status,
-            result=copy.deepcopy(result),
+            result=clone(result),
             error=error,
             updated_at=now,
             finished_at=finished,
         )
         self.tx.put(self.state.jobs, job_id, updated)
-        return copy.deepcopy(updated)
+        return clone(updated)
 
     async def active_children(self, job_id: str) -> list[str]:
         return [
@@ -107,14 +106,12 @@ class MemoryStore:
         key = (thread.job_id, thread.dimension)
         if key in self.state.threads:
             return False
-        self.tx.put(
-            self.state.threads, key, evolve(copy.deepcopy(thread), created_at=self.tx.now())
-        )
+        self.tx.put(self.state.threads, key, evolve(clone(thread), created_at=self.tx.now()))
         return True
 
     async def get_thread(self, job_id: str, dimension: str) -> Thread | None:
         thread = self.state.threads.get((job_id, dimension))
-        return copy.deepcopy(thread) if thread is not None else None
+        return clone(thread) if thread is not None else None
 
     async def finish_thread(
         self, job_id: str, dimension: str, status: str, error: ErrorInfo | None = None
@@ -124,23 +121,23 @@ class MemoryStore:
             return None
         updated = evolve(thread, status=status, error=error, finished_at=self.tx.now())
         self.tx.put(self.state.threads, (job_id, dimension), updated)
-        return copy.deepcopy(updated)
+        return clone(updated)
 
     async def threads(self, job_id: str) -> list[Thread]:
         found = [t for (job, _), t in self.state.threads.items() if job == job_id]
-        return copy.deepcopy(sorted(found, key=lambda t: (t.created_at, t.dimension)))
+        return clone(sorted(found, key=lambda t: (t.created_at, t.dimension)))
 
     async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
         if dimension is not None:
             steps = self.state.steps.get((job_id, dimension), {})
-            return copy.deepcopy(sorted(steps.values(), key=lambda s: s.index))
+            return clone(sorted(steps.values(), key=lambda s: s.index))
         found = [
             step
             for (job, _), steps in self.state.steps.items()
             if job == job_id
             for step in steps.values()
         ]
-        return copy.deepcopy(sorted(found, key=lambda s: (s.dimension, s.index)))
+        return clone(sorted(found, key=lambda s: (s.dimension, s.index)))
 
     async def insert_step(self, step: Step) -> bool:
         key = (step.job_id, step.dimension)
@@ -149,17 +146,17 @@ class MemoryStore:
             return False
         now = self.tx.now()
         stored = evolve(
-            copy.deepcopy(step),
+            clone(step),
             started_at=now,
             finished_at=None if step.status == "pending" else now,
         )
-        self.tx.put(self.state.steps, key, {**steps, step.index: stored})
+        if key not in self.state.steps:
+            self.tx.put(self.state.steps, key, steps)
+        self.tx.put(steps, step.index, stored)
         return True
 
     def _replace_step(self, step: Step) -> None:
-        key = (step.job_id, step.dimension)
-        steps = self.state.steps.get(key, {})
-        self.tx.put(self.state.steps, key, {**steps, step.index: step})
+        self.tx.put(self.state.steps[(step.job_id, step.dimension)], step.index, step)
 
     async def resolve_step(
         self,
@@ -177,13 +174,13 @@ class MemoryStore:
         resolved = evolve(
             step,
             status="failed" if error is not None else "done",
-            result=copy.deepcopy(result),
+            result=clone(result),
             error=error,
             attempts=step.attempts if attempts is None else attempts,
             finished_at=self.tx.now(),
         )
         self._replace_step(resolved)
-        return copy.deepcopy(resolved)
+        return clone(resolved)
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
@@ -196,7 +193,7 @@ class MemoryStore:
         self, job_id: str, op: EntityOp, *, dimension: str | None, index: int | None
     ) -> tuple[Any, int]:
         job = self.state.jobs[job_id]
-        new_doc, result, changed = apply_op(job.context, op.op, op.path, copy.deepcopy(op.value))
+        new_doc, result, changed = apply_op(job.context, op.op, op.path, clone(op.value))
         if not changed or op.op in READ_ONLY_OPS:
             return result, job.version
         now = self.tx.now()
@@ -211,7 +208,7 @@ class MemoryStore:
             version=version,
             op=op.op,
             path=op.path,
-            value=copy.deepcopy(op.value),
+            value=clone(op.value),
             dimension=dimension,
             index=index,
             at=now,
@@ -220,7 +217,7 @@ class MemoryStore:
         return result, version
 
     async def entity_changes(self, job_id: str) -> list[EntityChange]:
-        return copy.deepcopy(self.state.changes.get(job_id, []))
+        return clone(self.state.changes.get(job_id, []))
 
     async def find_jobs(
         self,
@@ -254,7 +251,7 @@ class MemoryStore:
         present = [j for j in found if _sort_key(j, field)[0] == 0]
         missing = [j for j in found if _sort_key(j, field)[0] == 1]
         present.sort(key=lambda j: (_sort_key(j, field)[1], j.id), reverse=descending)
-        return copy.deepcopy((present + missing)[:limit])
+        return clone((present + missing)[:limit])
 
     async def expire_jobs(self) -> int:
         now = self.tx.now()

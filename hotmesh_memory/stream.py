@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Sequence
 
 from attrs import evolve
 
 from hotmesh_core.models import ErrorInfo, Task
 
-from .state import MemoryTx
+from .state import MemoryTx, clone
 
 
 class MemoryStream:
@@ -21,30 +20,31 @@ class MemoryStream:
         return self.state.queues.setdefault(name, {})
 
     def _put(self, task: Task) -> None:
-        queue = self._queue(task.queue)
-        # Replace the queue's dict so the undo log can restore the old one.
-        self.tx.put(self.state.queues, task.queue, {**queue, task.id: task})
+        self.tx.put(self._queue(task.queue), task.id, task)
         self.tx.put(self.state.task_queue_of, task.id, task.queue)
 
-    async def enqueue(self, task: Task, *, delay: float = 0.0) -> bool:
+    async def enqueue(
+        self, task: Task, *, delay: float = 0.0, owner: str | None = None, lease: float = 0.0
+    ) -> str | None:
         run_key = (task.job_id, task.dimension)
-        if task.kind == "run" and run_key in self.state.unclaimed_runs:
-            return False
+        if task.kind == "run" and owner is None and run_key in self.state.unclaimed_runs:
+            return None
         now = self.tx.now()
         stored = evolve(
-            copy.deepcopy(task),
+            clone(task),
             id=f"m{next(self.state.task_ids)}",
             visible_at=now + delay,
             created_at=now,
-            attempts=0,
-            lease_owner=None,
-            lease_until=None,
+            attempts=0 if owner is None else 1,
+            lease_owner=owner,
+            lease_until=None if owner is None else now + lease,
         )
         self._put(stored)
-        if task.kind == "run":
-            self.tx.put(self.state.unclaimed_runs, run_key, stored.id)
-        self.tx.queues_to_wake.add(task.queue)
-        return True
+        if owner is None:
+            if task.kind == "run":
+                self.tx.put(self.state.unclaimed_runs, run_key, stored.id)
+            self.tx.queues_to_wake.add(task.queue)
+        return stored.id
 
     async def claim(
         self,
@@ -58,27 +58,29 @@ class MemoryStream:
     ) -> list[Task]:
         now = self.tx.now()
         workflows, activities = set(workflow_names), set(activity_names)
-        ready = [
-            task
-            for task in self._queue(queue).values()
-            if task.visible_at <= now
-            and (task.lease_until is None or task.lease_until <= now)
-            and (
-                task.kind == "timer"
-                or (task.kind == "run" and task.name in workflows)
-                or (task.kind == "activity" and task.name in activities)
-            )
-        ]
-        ready.sort(key=lambda t: t.visible_at)
+        ready: list[Task] = []
+        for task in self._queue(queue).values():  # insertion order: first come, first served
+            if (
+                task.visible_at <= now
+                and (task.lease_until is None or task.lease_until <= now)
+                and (
+                    task.kind == "timer"
+                    or (task.kind == "run" and task.name in workflows)
+                    or (task.kind == "activity" and task.name in activities)
+                )
+            ):
+                ready.append(task)
+                if len(ready) == limit:
+                    break
         claimed: list[Task] = []
-        for task in ready[:limit]:
+        for task in ready:
             leased = evolve(
                 task, lease_owner=owner, lease_until=now + lease, attempts=task.attempts + 1
             )
             self._put(leased)
             if task.kind == "run":
                 self.tx.pop(self.state.unclaimed_runs, (task.job_id, task.dimension))
-            claimed.append(copy.deepcopy(leased))
+            claimed.append(clone(leased))
         return claimed
 
     def _find(self, task_id: str) -> Task | None:
@@ -93,8 +95,7 @@ class MemoryStream:
         return True
 
     def _remove(self, task: Task) -> None:
-        queue = {k: v for k, v in self._queue(task.queue).items() if k != task.id}
-        self.tx.put(self.state.queues, task.queue, queue)
+        self.tx.pop(self._queue(task.queue), task.id)
         self.tx.pop(self.state.task_queue_of, task.id)
 
     async def ack(self, task_id: str) -> None:

@@ -22,11 +22,14 @@ class PgStream:
     def __init__(self, tx: PgTransaction) -> None:
         self.tx = tx
 
-    async def enqueue(self, task: Task, *, delay: float = 0.0) -> bool:
+    async def enqueue(
+        self, task: Task, *, delay: float = 0.0, owner: str | None = None, lease: float = 0.0
+    ) -> str | None:
         row = await self.tx.one(
-            "INSERT INTO tasks (queue, kind, job_id, dimension, name, idx, payload, visible_at)"
+            "INSERT INTO tasks (queue, kind, job_id, dimension, name, idx, payload, visible_at,"
+            " lease_owner, attempts)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s,"
-            " clock_timestamp() + make_interval(secs => %s))"
+            " clock_timestamp() + make_interval(secs => %s), %s, %s)"
             " ON CONFLICT (job_id, dimension) WHERE kind = 'run' AND lease_owner IS NULL"
             " DO NOTHING RETURNING id",
             [
@@ -37,13 +40,16 @@ class PgStream:
                 task.name,
                 task.index,
                 jsonb(task.payload),
-                delay,
+                delay if owner is None else lease,
+                owner,
+                0 if owner is None else 1,
             ],
         )
         if row is None:
-            return False
-        self.tx.notify_queue(task.queue)
-        return True
+            return None
+        if owner is None:
+            self.tx.notify_queue(task.queue)
+        return str(row["id"])
 
     async def claim(
         self,
