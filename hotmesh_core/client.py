@@ -100,7 +100,7 @@ class WorkflowHandle:
         return f"WorkflowHandle({self.workflow_id!r})"
 
     async def _job(self) -> Job:
-        async with self._backend.transaction() as tx:
+        async with self._backend.transaction(readonly=True) as tx:
             job = await tx.store.get_job(self.workflow_id)
         if job is None:
             raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
@@ -141,7 +141,7 @@ class WorkflowHandle:
         return await self._engine.interrupt(self.workflow_id, reason)
 
     async def export(self) -> WorkflowExport:
-        async with self._backend.transaction() as tx:
+        async with self._backend.transaction(readonly=True) as tx:
             job = await tx.store.get_job(self.workflow_id)
             if job is None:
                 raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
@@ -273,7 +273,7 @@ class WorkflowClient:
         limit: int = 50,
     ) -> list[RunSummary]:
         """Jobs, newest first, filtered by entity type, status and workflow name."""
-        async with self._backend.transaction() as tx:
+        async with self._backend.transaction(readonly=True) as tx:
             jobs = await tx.store.find_jobs(
                 entity=entity,
                 status=status,
@@ -298,7 +298,7 @@ class WorkflowClient:
         limit: int = 100,
     ) -> list[str]:
         """Ids of jobs whose ``search`` fields (given at start) match ``where``."""
-        async with self._backend.transaction() as tx:
+        async with self._backend.transaction(readonly=True) as tx:
             jobs = await tx.store.find_jobs(
                 entity=entity,
                 search=ensure_json(where or {}, what="where"),

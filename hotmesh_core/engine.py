@@ -177,7 +177,7 @@ class Engine:
 
     # -- runs ------------------------------------------------------------------
     async def load_run(self, task: Task) -> RunContext | None:
-        async with self.backend.transaction() as tx:
+        async with self.backend.transaction(readonly=True) as tx:
             job = await tx.store.get_job(task.job_id)
             if job is None:
                 return None

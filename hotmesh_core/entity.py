@@ -126,7 +126,7 @@ class EntityClient:
             split_path(order_by.lstrip("-"))
         if limit < 1:
             raise ValueError("limit must be at least 1")
-        async with self._backend.transaction() as tx:
+        async with self._backend.transaction(readonly=True) as tx:
             jobs = await tx.store.find_jobs(
                 entity=entity,
                 where=ensure_json(where or {}, what="where"),

@@ -194,7 +194,9 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    def transaction(self) -> AbstractAsyncContextManager[Transaction]: ...
+    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Transaction]:
+        """All-or-nothing work; ``readonly`` work only reads, so a backend may skip
+        the transaction's bookkeeping (each read then sees the latest commit)."""
 
     def now(self) -> float:
         """The backend's current time in POSIX seconds (virtual in tests where supported)."""

@@ -143,14 +143,18 @@ class PostgresBackend:
         return time.time()
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[PgTransaction]:
+    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[PgTransaction]:
         if self.pool is None:
             await self.open()
         assert self.pool is not None
-        async with self.pool.connection() as conn, conn.transaction():
-            tx = PgTransaction(self, conn)
-            yield tx
-            await tx.send_notifications()
+        async with self.pool.connection() as conn:
+            if readonly:  # autocommit statements: no BEGIN/COMMIT round trips
+                yield PgTransaction(self, conn)
+                return
+            async with conn.transaction():
+                tx = PgTransaction(self, conn)
+                yield tx
+                await tx.send_notifications()
 
     # -- wake-ups --------------------------------------------------------------
     def queue_event(self, queue: str) -> asyncio.Event:
@@ -187,7 +191,7 @@ class PostgresBackend:
                 event.set()
 
     async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
-        async with self.transaction() as tx:
+        async with self.transaction(readonly=True) as tx:
             row = await tx.one(
                 "SELECT extract(epoch FROM min(visible_at) - clock_timestamp())::float8 AS due"
                 " FROM tasks WHERE queue = ANY(%s) AND visible_at > clock_timestamp()",
