@@ -66,6 +66,12 @@ async def test_hook_from_outside(hm: Harness) -> None:
     mf = await hm.memflow()
     await mf.worker("q", workflows=[waits_for_approval, approver])
     handle = await mf.workflow.start("doc", "waits_for_approval", "w1", [], "q")
+    # Hook once the job has set up its entity (it is running): an earlier hook
+    # would be overwritten by the job's own entity.set, as it should be.
+    for _ in range(200):
+        if await handle.status() == "running":
+            break
+        await asyncio.sleep(0.02)
     await mf.workflow.hook("w1", "q", "approver", ["ada"])
     assert await handle.result(timeout=10) == {
         "decision": "yes",
