@@ -71,11 +71,7 @@ class Engine:
     # -- jobs ----------------------------------------------------------------
     async def start_job(self, job: Job) -> tuple[Job, bool]:
         async with self.backend.transaction() as tx:
-            stored, created = await tx.store.create_job(job)
-            if created:
-                await tx.stream.enqueue(
-                    _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
-                )
+            stored, created = await self._create_job(tx, job)
         return stored, created
 
     async def interrupt(self, job_id: str, reason: str | None) -> bool:
@@ -175,6 +171,32 @@ class Engine:
         if await tx.store.create_thread(thread):
             await tx.stream.enqueue(_run_task(task_queue, job.id, dimension, workflow_name))
 
+    async def _start_command_hook(
+        self, tx: Transaction, run: Run, command: Command, signal_id: str | None
+    ) -> None:
+        """Start the hook a workflow's ``hook``/``exec_hook`` command asks for."""
+        job = await tx.store.get_job(run.job.id)
+        assert job is not None
+        options = command.options
+        await self._start_hook(
+            tx,
+            job,
+            options["dimension"],
+            command.name,
+            options["task_queue"],
+            command.args,
+            signal_id,
+        )
+
+    async def _create_job(self, tx: Transaction, job: Job) -> tuple[Job, bool]:
+        """Create a job unless its id exists; a new job's first run is enqueued with it."""
+        stored, created = await tx.store.create_job(job)
+        if created:
+            await tx.stream.enqueue(
+                _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
+            )
+        return stored, created
+
     # -- runs ------------------------------------------------------------------
     async def load_run(self, task: Task) -> RunContext | None:
         async with self.backend.transaction(readonly=True) as tx:
@@ -230,24 +252,10 @@ class Engine:
             return None
         if command.kind == "start_child":
             child = self._child_job(run, command, awaited=False)
-            stored, created = await tx.store.create_job(child)
-            if created:
-                await tx.stream.enqueue(
-                    _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
-                )
+            stored, _created = await self._create_job(tx, child)
             return stored.id
         if command.kind == "hook":
-            job = await tx.store.get_job(run.job.id)
-            assert job is not None
-            await self._start_hook(
-                tx,
-                job,
-                options["dimension"],
-                command.name,
-                options["task_queue"],
-                command.args,
-                None,
-            )
+            await self._start_command_hook(tx, run, command, None)
             return options["dimension"]
         raise HotMeshError(f"unknown inline command {command.kind!r}")
 
@@ -413,17 +421,7 @@ class Engine:
         elif command.kind == "child":
             await self._start_awaited_child(tx, run, command, step)
         elif command.kind == "exec_hook":
-            job = await tx.store.get_job(run.job.id)
-            assert job is not None
-            await self._start_hook(
-                tx,
-                job,
-                options["dimension"],
-                command.name,
-                options["task_queue"],
-                command.args,
-                options["signal_id"],
-            )
+            await self._start_command_hook(tx, run, command, options["signal_id"])
             await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
         else:
             raise HotMeshError(f"unknown command {command.kind!r}")
@@ -468,11 +466,8 @@ class Engine:
         self, tx: Transaction, run: Run, command: Command, step: Step
     ) -> None:
         child = self._child_job(run, command, awaited=True)
-        stored, created = await tx.store.create_job(child)
+        stored, created = await self._create_job(tx, child)
         if created:
-            await tx.stream.enqueue(
-                _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
-            )
             return
         error: ErrorInfo | None = None
         if stored.parent_id != run.job.id:
