@@ -106,8 +106,12 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CI-sized N, one repetition")
     parser.add_argument("--engines", default="hotmesh-postgres,hotmesh-memory,dbos")
     parser.add_argument("--skip-recovery", action="store_true", help="skip W5")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="where to write the table (default bench/results/latest.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where to write the table (default bench/results/latest.md)",
+    )
     args = parser.parse_args()
     size = SIZES["quick" if args.quick else "full"]
     engines = [e for e in args.engines.split(",") if e]
@@ -157,7 +161,8 @@ def main() -> None:
     text = f"# Benchmark results\n\n{header}\n\n{table}\n"
     print("\n" + text)
     out = args.out or Path(__file__).parent / "results" / (
-        "latest-quick.md" if args.quick else "latest.md")
+        "latest-quick.md" if args.quick else "latest.md"
+    )
     out.write_text(text)
     print(f"written to {out}")
     sys.exit(0)

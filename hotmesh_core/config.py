@@ -10,7 +10,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from .errors import InvalidIdentifier
 
@@ -47,12 +46,11 @@ def validate_workflow_id(value: object) -> str:
     return value
 
 
-def choose_backend(
-    backend: str | None, options: Mapping[str, Any], env: Mapping[str, str] | None = None
-) -> str:
+def choose_backend(backend: str | None, env: Mapping[str, str] | None = None) -> str:
+    """The ``backend=`` argument, else ``HOTMESH_BACKEND``, else ``postgres``.
+
+    ``postgres`` itself then takes ``dsn=``, ``HOTMESH_DSN`` or ``DATABASE_URL``,
+    or starts its embedded server when none is given.
+    """
     environ = os.environ if env is None else env
-    if backend:
-        return backend
-    if environ.get("HOTMESH_BACKEND"):
-        return environ["HOTMESH_BACKEND"]
-    return "postgres"
+    return backend or environ.get("HOTMESH_BACKEND") or "postgres"

@@ -37,7 +37,7 @@ class Client:
 
     @classmethod
     async def _open(cls, app_id: str, backend: str | None, options: dict[str, Any]) -> Any:
-        name = choose_backend(backend, options)
+        name = choose_backend(backend)
         instance = resolve_backend(name, validate_app_id(app_id), options)
         await instance.open()
         return cls(instance)

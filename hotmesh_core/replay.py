@@ -33,6 +33,7 @@ from typing import Any
 
 from attrs import define, evolve, field
 
+from .entity_ops import EntityPathError
 from .errors import (
     ActivityFailed,
     HotMeshError,
@@ -94,8 +95,6 @@ def exception_for(step: Step) -> BaseException:
     if error.type_name == "WorkflowInterrupted":
         return WorkflowInterrupted(error.message, traceback=error.traceback)
     if step.kind == "entity":
-        from .entity_ops import EntityPathError
-
         return EntityPathError(error.message)
     return WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from attrs import define, evolve
 
+from .config import validate_name
 from .engine import Engine, LocalWorker, Superseded
 from .errors import SerializationError, UnknownWorkflow
 from .models import MAIN_THREAD, TERMINAL_STATUSES, ErrorInfo, Job, Step, Task, Thread
@@ -35,8 +36,6 @@ Functions = Iterable[Callable[..., Any]] | Mapping[str, Callable[..., Any]]
 
 def registry(functions: Functions | None, what: str) -> dict[str, Callable[..., Any]]:
     """Functions by name: their ``__name__``, or the key of a ``{name: fn}`` mapping."""
-    from .config import validate_name
-
     if functions is None:
         return {}
     if isinstance(functions, Mapping):

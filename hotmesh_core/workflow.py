@@ -21,6 +21,7 @@ from .config import validate_name, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE
 from .entity import WorkflowEntity
+from .errors import InvalidIdentifier
 from .replay import current_run
 from .retry import RetryPolicy
 from .serde import ensure_json
@@ -158,8 +159,6 @@ async def wait_for(signal_id: str, timeout: Duration | None = None) -> Any:
 
 def _signal_name(signal_id: str) -> str:
     if not isinstance(signal_id, str) or not signal_id:
-        from .errors import InvalidIdentifier
-
         raise InvalidIdentifier(f"a signal id must be a non-empty string, got {signal_id!r}")
     return signal_id
 

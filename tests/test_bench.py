@@ -16,14 +16,23 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_quick_bench_runs_every_workload(tmp_path: Path) -> None:
     out = tmp_path / "table.md"
     env = {**os.environ, "HOTMESH_BENCH_DSN": test_dsn()}
-    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
-                          check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     table = out.read_text()
     assert {f"W{i}" for i in range(7)} <= set(re.findall(r"^\| (W\d) \|", table, re.M))
-    rows = {line.split(" | ")[1]: line.split(" | ")[2:] for line in table.splitlines()
-            if line.startswith("| W")}
+    rows = {
+        line.split(" | ")[1]: line.split(" | ")[2:]
+        for line in table.splitlines()
+        if line.startswith("| W")
+    }
     assert rows["contention final value (must be 1000)"][0] == "[1000]"
     assert rows["recovery: lost"][0] == "0"
     assert rows["recovery: completed"][0] == "20"

@@ -27,10 +27,10 @@ async def test_unknown_backend_error_lists_what_is_installed() -> None:
 
 
 def test_backend_resolution_order() -> None:
-    assert choose_backend("memory", {}, {"HOTMESH_BACKEND": "other"}) == "memory"
-    assert choose_backend(None, {}, {"HOTMESH_BACKEND": "memory"}) == "memory"
-    assert choose_backend(None, {"dsn": "postgresql://x"}, {}) == "postgres"
-    assert choose_backend(None, {}, {}) == "postgres"
+    assert choose_backend("memory", {"HOTMESH_BACKEND": "other"}) == "memory"
+    assert choose_backend(None, {"HOTMESH_BACKEND": "memory"}) == "memory"
+    assert choose_backend(None, {"DATABASE_URL": "postgresql://x"}) == "postgres"
+    assert choose_backend(None, {}) == "postgres"
 
 
 async def test_environment_selects_the_backend(monkeypatch: pytest.MonkeyPatch) -> None:
