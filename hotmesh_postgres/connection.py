@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from hotmesh_core.errors import HotMeshError
 
 __all__ = ["data_dir", "embedded_dsn", "resolve_dsn"]
 
@@ -51,10 +54,21 @@ def data_dir(env: Mapping[str, str] | None = None) -> Path:
 _servers: dict[Path, Any] = {}
 
 
+class EmbeddedUnavailable(HotMeshError):
+    """No DSN was given and no embedded PostgreSQL can be started here."""
+
+
 def _start_embedded(path: Path) -> str:
     # pgserver asks platformdirs for a runtime dir, also when it stops at exit.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    import pgserver
+    try:
+        import pgserver
+    except ImportError:
+        raise EmbeddedUnavailable(
+            "no PostgreSQL is configured and the embedded server (package pgserver) is not "
+            f"installed (it has no build for Python {sys.version_info[0]}.{sys.version_info[1]}"
+            " yet): set HOTMESH_DSN or DATABASE_URL, or pass dsn=..."
+        ) from None
 
     if path not in _servers:
         path.mkdir(parents=True, exist_ok=True)
