@@ -6,6 +6,7 @@ input matters more than the breadth of a general-purpose parser.
 
 from __future__ import annotations
 
+import functools
 import re
 from datetime import timedelta
 
@@ -45,6 +46,7 @@ def parse_duration(value: Duration) -> float:
     return seconds
 
 
+@functools.lru_cache(maxsize=1024)  # the same few strings, parsed on every replay
 def _parse_text(text: str) -> float:
     stripped = text.strip().lower()
     if not stripped:

@@ -9,7 +9,6 @@ and values are deep-copied in and out so callers cannot alias stored documents.
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 from collections.abc import Callable, MutableMapping
 from typing import Any, TypeVar, cast
@@ -35,14 +34,21 @@ def clone(value: V) -> V:
         return cast(V, {key: clone(item) for key, item in value.items()})
     if isinstance(value, list):
         return cast(V, [clone(item) for item in value])
-    if attrs.has(type(value)):
-        copied = copy.copy(value)
-        for attribute in attrs.fields(type(value)):  # type: ignore[arg-type]
-            item = getattr(value, attribute.name)
-            if isinstance(item, (dict, list)):
-                object.__setattr__(copied, attribute.name, clone(item))
-        return copied
-    return value
+    cls = type(value)
+    names = _FIELDS.get(cls)
+    if names is None:
+        if not attrs.has(cls):
+            return value
+        names = _FIELDS[cls] = tuple(a.name for a in attrs.fields(cls))
+    # Field by field: several times faster than copy.copy on slotted classes.
+    copied = object.__new__(cls)
+    for name in names:
+        item = getattr(value, name)
+        object.__setattr__(copied, name, clone(item) if isinstance(item, (dict, list)) else item)
+    return copied
+
+
+_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
 class MemoryState:
