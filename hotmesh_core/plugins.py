@@ -8,6 +8,7 @@ calls the backend object directly.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import pluggy
@@ -15,7 +16,14 @@ import pluggy
 from .errors import BackendNotFound
 from .protocols import Backend
 
-__all__ = ["BackendSpec", "hookimpl", "hookspec", "plugin_manager", "resolve_backend"]
+__all__ = [
+    "BackendPlugin",
+    "BackendSpec",
+    "hookimpl",
+    "hookspec",
+    "plugin_manager",
+    "resolve_backend",
+]
 
 PROJECT = "hotmesh"
 ENTRY_POINT_GROUP = "hotmesh.backends"
@@ -42,6 +50,45 @@ class BackendSpec:
     @hookspec(firstresult=True)
     def hotmesh_capabilities(self, name: str) -> list[str] | None:
         """Optional features of ``name`` that the conformance suite may exercise."""
+
+
+class BackendPlugin:
+    """The usual plugin: one backend name, its factory, its capabilities.
+
+    A backend package exposes an instance and points its entry point at it::
+
+        plugin = BackendPlugin("mydb", MyBackend, capabilities=["multi_process"])
+        # pyproject.toml: [project.entry-points."hotmesh.backends"] mydb = "mypkg.plugin:plugin"
+    """
+
+    def __init__(
+        self,
+        name: str,
+        factory: Callable[[str, dict[str, Any]], Backend],
+        *,
+        capabilities: Iterable[str] = (),
+        test_options: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        self.name = name
+        self.factory = factory
+        self.capabilities = sorted(capabilities)
+        self.test_options = test_options or dict
+
+    @hookimpl
+    def hotmesh_backend_names(self) -> list[str]:
+        return [self.name]
+
+    @hookimpl
+    def hotmesh_backend(self, name: str, app_id: str, options: dict[str, Any]) -> Backend | None:
+        return self.factory(app_id, options) if name == self.name else None
+
+    @hookimpl
+    def hotmesh_test_options(self, name: str) -> dict[str, Any] | None:
+        return self.test_options() if name == self.name else None
+
+    @hookimpl
+    def hotmesh_capabilities(self, name: str) -> list[str] | None:
+        return self.capabilities if name == self.name else None
 
 
 _manager: pluggy.PluginManager | None = None

@@ -1,34 +1,7 @@
 """Entry point of the memory backend (group ``hotmesh.backends``)."""
 
-from __future__ import annotations
-
-from typing import Any
-
-from hotmesh_core.plugins import hookimpl
-from hotmesh_core.protocols import Backend
+from hotmesh_core.plugins import BackendPlugin
 
 from .backend import MemoryBackend
 
-NAME = "memory"
-
-
-@hookimpl
-def hotmesh_backend_names() -> list[str]:
-    return [NAME]
-
-
-@hookimpl
-def hotmesh_backend(name: str, app_id: str, options: dict[str, Any]) -> Backend | None:
-    if name != NAME:
-        return None
-    return MemoryBackend(app_id, options)
-
-
-@hookimpl
-def hotmesh_test_options(name: str) -> dict[str, Any] | None:
-    return {} if name == NAME else None
-
-
-@hookimpl
-def hotmesh_capabilities(name: str) -> list[str] | None:
-    return sorted(MemoryBackend.capabilities) if name == NAME else None
+plugin = BackendPlugin("memory", MemoryBackend, capabilities=MemoryBackend.capabilities)

@@ -4,35 +4,23 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotmesh_core.plugins import hookimpl
-from hotmesh_core.protocols import Backend
+from hotmesh_core.plugins import BackendPlugin
 
 from .backend import PostgresBackend
 
-NAME = "postgres"
 
-
-@hookimpl
-def hotmesh_backend_names() -> list[str]:
-    return [NAME]
-
-
-@hookimpl
-def hotmesh_backend(name: str, app_id: str, options: dict[str, Any]) -> Backend | None:
-    if name != NAME:
-        return None
-    return PostgresBackend(app_id, options)
-
-
-@hookimpl
-def hotmesh_test_options(name: str) -> dict[str, Any] | None:
-    if name != NAME:
-        return None
+def test_options() -> dict[str, Any]:
+    """A throw-away database (local server or embedded), each app's schema dropped after."""
     from .testing import test_dsn
 
     return {"dsn": test_dsn(), "drop_on_close": True}
 
 
-@hookimpl
-def hotmesh_capabilities(name: str) -> list[str] | None:
-    return sorted(PostgresBackend.capabilities) if name == NAME else None
+test_options.__test__ = False  # type: ignore[attr-defined]  # not a pytest test
+
+plugin = BackendPlugin(
+    "postgres",
+    PostgresBackend,
+    capabilities=PostgresBackend.capabilities,
+    test_options=test_options,
+)

@@ -44,8 +44,10 @@ def _embedded_server() -> str:
     except ImportError:
         import pytest
 
-        pytest.skip("no PostgreSQL at 127.0.0.1:5432 and no embedded server (pgserver has no "
-                    "build for this Python): set HOTMESH_TEST_DSN to run the PostgreSQL tests")
+        pytest.skip(
+            "no PostgreSQL at 127.0.0.1:5432 and no embedded server (pgserver has no "
+            "build for this Python): set HOTMESH_TEST_DSN to run the PostgreSQL tests"
+        )
 
     folder = tempfile.mkdtemp(prefix="hotmesh-test-pg-")
     server: Any = pgserver.get_server(folder, cleanup_mode="delete")
