@@ -149,7 +149,8 @@ class Worker:
                 log.exception("expiring finished jobs failed")
 
     async def _handle(self, task: Task) -> None:
-        heartbeat = asyncio.create_task(self._heartbeat(task))
+        # Activities keep their own lease alive while they run (_activity_outcome).
+        heartbeat = None if task.kind == "activity" else asyncio.create_task(self._heartbeat(task))
         try:
             if task.kind == "run":
                 await self._run_workflow(task)
@@ -166,10 +167,14 @@ class Worker:
             log.exception("task %s (%s %s) failed in the engine", task.id, task.kind, task.name)
             if task.attempts >= self.max_task_attempts:
                 # A poison task: keep it for inspection instead of retrying forever.
-                await self.engine.dead_letter(task, error_info(exc))
+                try:
+                    await self.engine.dead_letter(task, error_info(exc))
+                except Exception:
+                    log.exception("could not dead-letter task %s", task.id)
             # Otherwise its lease will expire and another attempt will be made.
         finally:
-            heartbeat.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
 
     async def _heartbeat(self, task: Task) -> None:
         while True:
