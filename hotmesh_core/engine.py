@@ -301,9 +301,7 @@ class Engine:
         """
         async with self.backend.transaction() as tx:
             await self._record_answers(tx, answers)
-            job = await tx.store.get_job(run.job.id)
-            if job is None or job.status == "interrupted":
-                return []
+            # An interrupted job takes no new step, so nothing more is dispatched.
             leased = await self._apply_outcome(tx, run, outcome, local)
             waiting = {c.index for c in outcome.commands}
             if outcome.status == "suspended" and any(

@@ -53,7 +53,8 @@ class Store(Protocol):
         """The step history of one dimension (or all, ordered by dimension then index)."""
 
     async def insert_step(self, step: Step) -> bool:
-        """Record a step unless (job, dimension, index) exists; return whether it was inserted."""
+        """Record a step unless (job, dimension, index) exists or the job was interrupted
+        (an interrupted job takes no new step); return whether it was inserted."""
 
     async def resolve_step(
         self,

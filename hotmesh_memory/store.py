@@ -142,7 +142,8 @@ class MemoryStore:
     async def insert_step(self, step: Step) -> bool:
         key = (step.job_id, step.dimension)
         steps = self.state.steps.get(key, {})
-        if step.index in steps:
+        job = self.state.jobs.get(step.job_id)
+        if step.index in steps or (job is not None and job.status == "interrupted"):
             return False
         now = self.tx.now()
         stored = evolve(

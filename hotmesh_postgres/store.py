@@ -185,8 +185,9 @@ class PgStore:
         row = await self.tx.one(
             "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
             " attempts, wake_queue, wake_name, finished_at)"
-            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN NULL ELSE clock_timestamp() END)"
+            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " CASE WHEN %s THEN NULL ELSE clock_timestamp() END"
+            " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s AND status = 'interrupted')"
             " ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
             [
                 step.job_id,
@@ -202,6 +203,7 @@ class PgStore:
                 step.wake_queue,
                 step.wake_name,
                 step.status == "pending",
+                step.job_id,
             ],
         )
         return row is not None

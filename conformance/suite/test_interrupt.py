@@ -81,3 +81,21 @@ async def test_interrupted_waiter_does_not_consume_a_later_signal(hm: Harness) -
 
 async def listener(signal_id: str) -> object:
     return await workflow.wait_for(signal_id)
+
+
+async def writes_after_sleep() -> None:
+    entity = await workflow.entity()
+    await entity.set({"phase": "before"})
+    await workflow.sleep_for("0.3s")
+    await entity.set({"phase": "after"})
+
+
+async def test_an_interrupted_job_changes_nothing_more(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[writes_after_sleep])
+    handle = await mf.workflow.start("t", "writes_after_sleep", "frozen", [], "q")
+    await wait_status(handle, "running")
+    await handle.interrupt()
+    await asyncio.sleep(0.6)  # past the sleep: its timer fires into an interrupted job
+    assert await handle.state() == {"phase": "before"}
+    assert [e.kind for e in (await handle.export()).timeline] == ["entity", "sleep"]
