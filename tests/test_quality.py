@@ -2,7 +2,6 @@
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,7 +26,3 @@ def test_mypy_strict() -> None:
 
 def test_import_contracts() -> None:
     run("lint-imports")
-
-
-def test_python_version_supported() -> None:
-    assert sys.version_info >= (3, 10)
