@@ -125,3 +125,39 @@ async def test_finished_jobs_expire(hm: Harness) -> None:
     async with mf.backend.transaction() as tx:
         assert await tx.store.expire_jobs() == 1
     assert await mf.workflow.search(entity="t") == []
+
+
+@pytest.mark.requires("virtual_clock")
+async def test_an_inline_activity_that_lost_its_lease_is_recorded_once(hm: Harness) -> None:
+    """The dispatching worker runs the activity itself; its lease runs out, another
+    worker answers first. The job completes once, with the recorded answer."""
+    mf = await hm.memflow(virtual_clock=True)
+    started, release = asyncio.Event(), asyncio.Event()
+    ran: list[str] = []
+
+    async def slow_on_a() -> str:
+        ran.append("a")
+        started.set()
+        await release.wait()
+        return "from a"
+
+    async def quick_on_b() -> str:
+        ran.append("b")
+        return "from b"
+
+    async def flow() -> str:
+        acts = workflow.proxy_activities(activities=["value"])
+        return await acts.value()  # type: ignore[no-any-return]
+
+    await mf.worker("q", workflows={"flow": flow}, activities={"value": slow_on_a}, lease=1.0)
+    handle = await mf.workflow.start("t", "flow", "race", [], "q")
+    await asyncio.wait_for(started.wait(), 5)
+    await mf.worker("q", activities={"value": quick_on_b}, lease=1.0)
+    mf.clock.advance(2.0)  # worker a's lease on the activity runs out
+    assert await handle.result(timeout=10) == "from b"
+    release.set()  # a's late answer must change nothing
+    await asyncio.sleep(0.1)
+    assert ran == ["a", "b"]
+    (step,) = (await handle.export()).timeline
+    assert (step.result, step.attempts) == ("from b", 2)
+    assert await handle.result(timeout=1) == "from b"
