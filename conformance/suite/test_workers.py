@@ -161,3 +161,25 @@ async def test_an_inline_activity_that_lost_its_lease_is_recorded_once(hm: Harne
     (step,) = (await handle.export()).timeline
     assert (step.result, step.attempts) == ("from b", 2)
     assert await handle.result(timeout=1) == "from b"
+
+
+async def test_an_answer_arriving_during_an_inline_activity_is_not_missed(hm: Harness) -> None:
+    mf = await hm.memflow()
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await release.wait()
+        return "done"
+
+    async def both() -> list[str]:
+        acts = workflow.proxy_activities(activities=["slow"])
+        return list(await asyncio.gather(acts.slow(), workflow.wait_for("meanwhile")))
+
+    await mf.worker("q", workflows={"both": both}, activities={"slow": slow})
+    handle = await mf.workflow.start("t", "both", "both", [], "q")
+    await asyncio.wait_for(started.wait(), 5)
+    assert await mf.workflow.signal("meanwhile", "signalled") is True
+    await asyncio.sleep(0.2)  # the run the signal woke sees the activity still pending
+    release.set()
+    assert await handle.result(timeout=10) == ["done", "signalled"]
