@@ -265,6 +265,11 @@ class MemoryStore:
             and job.finished_at + job.expire <= now
         ]
         for job_id in expired:
+            parent_id = self.state.jobs[job_id].parent_id
+            siblings = self.state.children.get(parent_id or "")
+            if siblings is not None and job_id in siblings:
+                self.tx.pop(siblings, job_id)
+            self.tx.pop(self.state.children, job_id)
             self.tx.pop(self.state.jobs, job_id)
             self.tx.pop(self.state.changes, job_id)
             for key in [k for k in self.state.steps if k[0] == job_id]:

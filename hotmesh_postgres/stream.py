@@ -18,6 +18,15 @@ if TYPE_CHECKING:
     from .backend import PgTransaction
 
 
+# Appended to a text value this is a no-op that, for every row written, sets
+# synchronous_commit = off for the rest of the transaction: a claim or a lease
+# extension need not wait for its WAL flush (had the server crashed and lost it,
+# the task would simply be claimed again, which leases allow anyway). Written in
+# the statement itself to spare a round trip; a transaction writing no row has
+# nothing to flush.
+ASYNC_COMMIT = " || left(set_config('synchronous_commit', 'off', true), 0)"
+
+
 class PgStream:
     def __init__(self, tx: PgTransaction) -> None:
         self.tx = tx
@@ -64,9 +73,6 @@ class PgStream:
         # Cleared before the snapshot: a NOTIFY for anything committed after it
         # will set the event again, so an idle wait cannot miss it.
         self.tx.backend.queue_event(queue).clear()
-        # A claim need not wait for its WAL flush: if the server crashed and lost
-        # it, the task would simply be claimed again, which leases allow anyway.
-        await self.tx.run("SET LOCAL synchronous_commit TO OFF", [])
         found = await self.tx.all(
             f"WITH ready AS ("
             f"  SELECT id FROM tasks"
@@ -74,7 +80,7 @@ class PgStream:
             f"  AND (kind = 'timer' OR (kind = 'run' AND name = ANY(%s))"
             f"       OR (kind = 'activity' AND name = ANY(%s)))"
             f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            f" UPDATE tasks t SET lease_owner = %s, attempts = t.attempts + 1,"
+            f" UPDATE tasks t SET lease_owner = %s{ASYNC_COMMIT}, attempts = t.attempts + 1,"
             f"  visible_at = clock_timestamp() + make_interval(secs => %s)"
             f" FROM ready WHERE t.id = ready.id RETURNING {task_columns('t')}",
             [queue, list(workflow_names), list(activity_names), limit, owner, lease],
@@ -82,10 +88,10 @@ class PgStream:
         return [rows.task(row) for row in found]
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool:
-        await self.tx.run("SET LOCAL synchronous_commit TO OFF", [])  # as for claims
         row = await self.tx.one(
-            "UPDATE tasks SET visible_at = clock_timestamp() + make_interval(secs => %s)"
-            " WHERE id = %s AND lease_owner = %s RETURNING 1 AS kept",
+            f"UPDATE tasks SET lease_owner = lease_owner{ASYNC_COMMIT},"
+            f" visible_at = clock_timestamp() + make_interval(secs => %s)"
+            f" WHERE id = %s AND lease_owner = %s RETURNING 1 AS kept",
             [lease, int(task_id), owner],
         )
         return row is not None
