@@ -40,7 +40,10 @@ class PgStream:
             " VALUES (%s, %s, %s, %s, %s, %s, %s,"
             " clock_timestamp() + make_interval(secs => %s), %s, %s)"
             " ON CONFLICT (job_id, dimension) WHERE kind = 'run' AND lease_owner IS NULL"
-            " DO NOTHING RETURNING id",
+            # Not DO NOTHING: the no-op update locks the queued run until this
+            # transaction commits, so no worker (SKIP LOCKED) can claim it and read
+            # the history before the answer that made us wake it is visible.
+            " DO UPDATE SET visible_at = tasks.visible_at RETURNING id, xmax <> 0 AS existed",
             [
                 task.queue,
                 task.kind,
@@ -54,8 +57,8 @@ class PgStream:
                 0 if owner is None else 1,
             ],
         )
-        if row is None:
-            return None
+        if row is None or row["existed"]:
+            return None  # a queued run of this thread will see everything
         if owner is None:
             self.tx.notify_queue(task.queue)
         return str(row["id"])
