@@ -1,0 +1,42 @@
+"""Races that only a real database has, made likely by holding transactions open."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+
+from conformance.suite.test_entity import contended, counter_hook
+from hotmesh_core import MemFlow
+from hotmesh_core.engine import Engine
+from hotmesh_postgres.testing import test_dsn
+
+
+async def test_an_answer_is_never_lost_to_a_run_claimed_before_it_commits(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An answer that finds a run of its thread already queued relies on that run.
+
+    If a worker could claim that run and read the history before the answer
+    commits, the answer would never be seen and the job would stall. Holding
+    each answering transaction open a little makes that window wide.
+    """
+    wake = Engine._wake
+
+    async def slow_wake(self: Engine, tx: Any, step: Any) -> None:
+        await wake(self, tx, step)
+        await asyncio.sleep(0.02)  # the transaction stays open: claims race it
+
+    monkeypatch.setattr(Engine, "_wake", slow_wake)
+    mf = await MemFlow.init(app_id=f"race{uuid.uuid4().hex[:10]}", backend="postgres",
+                            dsn=test_dsn(), drop_on_close=True)
+    try:
+        await mf.worker("q", workflows=[contended, counter_hook], concurrency=20)
+        await mf.worker("q", workflows=[contended, counter_hook], concurrency=20)
+        for attempt in range(3):
+            handle = await mf.workflow.start("counter", "contended", f"c{attempt}", [20, 2], "q")
+            assert await handle.result(timeout=30) == 40
+    finally:
+        await mf.shutdown()
