@@ -273,14 +273,13 @@ class WorkflowClient:
         limit: int = 50,
     ) -> list[RunSummary]:
         """Jobs, newest first, filtered by entity type, status and workflow name."""
-        async with self._backend.transaction(readonly=True) as tx:
-            jobs = await tx.store.find_jobs(
-                entity=entity,
-                status=status,
-                workflow_name=workflow_name,
-                limit=limit,
-                order_by="-created_at",
-            )
+        jobs = await self._find(
+            entity=entity,
+            status=status,
+            workflow_name=workflow_name,
+            limit=limit,
+            order_by="-created_at",
+        )
         return [
             RunSummary(
                 j.id, j.entity, j.workflow_name, j.status, j.version, j.created_at, j.updated_at
@@ -298,12 +297,15 @@ class WorkflowClient:
         limit: int = 100,
     ) -> list[str]:
         """Ids of jobs whose ``search`` fields (given at start) match ``where``."""
-        async with self._backend.transaction(readonly=True) as tx:
-            jobs = await tx.store.find_jobs(
-                entity=entity,
-                search=ensure_json(where or {}, what="where"),
-                status=status,
-                workflow_name=workflow_name,
-                limit=limit,
-            )
+        jobs = await self._find(
+            entity=entity,
+            search=ensure_json(where or {}, what="where"),
+            status=status,
+            workflow_name=workflow_name,
+            limit=limit,
+        )
         return [job.id for job in jobs]
+
+    async def _find(self, **filters: Any) -> list[Job]:
+        async with self._backend.transaction(readonly=True) as tx:
+            return await tx.store.find_jobs(**filters)

@@ -7,7 +7,7 @@ Times are POSIX seconds (floats) on the backend's clock.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from attrs import define, field
 
@@ -18,20 +18,15 @@ __all__ = [
     "EntityOp",
     "ErrorInfo",
     "Job",
-    "JobStatus",
     "Step",
-    "StepStatus",
     "Task",
-    "TaskKind",
     "Thread",
     "Waiter",
 ]
 
-JobStatus = Literal["pending", "running", "completed", "failed", "interrupted"]
-StepStatus = Literal["pending", "done", "failed"]
-TaskKind = Literal["run", "activity", "timer"]
-ThreadStatus = Literal["running", "completed", "failed"]
-
+# Job status: pending, running, completed, failed, interrupted.
+# Step status: pending, done, failed. Task kind: run, activity, timer.
+# Hook thread status: running, completed, failed.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "interrupted"})
 
 #: The dimension of a job's main function; hooks run in dimensions of their own.

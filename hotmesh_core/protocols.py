@@ -18,7 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from .models import EntityChange, EntityOp, ErrorInfo, Job, Step, Task, Thread, Waiter
 
-__all__ = ["Backend", "BackendFactory", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
+__all__ = ["Backend", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
 
 
 class Store(Protocol):
@@ -207,7 +207,3 @@ class Backend(Protocol):
 
     def watch_job(self, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
         """Watch ``job_id``: a change committed after entering is never missed by ``wait``."""
-
-
-class BackendFactory(Protocol):
-    def __call__(self, app_id: str, options: dict[str, Any]) -> Backend: ...

@@ -30,8 +30,12 @@ async def test_an_answer_is_never_lost_to_a_run_claimed_before_it_commits(
         await asyncio.sleep(0.02)  # the transaction stays open: claims race it
 
     monkeypatch.setattr(Engine, "_wake", slow_wake)
-    mf = await MemFlow.init(app_id=f"race{uuid.uuid4().hex[:10]}", backend="postgres",
-                            dsn=test_dsn(), drop_on_close=True)
+    mf = await MemFlow.init(
+        app_id=f"race{uuid.uuid4().hex[:10]}",
+        backend="postgres",
+        dsn=test_dsn(),
+        drop_on_close=True,
+    )
     try:
         await mf.worker("q", workflows=[contended, counter_hook], concurrency=20)
         await mf.worker("q", workflows=[contended, counter_hook], concurrency=20)
