@@ -34,6 +34,10 @@ if TYPE_CHECKING:
 
 TERMINAL = list(TERMINAL_STATUSES)
 ORDER_COLUMNS = {"created_at", "updated_at", "id"}
+# A finished job is filed into its expiry partition once it has been quiet this
+# long (seconds), at most FILE_BATCH jobs a maintenance pass.
+FILE_AFTER = 60.0
+FILE_BATCH = 5000
 
 
 def _path_expression(column: str, path: str, *, text: bool) -> sql.Composable:
@@ -69,11 +73,16 @@ class PgStore:
         self.tx = tx
 
     async def create_job(self, job: Job) -> tuple[Job, bool]:
+        # The primary key is (id, bucket), so "does this id exist" must look in
+        # every bucket: a finished job may have been filed into its expiry day.
+        # Snapshot reads see a job in exactly one bucket even while it moves,
+        # and two new jobs with one id meet in 'keep' (ON CONFLICT).
         row = await self.tx.one(
             f"INSERT INTO jobs (id, entity, workflow_name, task_queue, args, status, context,"
             f" parent_id, parent_dimension, parent_index, persistent, search, expire)"
-            f" VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
-            f" ON CONFLICT (id) DO NOTHING RETURNING {JOB_COLUMNS}",
+            f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+            f" WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s)"
+            f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}",
             [
                 job.id,
                 job.entity,
@@ -88,6 +97,7 @@ class PgStore:
                 job.persistent,
                 jsonb(job.search),
                 job.expire,
+                job.id,
             ],
         )
         if row is not None:
@@ -187,7 +197,9 @@ class PgStore:
             " attempts, wake_queue, wake_name, finished_at)"
             " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s THEN NULL ELSE clock_timestamp() END"
-            " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s AND status = 'interrupted')"
+            # An interrupted job, or one filed into its expiry partition, takes no new step.
+            " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s"
+            "  AND (status = 'interrupted' OR bucket <> 'keep'))"
             " ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
             [
                 step.job_id,
@@ -314,16 +326,10 @@ class PgStore:
         return [rows.job(row) for row in found]
 
     async def expire_jobs(self) -> int:
+        # One maintenance pass (sql/migrations/0002): deletes what expired before
+        # it was filed, files finished jobs into the partition of their expiry
+        # day, drops the partitions of days that are over.
         row = await self.tx.one(
-            "WITH gone AS ("
-            "  DELETE FROM jobs WHERE expire IS NOT NULL AND finished_at IS NOT NULL"
-            "  AND status = ANY(%s)"
-            "  AND finished_at + make_interval(secs => expire) <= clock_timestamp()"
-            "  RETURNING id),"
-            " s AS (DELETE FROM steps WHERE job_id IN (SELECT id FROM gone)),"
-            " t AS (DELETE FROM threads WHERE job_id IN (SELECT id FROM gone)),"
-            " c AS (DELETE FROM entity_changes WHERE job_id IN (SELECT id FROM gone))"
-            " SELECT count(*) AS n FROM gone",
-            [TERMINAL],
+            "SELECT hm_maintain(clock_timestamp(), %s, %s) AS n", [FILE_AFTER, FILE_BATCH]
         )
         return int(row["n"]) if row else 0

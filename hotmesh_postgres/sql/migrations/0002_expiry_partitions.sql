@@ -1,0 +1,393 @@
+-- HotMesh schema, version 2: finished work is expired by dropping partitions.
+--
+-- Partitioning: jobs, threads, steps, entity_changes and signals are
+-- LIST-partitioned by `bucket`, the UTC day their rows may be removed:
+--
+--   'keep'       running jobs, and finished jobs kept with no expire (or
+--                persistent ones, which can take new hooks at any time);
+--   'dYYYYMMDD'  finished jobs expiring on that day, with all their history;
+--   'later'      (signals only) buffered signals whose day has no partition yet.
+--
+-- New rows always go to 'keep' (signals: their expiry day), so nothing on the
+-- hot path chooses or creates a partition. The maintenance pass (hm_maintain,
+-- run by every worker's expiry loop) files quiescent finished jobs into the
+-- partition of the day they expire, creating it if needed, and drops the
+-- partitions of days that are over: a whole day of expired work goes with one
+-- DROP, never a DELETE per row. A job is therefore kept at least `expire`, and
+-- removed at the latest by the first pass after the end of the UTC day it
+-- expires on. Time ranges by creation day were rejected: a job can run for
+-- months, and a single long-lived job would pin its creation day's partition.
+--
+-- Because the partition key must be part of every unique index, job id
+-- uniqueness across buckets is kept by the start statement (it looks for the
+-- id in every bucket before inserting into 'keep'), see PgStore.create_job.
+--
+-- Queue tables stay unpartitioned: a task row is deleted in the transaction
+-- that acks it and a waiter when it is answered, so they hold no finished work,
+-- and one unique index over all unclaimed runs must span the table.
+--
+-- Existing rows are copied into 'keep'; user indexes on jobs are recreated.
+
+DO $$
+DECLARE
+    t          text;
+    -- A partitioned table's index reads "ON ONLY jobs": recreated on every partition.
+    user_index text[] := ARRAY(
+        SELECT replace(indexdef, ' ON ONLY ', ' ON ') FROM pg_indexes
+         WHERE schemaname = current_schema() AND tablename = 'jobs'
+           AND indexname NOT IN ('jobs_pkey', 'jobs_entity_created', 'jobs_parent', 'jobs_expiry'));
+    definition text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['jobs', 'threads', 'steps', 'entity_changes', 'signals'] LOOP
+        EXECUTE format('ALTER TABLE %I RENAME TO %I', t, t || '_v1');
+        EXECUTE format('ALTER TABLE %I RENAME CONSTRAINT %I TO %I', t || '_v1', t || '_pkey', t || '_v1_pkey');
+    END LOOP;
+    DROP INDEX jobs_entity_created, jobs_parent, jobs_expiry, signals_signal;
+    ALTER SEQUENCE signals_id_seq OWNED BY NONE;
+
+    CREATE TABLE jobs (
+        id               text        NOT NULL,
+        entity           text        NOT NULL,
+        workflow_name    text        NOT NULL,
+        task_queue       text        NOT NULL,
+        args             jsonb       NOT NULL DEFAULT '[]',
+        status           text        NOT NULL DEFAULT 'pending',
+        context          jsonb       NOT NULL DEFAULT '{}',
+        version          bigint      NOT NULL DEFAULT 0,
+        result           jsonb,
+        error            jsonb,
+        parent_id        text,
+        parent_dimension text,
+        parent_index     integer,
+        persistent       boolean     NOT NULL DEFAULT false,
+        search           jsonb       NOT NULL DEFAULT '{}',
+        expire           double precision,
+        created_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+        updated_at       timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at      timestamptz,
+        bucket           text        NOT NULL DEFAULT 'keep',
+        PRIMARY KEY (id, bucket)
+    ) PARTITION BY LIST (bucket);
+    CREATE INDEX jobs_entity_created ON jobs (entity, created_at);
+    CREATE INDEX jobs_parent ON jobs (parent_id) WHERE parent_id IS NOT NULL;
+    CREATE INDEX jobs_expiry ON jobs (finished_at) WHERE expire IS NOT NULL;
+
+    CREATE TABLE threads (
+        job_id        text        NOT NULL,
+        dimension     text        NOT NULL,
+        workflow_name text        NOT NULL,
+        task_queue    text        NOT NULL,
+        args          jsonb       NOT NULL DEFAULT '[]',
+        status        text        NOT NULL DEFAULT 'running',
+        signal_id     text,
+        error         jsonb,
+        created_at    timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at   timestamptz,
+        bucket        text        NOT NULL DEFAULT 'keep',
+        PRIMARY KEY (job_id, dimension, bucket)
+    ) PARTITION BY LIST (bucket);
+
+    CREATE TABLE steps (
+        job_id      text        NOT NULL,
+        dimension   text        NOT NULL,
+        idx         integer     NOT NULL,
+        kind        text        NOT NULL,
+        name        text        NOT NULL,
+        args        jsonb,
+        status      text        NOT NULL,
+        result      jsonb,
+        error       jsonb,
+        attempts    integer     NOT NULL DEFAULT 0,
+        wake_queue  text        NOT NULL,
+        wake_name   text        NOT NULL,
+        started_at  timestamptz NOT NULL DEFAULT clock_timestamp(),
+        finished_at timestamptz,
+        bucket      text        NOT NULL DEFAULT 'keep',
+        PRIMARY KEY (job_id, dimension, idx, bucket)
+    ) PARTITION BY LIST (bucket);
+
+    CREATE TABLE entity_changes (
+        job_id    text        NOT NULL,
+        version   bigint      NOT NULL,
+        op        text        NOT NULL,
+        path      text,
+        value     jsonb,
+        dimension text,
+        idx       integer,
+        at        timestamptz NOT NULL DEFAULT clock_timestamp(),
+        bucket    text        NOT NULL DEFAULT 'keep',
+        PRIMARY KEY (job_id, version, bucket)
+    ) PARTITION BY LIST (bucket);
+
+    CREATE TABLE signals (
+        id         bigint      NOT NULL DEFAULT nextval('signals_id_seq'),
+        signal_id  text        NOT NULL,
+        data       jsonb,
+        expires_at timestamptz NOT NULL,
+        created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        bucket     text        NOT NULL DEFAULT 'later',
+        PRIMARY KEY (id, bucket)
+    ) PARTITION BY LIST (bucket);
+    ALTER SEQUENCE signals_id_seq OWNED BY signals.id;
+    CREATE INDEX signals_signal ON signals (signal_id, id);
+
+    FOREACH t IN ARRAY ARRAY['jobs', 'threads', 'steps', 'entity_changes'] LOOP
+        EXECUTE format('CREATE TABLE %I PARTITION OF %I FOR VALUES IN (%L)', t || '_keep', t, 'keep');
+    END LOOP;
+    CREATE TABLE signals_later PARTITION OF signals FOR VALUES IN ('later');
+
+    INSERT INTO jobs (id, entity, workflow_name, task_queue, args, status, context, version,
+                      result, error, parent_id, parent_dimension, parent_index, persistent,
+                      search, expire, created_at, updated_at, finished_at)
+    SELECT id, entity, workflow_name, task_queue, args, status, context, version,
+           result, error, parent_id, parent_dimension, parent_index, persistent,
+           search, expire, created_at, updated_at, finished_at FROM jobs_v1;
+    INSERT INTO threads (job_id, dimension, workflow_name, task_queue, args, status, signal_id,
+                         error, created_at, finished_at)
+    SELECT job_id, dimension, workflow_name, task_queue, args, status, signal_id,
+           error, created_at, finished_at FROM threads_v1;
+    INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,
+                       attempts, wake_queue, wake_name, started_at, finished_at)
+    SELECT job_id, dimension, idx, kind, name, args, status, result, error,
+           attempts, wake_queue, wake_name, started_at, finished_at FROM steps_v1;
+    INSERT INTO entity_changes (job_id, version, op, path, value, dimension, idx, at)
+    SELECT job_id, version, op, path, value, dimension, idx, at FROM entity_changes_v1;
+    INSERT INTO signals (id, signal_id, data, expires_at, created_at)
+    SELECT id, signal_id, data, expires_at, created_at FROM signals_v1;
+
+    DROP TABLE jobs_v1, threads_v1, steps_v1, entity_changes_v1, signals_v1;
+    FOREACH definition IN ARRAY user_index LOOP
+        EXECUTE definition;
+    END LOOP;
+END
+$$;
+
+-- The day bucket of an instant: 'd' and its UTC date.
+CREATE FUNCTION hm_day_bucket(at timestamptz) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'd' || to_char(at AT TIME ZONE 'UTC', 'YYYYMMDD')
+$$;
+
+-- The bucket of a signal buffered until `expires_at`: its day if that
+-- partition exists, 'later' otherwise (the hot path never creates partitions).
+CREATE FUNCTION hm_signal_bucket(expires_at timestamptz) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN to_regclass(quote_ident('signals_' || hm_day_bucket(expires_at))) IS NULL
+                THEN 'later' ELSE hm_day_bucket(expires_at) END
+$$;
+
+-- Make sure `<table>_<bucket>` exists as a partition. Created apart and then
+-- attached: ATTACH takes a lock that lets reads and writes go on.
+CREATE FUNCTION hm_ensure_partition(p_table text, p_bucket text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    name text := p_table || '_' || p_bucket;
+BEGIN
+    IF p_bucket !~ '^d[0-9]{8}$' THEN
+        RAISE EXCEPTION 'not a day bucket: %', quote_literal(p_bucket);
+    END IF;
+    IF to_regclass(quote_ident(name)) IS NOT NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE TABLE %I (LIKE %I INCLUDING DEFAULTS)', name, p_table);
+    EXECUTE format('ALTER TABLE %I ATTACH PARTITION %I FOR VALUES IN (%L)', p_table, name, p_bucket);
+END
+$$;
+
+-- One maintenance pass, as of `p_now`; returns how many jobs it removed.
+--  1. Expired jobs still in 'keep' (persistent, or not filed yet) are deleted.
+--  2. Quiescent finished jobs with an expire (terminal, not persistent, no
+--     running hook, finished at least `p_grace` ago) move with their history
+--     to the partition of the day they expire on, at most `p_batch` a pass.
+--  3. Signal partitions for the coming days are made.
+--  4. Day partitions whose day is over are dropped. A drop needs a brief
+--     exclusive lock on the parent; if it cannot have it within 200 ms the
+--     drop waits for the next pass rather than stall the workload.
+-- Passes from several workers take turns (a try-lock: a busy pass is skipped).
+CREATE FUNCTION hm_maintain(p_now timestamptz, p_grace double precision, p_batch integer)
+RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    removed  bigint := 0;
+    counted  bigint;
+    b        text;
+    t        text;
+    today    text := hm_day_bucket(p_now);
+    history  text[] := ARRAY['jobs', 'threads', 'steps', 'entity_changes'];
+    terminal text[] := ARRAY['completed', 'failed', 'interrupted'];
+BEGIN
+    IF NOT pg_try_advisory_xact_lock(hashtextextended(current_schema() || ':maintain', 7)) THEN
+        RETURN 0;
+    END IF;
+
+    WITH gone AS (
+        DELETE FROM jobs
+         WHERE bucket = 'keep' AND expire IS NOT NULL AND finished_at IS NOT NULL
+           AND status = ANY(terminal)
+           AND finished_at + make_interval(secs => expire) <= p_now
+        RETURNING id),
+    s AS (DELETE FROM steps WHERE bucket = 'keep' AND job_id IN (SELECT id FROM gone)),
+    h AS (DELETE FROM threads WHERE bucket = 'keep' AND job_id IN (SELECT id FROM gone)),
+    c AS (DELETE FROM entity_changes WHERE bucket = 'keep' AND job_id IN (SELECT id FROM gone))
+    SELECT count(*) INTO removed FROM gone;
+
+    FOR b IN
+        SELECT DISTINCT hm_day_bucket(j.finished_at + make_interval(secs => j.expire))
+          FROM jobs j
+         WHERE j.bucket = 'keep' AND j.expire IS NOT NULL AND j.finished_at IS NOT NULL
+           AND j.status = ANY(terminal) AND NOT j.persistent
+           AND j.finished_at <= p_now - make_interval(secs => p_grace)
+    LOOP
+        FOREACH t IN ARRAY history LOOP
+            PERFORM hm_ensure_partition(t, b);
+        END LOOP;
+        WITH moving AS (
+            SELECT j.id FROM jobs j
+             WHERE j.bucket = 'keep' AND j.expire IS NOT NULL AND j.finished_at IS NOT NULL
+               AND j.status = ANY(terminal) AND NOT j.persistent
+               AND j.finished_at <= p_now - make_interval(secs => p_grace)
+               AND hm_day_bucket(j.finished_at + make_interval(secs => j.expire)) = b
+               AND NOT EXISTS (SELECT 1 FROM threads h
+                                WHERE h.job_id = j.id AND h.status = 'running')
+             LIMIT p_batch
+             FOR UPDATE SKIP LOCKED),
+        s AS (UPDATE steps SET bucket = b FROM moving m
+               WHERE steps.bucket = 'keep' AND steps.job_id = m.id),
+        h AS (UPDATE threads SET bucket = b FROM moving m
+               WHERE threads.bucket = 'keep' AND threads.job_id = m.id),
+        c AS (UPDATE entity_changes SET bucket = b FROM moving m
+               WHERE entity_changes.bucket = 'keep' AND entity_changes.job_id = m.id)
+        UPDATE jobs SET bucket = b FROM moving m WHERE jobs.bucket = 'keep' AND jobs.id = m.id;
+    END LOOP;
+
+    DELETE FROM signals WHERE bucket = 'later' AND expires_at <= p_now;
+    FOR b IN SELECT hm_day_bucket(p_now + make_interval(days => n)) FROM generate_series(0, 2) n LOOP
+        PERFORM hm_ensure_partition('signals', b);
+    END LOOP;
+
+    FOR b IN
+        SELECT DISTINCT substring(c.relname FROM '_(d[0-9]{8})$')
+          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent IN ('jobs'::regclass, 'threads'::regclass, 'steps'::regclass,
+                               'entity_changes'::regclass, 'signals'::regclass)
+           AND c.relname ~ '_d[0-9]{8}$'
+    LOOP
+        CONTINUE WHEN b >= today;
+        BEGIN
+            SET LOCAL lock_timeout = '200ms';
+            counted := 0;
+            IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
+                EXECUTE format('SELECT count(*) FROM %I', 'jobs_' || b) INTO counted;
+            END IF;
+            FOREACH t IN ARRAY history || ARRAY['signals'] LOOP
+                EXECUTE format('DROP TABLE IF EXISTS %I', t || '_' || b);
+            END LOOP;
+            removed := removed + counted;
+        EXCEPTION WHEN lock_not_available THEN
+            RAISE NOTICE 'partitions of % are busy; dropped on a later pass', b;
+        END;
+    END LOOP;
+    RETURN removed;
+END
+$$;
+
+-- Entity operations now record their change in the bucket of their job.
+CREATE OR REPLACE FUNCTION hm_apply_entity(p_job text, p_op text, p_path text, p_value jsonb,
+                                           p_dimension text, p_index integer,
+                                           OUT result jsonb, OUT new_version bigint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    doc      jsonb;
+    new_doc  jsonb;
+    cur      jsonb;
+    job_bucket text;
+    parts    text[] := string_to_array(p_path, '.');
+    changed  boolean := true;
+BEGIN
+    SELECT j.context, j.version, j.bucket INTO doc, new_version, job_bucket
+      FROM jobs j WHERE j.id = p_job FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no workflow with id %', quote_literal(p_job) USING ERRCODE = 'HM002';
+    END IF;
+    IF p_op = 'set' THEN
+        IF jsonb_typeof(p_value) IS DISTINCT FROM 'object' THEN
+            RAISE EXCEPTION 'entity.set takes an object (dict)' USING ERRCODE = 'HM001';
+        END IF;
+        new_doc := p_value;
+        result := p_value;
+    ELSIF p_op = 'merge' THEN
+        IF jsonb_typeof(p_value) IS DISTINCT FROM 'object' THEN
+            RAISE EXCEPTION 'entity.merge takes an object (dict)' USING ERRCODE = 'HM001';
+        END IF;
+        new_doc := hm_deep_merge(doc, p_value);
+        result := new_doc;
+    ELSIF p_op = 'get' THEN
+        changed := false;
+        result := CASE WHEN p_path IS NULL THEN doc ELSE coalesce(hm_get_path(doc, parts), 'null') END;
+    ELSIF p_path IS NULL THEN
+        RAISE EXCEPTION 'entity.% needs a path', p_op USING ERRCODE = 'HM001';
+    ELSE
+        cur := hm_get_path(doc, parts);
+        IF p_op = 'delete' THEN
+            IF cur IS NULL THEN
+                changed := false;
+                result := 'null';
+            ELSE
+                new_doc := doc #- parts;
+                result := cur;
+            END IF;
+        ELSIF p_op = 'set_if_not_exists' THEN
+            IF cur IS NOT NULL THEN
+                changed := false;
+                result := cur;
+            ELSE
+                new_doc := hm_set_path(doc, parts, p_value, p_path);
+                result := p_value;
+            END IF;
+        ELSIF p_op IN ('append', 'prepend') THEN
+            IF cur IS NULL OR jsonb_typeof(cur) = 'null' THEN
+                cur := '[]';
+            END IF;
+            IF jsonb_typeof(cur) <> 'array' THEN
+                RAISE EXCEPTION 'entity.%: % holds a non-list', p_op, quote_literal(p_path)
+                    USING ERRCODE = 'HM001';
+            END IF;
+            result := CASE WHEN p_op = 'append' THEN cur || jsonb_build_array(p_value)
+                           ELSE jsonb_build_array(p_value) || cur END;
+            new_doc := hm_set_path(doc, parts, result, p_path);
+        ELSIF p_op = 'increment' THEN
+            IF jsonb_typeof(p_value) IS DISTINCT FROM 'number' THEN
+                RAISE EXCEPTION 'entity.increment: ''by'' must be a number' USING ERRCODE = 'HM001';
+            END IF;
+            IF cur IS NULL OR jsonb_typeof(cur) = 'null' THEN
+                cur := '0';
+            END IF;
+            IF jsonb_typeof(cur) <> 'number' THEN
+                RAISE EXCEPTION 'entity.increment: % holds a non-number', quote_literal(p_path)
+                    USING ERRCODE = 'HM001';
+            END IF;
+            result := to_jsonb(cur::numeric + p_value::numeric);
+            new_doc := hm_set_path(doc, parts, result, p_path);
+        ELSIF p_op = 'toggle' THEN
+            IF cur IS NULL OR jsonb_typeof(cur) = 'null' THEN
+                cur := 'false';
+            END IF;
+            IF jsonb_typeof(cur) <> 'boolean' THEN
+                RAISE EXCEPTION 'entity.toggle: % holds a non-boolean', quote_literal(p_path)
+                    USING ERRCODE = 'HM001';
+            END IF;
+            result := to_jsonb(NOT cur::boolean);
+            new_doc := hm_set_path(doc, parts, result, p_path);
+        ELSE
+            RAISE EXCEPTION 'unknown entity operation %', quote_literal(p_op) USING ERRCODE = 'HM001';
+        END IF;
+    END IF;
+    IF changed THEN
+        new_version := new_version + 1;
+        UPDATE jobs SET context = new_doc, version = new_version, updated_at = clock_timestamp()
+         WHERE id = p_job AND bucket = job_bucket;
+        INSERT INTO entity_changes (job_id, version, op, path, value, dimension, idx, bucket)
+        VALUES (p_job, new_version, p_op, p_path, p_value, p_dimension, p_index, job_bucket);
+    END IF;
+END
+$$;

@@ -1,0 +1,205 @@
+"""Finished work is expired by dropping partitions (sql/migrations/0002).
+
+A maintenance pass files each quiet finished job with an ``expire`` into the
+partition of the UTC day it expires on; once that day is over the partition is
+dropped whole. Running jobs and jobs kept without ``expire`` stay in 'keep'.
+The passes here run "as of" a later time, which is how the tests move days.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
+
+import psycopg
+import pytest
+
+from hotmesh_core import MemFlow, workflow
+from hotmesh_core.errors import WorkflowNotFound
+from hotmesh_postgres.migrations import migrations
+from hotmesh_postgres.testing import test_dsn
+
+
+async def remember(note: str) -> str:
+    entity = await workflow.entity()
+    await entity.set({"note": note})
+    await workflow.sleep_for(0.01)
+    await entity.append("seen", note)
+    return note
+
+
+async def wait_for_go() -> str:
+    data = await workflow.wait_for(f"go-{workflow.info().workflow_id}")
+    return str(data)
+
+
+@pytest.fixture
+async def mf() -> AsyncIterator[MemFlow]:
+    app = await MemFlow.init(
+        app_id=f"exp{uuid.uuid4().hex[:10]}", backend="postgres", dsn=test_dsn(), drop_on_close=True
+    )
+    await app.worker("q", workflows=[remember, wait_for_go])
+    try:
+        yield app
+    finally:
+        await app.shutdown()
+
+
+async def maintain(mf: MemFlow, days_later: float = 0) -> int:
+    """One maintenance pass as of ``days_later`` days from now, filing at once."""
+    async with mf.backend.transaction() as tx:
+        row = await tx.one(  # type: ignore[attr-defined]
+            "SELECT hm_maintain(clock_timestamp() + make_interval(secs => %s), 0, 5000) AS n",
+            [days_later * 86400],
+        )
+    return int(row["n"])
+
+
+def where(mf: MemFlow, job_id: str) -> dict[str, list[str]]:
+    """The partitions holding a job's rows, per table."""
+    schema = mf.app_id
+    found: dict[str, list[str]] = {}
+    with psycopg.connect(test_dsn()) as conn:
+        for table, key in (("jobs", "id"), ("steps", "job_id"), ("entity_changes", "job_id")):
+            rows = conn.execute(
+                f'SELECT DISTINCT tableoid::regclass::text FROM "{schema}".{table}'
+                f" WHERE {key} = %s",
+                [job_id],
+            ).fetchall()
+            found[table] = sorted(name.split(".")[-1].strip('"') for (name,) in rows)
+    return found
+
+
+def partitions(mf: MemFlow, table: str) -> list[str]:
+    with psycopg.connect(test_dsn()) as conn:
+        rows = conn.execute(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+            " WHERE i.inhparent = %s::regclass ORDER BY 1",
+            [f'"{mf.app_id}".{table}'],
+        ).fetchall()
+    return [name for (name,) in rows]
+
+
+def day_bucket(at: datetime) -> str:
+    return "d" + at.astimezone(timezone.utc).strftime("%Y%m%d")
+
+
+async def test_finished_jobs_are_filed_by_expiry_day_and_dropped_with_their_partition(
+    mf: MemFlow,
+) -> None:
+    expiring = await mf.workflow.start("note", "remember", "goes", ["a"], "q", expire="1 hour")
+    kept = await mf.workflow.start("note", "remember", "stays", ["b"], "q")
+    running = await mf.workflow.start("note", "wait_for_go", "runs", [], "q", expire="1 hour")
+    assert await expiring.result(timeout=10) == "a"
+    assert await kept.result(timeout=10) == "b"
+    finished_at = (await expiring.export()).finished_at
+    assert finished_at is not None
+    expiry_day = day_bucket(datetime.fromtimestamp(finished_at, timezone.utc) + timedelta(hours=1))
+
+    assert await maintain(mf) == 0
+    history = ("jobs", "steps", "entity_changes")
+    assert where(mf, "goes") == {t: [f"{t}_{expiry_day}"] for t in history}
+    assert where(mf, "stays") == {t: [f"{t}_keep"] for t in history}
+    assert where(mf, "runs")["jobs"] == ["jobs_keep"]
+
+    # Filed work reads as before, and its id still makes starts idempotent.
+    assert await expiring.result() == "a"
+    assert (await expiring.state()) == {"note": "a", "seen": ["a"]}
+    audit = await mf.workflow.get_handle("goes")
+    assert [c["version"] for c in (await audit.export()).entity_changes] == [1, 2]
+    again = await mf.workflow.start("note", "remember", "goes", ["other"], "q", expire="1 hour")
+    assert await again.result(timeout=5) == "a"
+    assert (await mf.workflow.search(entity="note", limit=10)).count("goes") == 1
+
+    # The day after the expiry day: the day's partitions are dropped whole.
+    assert await maintain(mf, days_later=2) == 1
+    for table in ("jobs", "threads", "steps", "entity_changes"):
+        assert f"{table}_{expiry_day}" not in partitions(mf, table)
+    with pytest.raises(WorkflowNotFound):
+        await mf.workflow.get_handle("goes")
+    assert await kept.result() == "b"
+    await mf.workflow.signal("go-runs", "now")
+    assert await running.result(timeout=10) == "now"
+
+
+async def test_a_job_that_expired_before_it_was_filed_is_deleted(mf: MemFlow) -> None:
+    handle = await mf.workflow.start("note", "remember", "quick", ["c"], "q", expire="1 second")
+    await handle.result(timeout=10)
+    # As of a minute later the job has expired: removed row by row from 'keep'.
+    async with mf.backend.transaction() as tx:
+        row = await tx.one(  # type: ignore[attr-defined]
+            "SELECT hm_maintain(clock_timestamp() + interval '1 minute', 3600, 5000) AS n", []
+        )
+    assert row["n"] == 1
+    assert where(mf, "quick") == {"jobs": [], "steps": [], "entity_changes": []}
+
+
+async def test_buffered_signals_expire_with_their_day(mf: MemFlow) -> None:
+    await maintain(mf)  # makes the signal partitions for the coming days
+    await mf.workflow.signal("nobody-waits", {"n": 1}, expire="1 hour")
+    await mf.workflow.signal("far-away", {"n": 2}, expire="30 days")
+    with psycopg.connect(test_dsn()) as conn:
+        placed = dict(
+            conn.execute(
+                f'SELECT signal_id, tableoid::regclass::text FROM "{mf.app_id}".signals'
+            ).fetchall()
+        )
+    assert placed["far-away"].endswith("signals_later")
+    assert "signals_d" in placed["nobody-waits"]
+    await maintain(mf, days_later=2)
+    with psycopg.connect(test_dsn()) as conn:
+        left = conn.execute(f'SELECT signal_id FROM "{mf.app_id}".signals').fetchall()
+    assert left == [("far-away",)]
+
+
+async def test_the_upgrade_from_version_1_keeps_jobs_and_user_indexes() -> None:
+    app_id, dsn = f"up{uuid.uuid4().hex[:10]}", test_dsn()
+    first, *later = migrations()
+    with psycopg.connect(dsn, autocommit=True) as conn, conn.transaction():
+        conn.execute(f'CREATE SCHEMA "{app_id}"')
+        conn.execute(f'SET LOCAL search_path TO "{app_id}"')
+        conn.execute(
+            "CREATE TABLE migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT clock_timestamp())"
+        )
+        conn.execute(first.text.encode())
+        conn.execute("INSERT INTO migrations (version, name) VALUES (%s, %s)", [1, first.name])
+        conn.execute(
+            "INSERT INTO jobs (id, entity, workflow_name, task_queue, status, context, version,"
+            " result, finished_at) VALUES ('old', 'user', 'wf', 'q', 'completed',"
+            " '{\"isPremium\": true}', 1, '\"done\"', clock_timestamp())"
+        )
+        conn.execute(
+            "INSERT INTO entity_changes (job_id, version, op, value)"
+            " VALUES ('old', 1, 'set', '{\"isPremium\": true}')"
+        )
+        conn.execute(
+            "INSERT INTO signals (signal_id, data, expires_at) VALUES"
+            " ('early', '1', clock_timestamp() + interval '1 day')"
+        )
+        conn.execute(
+            "CREATE INDEX idx_user_premium ON jobs (id)"
+            " WHERE entity = 'user' AND (context->>'isPremium')::boolean = true"
+        )
+    mf = await MemFlow.init(app_id=app_id, backend="postgres", dsn=dsn, drop_on_close=True)
+    try:
+        handle = await mf.workflow.get_handle("old")
+        assert await handle.result() == "done"
+        assert [c["op"] for c in (await handle.export()).entity_changes] == ["set"]
+        assert [r.workflow_id for r in await mf.entity.find("user", where={"isPremium": True})] == [
+            "old"
+        ]
+        assert await mf.workflow.signal("early", 2) is False  # buffered next to the kept one
+        with psycopg.connect(dsn) as conn:
+            versions = conn.execute(f'SELECT version FROM "{app_id}".migrations').fetchall()
+            index = conn.execute(
+                "SELECT indexdef FROM pg_indexes WHERE schemaname = %s"
+                " AND indexname = 'idx_user_premium'",
+                [app_id],
+            ).fetchone()
+        assert sorted(v for (v,) in versions) == [1, *(m.version for m in later)]
+        assert index is not None
+        assert partitions(mf, "idx_user_premium") == ["jobs_keep_id_idx"]
+    finally:
+        await mf.shutdown()
