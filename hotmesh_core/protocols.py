@@ -94,7 +94,12 @@ class Store(Protocol):
         """Jobs matching every given filter; ``where`` matches entity fields at dotted paths."""
 
     async def expire_jobs(self) -> int:
-        """Delete finished jobs whose ``expire`` has passed; return how many."""
+        """Remove finished jobs whose ``expire`` has passed; return how many.
+
+        Run by every worker about once a minute. A backend may keep an expired
+        job a while longer to remove it in bulk (PostgreSQL drops a whole day's
+        partition once that UTC day is over), never less than ``expire``.
+        """
 
 
 class Stream(Protocol):

@@ -196,9 +196,11 @@ $$;
 
 -- One maintenance pass, as of `p_now`; returns how many jobs it removed.
 --  1. Expired jobs still in 'keep' (persistent, or not filed yet) are deleted.
---  2. Quiescent finished jobs with an expire (terminal, not persistent, no
---     running hook, finished at least `p_grace` ago) move with their history
---     to the partition of the day they expire on, at most `p_batch` a pass.
+--  2. Quiet finished jobs with an expire (terminal, not persistent, no
+--     running hook, no pending step that a child or timer could still answer,
+--     finished at least `p_grace` ago) move with their history to the
+--     partition of the day they expire on, at most `p_batch` a pass. Nothing
+--     else writes to such a job, so the move races no one.
 --  3. Signal partitions for the coming days are made.
 --  4. Day partitions whose day is over are dropped. A drop needs a brief
 --     exclusive lock on the parent; if it cannot have it within 200 ms the
@@ -249,6 +251,8 @@ BEGIN
                AND hm_day_bucket(j.finished_at + make_interval(secs => j.expire)) = b
                AND NOT EXISTS (SELECT 1 FROM threads h
                                 WHERE h.job_id = j.id AND h.status = 'running')
+               AND NOT EXISTS (SELECT 1 FROM steps p
+                                WHERE p.job_id = j.id AND p.status = 'pending')
              LIMIT p_batch
              FOR UPDATE SKIP LOCKED),
         s AS (UPDATE steps SET bucket = b FROM moving m
