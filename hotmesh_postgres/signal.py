@@ -56,7 +56,7 @@ class PgSignal:
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         await self.tx.run(
             "INSERT INTO signals (signal_id, data, expires_at, bucket)"
-            " SELECT %s, %s, e, hm_signal_bucket(e)"
+            " SELECT %s, %s, e, hm_bucket('signals', e, 'later')"
             " FROM (SELECT clock_timestamp() + make_interval(secs => %s) AS e) AS expiry",
             [signal_id, jsonb(data), expire],
         )

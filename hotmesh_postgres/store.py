@@ -34,10 +34,6 @@ if TYPE_CHECKING:
 
 TERMINAL = list(TERMINAL_STATUSES)
 ORDER_COLUMNS = {"created_at", "updated_at", "id"}
-# A finished job is filed into its expiry partition once it has been quiet this
-# long (seconds), at most FILE_BATCH jobs a maintenance pass.
-FILE_AFTER = 60.0
-FILE_BATCH = 5000
 
 
 def _path_expression(column: str, path: str, *, text: bool) -> sql.Composable:
@@ -73,14 +69,18 @@ class PgStore:
         self.tx = tx
 
     async def create_job(self, job: Job) -> tuple[Job, bool]:
-        # The primary key is (id, bucket), so "does this id exist" must look in
-        # every bucket: a finished job may have been filed into its expiry day.
-        # Snapshot reads see a job in exactly one bucket even while it moves,
-        # and two new jobs with one id meet in 'keep' (ON CONFLICT).
+        # The primary key is (id, bucket), so "does this id exist" looks in every
+        # bucket. A job without expire always goes to 'keep', where two starts of
+        # one id meet (ON CONFLICT); one with expire goes to its day's bucket,
+        # which two starts on either side of midnight would not share, so those
+        # take a lock on the id first (and read after it, in a new statement).
+        if job.expire is not None:
+            await self.tx.run("SELECT pg_advisory_xact_lock(hashtextextended(%s, 13))", [job.id])
         row = await self.tx.one(
             f"INSERT INTO jobs (id, entity, workflow_name, task_queue, args, status, context,"
-            f" parent_id, parent_dimension, parent_index, persistent, search, expire)"
-            f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s"
+            f" parent_id, parent_dimension, parent_index, persistent, search, expire, bucket)"
+            f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            f" hm_bucket('jobs', clock_timestamp() + make_interval(secs => %s), 'keep')"
             f" WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s)"
             f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}",
             [
@@ -96,6 +96,7 @@ class PgStore:
                 job.parent_index,
                 job.persistent,
                 jsonb(job.search),
+                job.expire,
                 job.expire,
                 job.id,
             ],
@@ -138,8 +139,9 @@ class PgStore:
 
     async def create_thread(self, thread: Thread) -> bool:
         row = await self.tx.one(
-            "INSERT INTO threads (job_id, dimension, workflow_name, task_queue, args, signal_id)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING 1 AS created",
+            "INSERT INTO threads (job_id, dimension, workflow_name, task_queue, args, signal_id,"
+            " bucket) SELECT %s, %s, %s, %s, %s, %s, j.bucket FROM jobs j WHERE j.id = %s"
+            " ON CONFLICT DO NOTHING RETURNING 1 AS created",
             [
                 thread.job_id,
                 thread.dimension,
@@ -147,6 +149,7 @@ class PgStore:
                 thread.task_queue,
                 jsonb(thread.args),
                 thread.signal_id,
+                thread.job_id,
             ],
         )
         return row is not None
@@ -194,12 +197,11 @@ class PgStore:
     async def insert_step(self, step: Step) -> bool:
         row = await self.tx.one(
             "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
-            " attempts, wake_queue, wake_name, finished_at)"
+            " attempts, wake_queue, wake_name, finished_at, bucket)"
             " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN NULL ELSE clock_timestamp() END"
-            # An interrupted job, or one filed into its expiry partition, takes no new step.
-            " WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s"
-            "  AND (status = 'interrupted' OR bucket <> 'keep'))"
+            " CASE WHEN %s THEN NULL ELSE clock_timestamp() END, j.bucket"
+            # Steps live in their job's bucket; an interrupted job takes no new step.
+            " FROM jobs j WHERE j.id = %s AND j.status <> 'interrupted'"
             " ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
             [
                 step.job_id,
@@ -326,10 +328,8 @@ class PgStore:
         return [rows.job(row) for row in found]
 
     async def expire_jobs(self) -> int:
-        # One maintenance pass (sql/migrations/0002): deletes what expired before
-        # it was filed, files finished jobs into the partition of their expiry
-        # day, drops the partitions of days that are over.
-        row = await self.tx.one(
-            "SELECT hm_maintain(clock_timestamp(), %s, %s) AS n", [FILE_AFTER, FILE_BATCH]
-        )
+        # One maintenance pass (sql/migrations/0002): drops the partitions of
+        # days that are over and expired, deletes row by row what expired
+        # elsewhere, makes the coming days' partitions.
+        row = await self.tx.one("SELECT hm_maintain(clock_timestamp()) AS n", [])
         return int(row["n"]) if row else 0

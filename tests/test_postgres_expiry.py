@@ -1,9 +1,10 @@
 """Finished work is expired by dropping partitions (sql/migrations/0002).
 
-A maintenance pass files each quiet finished job with an ``expire`` into the
-partition of the UTC day it expires on; once that day is over the partition is
-dropped whole. Running jobs and jobs kept without ``expire`` stay in 'keep'.
-The passes here run "as of" a later time, which is how the tests move days.
+A job started with ``expire`` is written, with all its history, into the
+partition of the UTC day ``created_at + expire`` falls on, once a maintenance
+pass has made that partition for that expire value; once the day is over and
+every job in it has expired, the partition is dropped whole. The passes here
+run "as of" a later time, which is how the tests move days.
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ async def mf() -> AsyncIterator[MemFlow]:
 
 
 async def maintain(mf: MemFlow, days_later: float = 0) -> int:
-    """One maintenance pass as of ``days_later`` days from now, filing at once."""
+    """One maintenance pass as of ``days_later`` days from now."""
     async with mf.backend.transaction() as tx:
         row = await tx.one(  # type: ignore[attr-defined]
-            "SELECT hm_maintain(clock_timestamp() + make_interval(secs => %s), 0, 5000) AS n",
+            "SELECT hm_maintain(clock_timestamp() + make_interval(secs => %s)) AS n",
             [days_later * 86400],
         )
     return int(row["n"])
@@ -85,53 +86,80 @@ def day_bucket(at: datetime) -> str:
     return "d" + at.astimezone(timezone.utc).strftime("%Y%m%d")
 
 
-async def test_finished_jobs_are_filed_by_expiry_day_and_dropped_with_their_partition(
-    mf: MemFlow,
-) -> None:
-    expiring = await mf.workflow.start("note", "remember", "goes", ["a"], "q", expire="1 hour")
-    kept = await mf.workflow.start("note", "remember", "stays", ["b"], "q")
-    running = await mf.workflow.start("note", "wait_for_go", "runs", [], "q", expire="1 hour")
-    assert await expiring.result(timeout=10) == "a"
-    assert await kept.result(timeout=10) == "b"
-    finished_at = (await expiring.export()).finished_at
-    assert finished_at is not None
-    expiry_day = day_bucket(datetime.fromtimestamp(finished_at, timezone.utc) + timedelta(hours=1))
-
-    assert await maintain(mf) == 0
+async def test_expiring_jobs_live_in_their_day_and_go_with_its_partition(mf: MemFlow) -> None:
     history = ("jobs", "steps", "entity_changes")
-    assert where(mf, "goes") == {t: [f"{t}_{expiry_day}"] for t in history}
-    assert where(mf, "stays") == {t: [f"{t}_keep"] for t in history}
-    assert where(mf, "runs")["jobs"] == ["jobs_keep"]
+    # The first job with a new expire value finds no partition: it stays in
+    # 'keep', and the next pass learns the value and makes its days.
+    first = await mf.workflow.start("note", "remember", "first", ["a"], "q", expire="1 hour")
+    assert await first.result(timeout=10) == "a"
+    assert where(mf, "first") == {t: [f"{t}_keep"] for t in history}
+    assert await maintain(mf) == 0
 
-    # Filed work reads as before, and its id still makes starts idempotent.
-    assert await expiring.result() == "a"
-    assert (await expiring.state()) == {"note": "a", "seen": ["a"]}
-    audit = await mf.workflow.get_handle("goes")
-    assert [c["version"] for c in (await audit.export()).entity_changes] == [1, 2]
-    again = await mf.workflow.start("note", "remember", "goes", ["other"], "q", expire="1 hour")
-    assert await again.result(timeout=5) == "a"
+    goes = await mf.workflow.start("note", "remember", "goes", ["b"], "q", expire="1 hour")
+    kept = await mf.workflow.start("note", "remember", "stays", ["c"], "q")
+    running = await mf.workflow.start("note", "wait_for_go", "runs", [], "q", expire="1 hour")
+    assert await goes.result(timeout=10) == "b"
+    assert await kept.result(timeout=10) == "c"
+    created = datetime.fromtimestamp((await goes.export()).created_at, timezone.utc)
+    day = day_bucket(created + timedelta(hours=1))
+    assert where(mf, "goes") == {t: [f"{t}_{day}"] for t in history}
+    assert where(mf, "stays") == {t: [f"{t}_keep"] for t in history}
+    assert where(mf, "runs")["jobs"] == [f"jobs_{day}"]
+
+    # Its id still makes starts idempotent, whatever the day.
+    again = await mf.workflow.start("note", "remember", "goes", ["other"], "q", expire="9 days")
+    assert await again.result(timeout=5) == "b"
+    assert (await again.state()) == {"note": "b", "seen": ["b"]}
     assert (await mf.workflow.search(entity="note", limit=10)).count("goes") == 1
 
-    # The day after the expiry day: the day's partitions are dropped whole.
-    assert await maintain(mf, days_later=2) == 1
-    for table in ("jobs", "threads", "steps", "entity_changes"):
-        assert f"{table}_{expiry_day}" not in partitions(mf, table)
+    # The day after the bucket's day, a job of that day still runs: the
+    # partition stays; the expired job in 'keep' goes row by row.
+    ahead = (datetime.strptime(day, "d%Y%m%d").date() - datetime.now(timezone.utc).date()).days
+    assert await maintain(mf, days_later=ahead + 1) == 1
+    assert f"jobs_{day}" in partitions(mf, "jobs")
+    assert await goes.result() == "b"
+    with pytest.raises(WorkflowNotFound):
+        await mf.workflow.get_handle("first")
+
+    # A day later still, the expired jobs of the held partition go row by row.
+    assert await maintain(mf, days_later=ahead + 2) == 1
     with pytest.raises(WorkflowNotFound):
         await mf.workflow.get_handle("goes")
-    assert await kept.result() == "b"
     await mf.workflow.signal("go-runs", "now")
     assert await running.result(timeout=10) == "now"
+    assert where(mf, "runs")["steps"] == [f"steps_{day}"]
+
+    # Once the last job of the day has expired, its partitions are dropped whole.
+    assert await maintain(mf, days_later=ahead + 3) == 1
+    for table in ("jobs", "threads", "steps", "entity_changes"):
+        assert f"{table}_{day}" not in partitions(mf, table)
+    with pytest.raises(WorkflowNotFound):
+        await mf.workflow.get_handle("runs")
+    assert await kept.result() == "c"
 
 
-async def test_a_job_that_expired_before_it_was_filed_is_deleted(mf: MemFlow) -> None:
+async def test_a_day_of_finished_work_is_dropped_in_one_piece(mf: MemFlow) -> None:
+    await mf.workflow.start("note", "remember", "teach", ["t"], "q", expire="2 hours")
+    await (await mf.workflow.get_handle("teach")).result(timeout=10)
+    await maintain(mf)
+    handles = [
+        await mf.workflow.start("note", "remember", f"n{i}", [str(i)], "q", expire="2 hours")
+        for i in range(5)
+    ]
+    for handle in handles:
+        await handle.result(timeout=10)
+    day = where(mf, "n0")["jobs"][0].removeprefix("jobs_")
+    assert day.startswith("d")
+    # Row-by-row removal of 'teach' and the dropped partition's five jobs.
+    assert await maintain(mf, days_later=3) == 6
+    assert f"jobs_{day}" not in partitions(mf, "jobs")
+    assert await mf.workflow.search(entity="note") == []
+
+
+async def test_a_job_that_expired_in_keep_is_deleted(mf: MemFlow) -> None:
     handle = await mf.workflow.start("note", "remember", "quick", ["c"], "q", expire="1 second")
     await handle.result(timeout=10)
-    # As of a minute later the job has expired: removed row by row from 'keep'.
-    async with mf.backend.transaction() as tx:
-        row = await tx.one(  # type: ignore[attr-defined]
-            "SELECT hm_maintain(clock_timestamp() + interval '1 minute', 3600, 5000) AS n", []
-        )
-    assert row["n"] == 1
+    assert await maintain(mf, days_later=1 / 1440) == 1  # a minute later
     assert where(mf, "quick") == {"jobs": [], "steps": [], "entity_changes": []}
 
 

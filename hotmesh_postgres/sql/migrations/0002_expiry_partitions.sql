@@ -1,26 +1,33 @@
 -- HotMesh schema, version 2: finished work is expired by dropping partitions.
 --
 -- Partitioning: jobs, threads, steps, entity_changes and signals are
--- LIST-partitioned by `bucket`, the UTC day their rows may be removed:
+-- LIST-partitioned by `bucket`, chosen once when the row is written and never
+-- changed:
 --
---   'keep'       running jobs, and finished jobs kept with no expire (or
---                persistent ones, which can take new hooks at any time);
---   'dYYYYMMDD'  finished jobs expiring on that day, with all their history;
---   'later'      (signals only) buffered signals whose day has no partition yet.
+--   'keep'       jobs started without expire (kept until removed by hand);
+--   'dYYYYMMDD'  jobs started with an expire, by the UTC day of
+--                created_at + expire, i.e. the day they expire on if they finish
+--                at once; all their threads, steps and entity changes follow
+--                them. Signals by the day they expire on.
+--   'later'      (signals only) and 'keep' (expiring jobs) take what arrives
+--                when its day partition does not exist yet: the hot path never
+--                creates a partition.
 --
--- New rows always go to 'keep' (signals: their expiry day), so nothing on the
--- hot path chooses or creates a partition. The maintenance pass (hm_maintain,
--- run by every worker's expiry loop) files quiescent finished jobs into the
--- partition of the day they expire, creating it if needed, and drops the
--- partitions of days that are over: a whole day of expired work goes with one
--- DROP, never a DELETE per row. A job is therefore kept at least `expire`, and
--- removed at the latest by the first pass after the end of the UTC day it
--- expires on. Time ranges by creation day were rejected: a job can run for
--- months, and a single long-lived job would pin its creation day's partition.
+-- The maintenance pass (hm_maintain, run by every worker's expiry loop) makes
+-- the day partitions for the expire values in use ahead of time, and drops a
+-- day's partitions once the day is over and every job in them has finished and
+-- expired: a day of expired work goes with one DROP, never a DELETE per row.
+-- Expiring jobs that landed in 'keep', and the expired jobs of a partition that
+-- a long-running job keeps alive for more than a day past its day, are deleted
+-- row by row. A job is therefore kept at least `expire`, and removed at the
+-- latest about a day after its bucket's day ends (later if it ran longer).
 --
--- Because the partition key must be part of every unique index, job id
--- uniqueness across buckets is kept by the start statement (it looks for the
--- id in every bucket before inserting into 'keep'), see PgStore.create_job.
+-- Rows never move between partitions (a move would cost more than the DELETE
+-- it replaces, see bench/expiry.py), so nothing races a move. Time ranges by
+-- creation day alone were rejected: jobs kept for an hour and for a month
+-- would share a partition. Because the partition key must be part of every
+-- unique index, job id uniqueness across buckets is kept by the start
+-- statement, which looks for the id in every bucket (PgStore.create_job).
 --
 -- Queue tables stay unpartitioned: a task row is deleted in the transaction
 -- that acks it and a waiter when it is answered, so they hold no finished work,
@@ -168,12 +175,13 @@ LANGUAGE sql IMMUTABLE AS $$
     SELECT 'd' || to_char(at AT TIME ZONE 'UTC', 'YYYYMMDD')
 $$;
 
--- The bucket of a signal buffered until `expires_at`: its day if that
--- partition exists, 'later' otherwise (the hot path never creates partitions).
-CREATE FUNCTION hm_signal_bucket(expires_at timestamptz) RETURNS text
+-- The bucket of a row of `p_table` expiring at `p_at`: its day if that
+-- partition exists, `p_fallback` otherwise.
+CREATE FUNCTION hm_bucket(p_table text, p_at timestamptz, p_fallback text) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN to_regclass(quote_ident('signals_' || hm_day_bucket(expires_at))) IS NULL
-                THEN 'later' ELSE hm_day_bucket(expires_at) END
+    SELECT CASE WHEN p_at IS NULL
+                  OR to_regclass(quote_ident(p_table || '_' || hm_day_bucket(p_at))) IS NULL
+                THEN p_fallback ELSE hm_day_bucket(p_at) END
 $$;
 
 -- Make sure `<table>_<bucket>` exists as a partition. Created apart and then
@@ -194,80 +202,61 @@ BEGIN
 END
 $$;
 
+-- The expire values in use, so that their coming days' partitions exist
+-- before jobs need them. Kept while their partitions receive jobs.
+CREATE TABLE expire_offsets (
+    seconds double precision PRIMARY KEY,
+    seen_at timestamptz      NOT NULL
+);
+
+-- Delete expired jobs of one bucket row by row, with their history.
+CREATE FUNCTION hm_delete_expired(p_bucket text, p_now timestamptz) RETURNS bigint
+LANGUAGE plpgsql AS $$
+DECLARE
+    removed bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM jobs
+         WHERE bucket = p_bucket AND expire IS NOT NULL AND finished_at IS NOT NULL
+           AND status IN ('completed', 'failed', 'interrupted')
+           AND finished_at + make_interval(secs => expire) <= p_now
+        RETURNING id),
+    s AS (DELETE FROM steps WHERE bucket = p_bucket AND job_id IN (SELECT id FROM gone)),
+    h AS (DELETE FROM threads WHERE bucket = p_bucket AND job_id IN (SELECT id FROM gone)),
+    c AS (DELETE FROM entity_changes WHERE bucket = p_bucket AND job_id IN (SELECT id FROM gone))
+    SELECT count(*) INTO removed FROM gone;
+    RETURN removed;
+END
+$$;
+
 -- One maintenance pass, as of `p_now`; returns how many jobs it removed.
---  1. Expired jobs still in 'keep' (persistent, or not filed yet) are deleted.
---  2. Quiet finished jobs with an expire (terminal, not persistent, no
---     running hook, no pending step that a child or timer could still answer,
---     finished at least `p_grace` ago) move with their history to the
---     partition of the day they expire on, at most `p_batch` a pass. Nothing
---     else writes to such a job, so the move races no one.
---  3. Signal partitions for the coming days are made.
---  4. Day partitions whose day is over are dropped. A drop needs a brief
---     exclusive lock on the parent; if it cannot have it within 200 ms the
---     drop waits for the next pass rather than stall the workload.
+--  1. Expired jobs in 'keep' (started before their day's partition existed)
+--     are deleted row by row.
+--  2. A day's partitions are dropped once the day is over and every job in
+--     them has finished and expired. A drop needs a brief exclusive lock on
+--     the parent; if it cannot have it within 200 ms it waits for the next
+--     pass rather than stall the workload. A partition still held a day after
+--     its day has its expired jobs deleted row by row meanwhile.
+--  3. Partitions are made for the coming days of every expire value in use
+--     (learnt from the jobs that landed in 'keep'), and for signals.
 -- Passes from several workers take turns (a try-lock: a busy pass is skipped).
-CREATE FUNCTION hm_maintain(p_now timestamptz, p_grace double precision, p_batch integer)
-RETURNS bigint
+CREATE FUNCTION hm_maintain(p_now timestamptz) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     removed  bigint := 0;
     counted  bigint;
+    held     boolean;
     b        text;
     t        text;
+    offset_s double precision;
     today    text := hm_day_bucket(p_now);
     history  text[] := ARRAY['jobs', 'threads', 'steps', 'entity_changes'];
-    terminal text[] := ARRAY['completed', 'failed', 'interrupted'];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended(current_schema() || ':maintain', 7)) THEN
         RETURN 0;
     END IF;
 
-    WITH gone AS (
-        DELETE FROM jobs
-         WHERE bucket = 'keep' AND expire IS NOT NULL AND finished_at IS NOT NULL
-           AND status = ANY(terminal)
-           AND finished_at + make_interval(secs => expire) <= p_now
-        RETURNING id),
-    s AS (DELETE FROM steps WHERE bucket = 'keep' AND job_id IN (SELECT id FROM gone)),
-    h AS (DELETE FROM threads WHERE bucket = 'keep' AND job_id IN (SELECT id FROM gone)),
-    c AS (DELETE FROM entity_changes WHERE bucket = 'keep' AND job_id IN (SELECT id FROM gone))
-    SELECT count(*) INTO removed FROM gone;
-
-    FOR b IN
-        SELECT DISTINCT hm_day_bucket(j.finished_at + make_interval(secs => j.expire))
-          FROM jobs j
-         WHERE j.bucket = 'keep' AND j.expire IS NOT NULL AND j.finished_at IS NOT NULL
-           AND j.status = ANY(terminal) AND NOT j.persistent
-           AND j.finished_at <= p_now - make_interval(secs => p_grace)
-    LOOP
-        FOREACH t IN ARRAY history LOOP
-            PERFORM hm_ensure_partition(t, b);
-        END LOOP;
-        WITH moving AS (
-            SELECT j.id FROM jobs j
-             WHERE j.bucket = 'keep' AND j.expire IS NOT NULL AND j.finished_at IS NOT NULL
-               AND j.status = ANY(terminal) AND NOT j.persistent
-               AND j.finished_at <= p_now - make_interval(secs => p_grace)
-               AND hm_day_bucket(j.finished_at + make_interval(secs => j.expire)) = b
-               AND NOT EXISTS (SELECT 1 FROM threads h
-                                WHERE h.job_id = j.id AND h.status = 'running')
-               AND NOT EXISTS (SELECT 1 FROM steps p
-                                WHERE p.job_id = j.id AND p.status = 'pending')
-             LIMIT p_batch
-             FOR UPDATE SKIP LOCKED),
-        s AS (UPDATE steps SET bucket = b FROM moving m
-               WHERE steps.bucket = 'keep' AND steps.job_id = m.id),
-        h AS (UPDATE threads SET bucket = b FROM moving m
-               WHERE threads.bucket = 'keep' AND threads.job_id = m.id),
-        c AS (UPDATE entity_changes SET bucket = b FROM moving m
-               WHERE entity_changes.bucket = 'keep' AND entity_changes.job_id = m.id)
-        UPDATE jobs SET bucket = b FROM moving m WHERE jobs.bucket = 'keep' AND jobs.id = m.id;
-    END LOOP;
-
-    DELETE FROM signals WHERE bucket = 'later' AND expires_at <= p_now;
-    FOR b IN SELECT hm_day_bucket(p_now + make_interval(days => n)) FROM generate_series(0, 2) n LOOP
-        PERFORM hm_ensure_partition('signals', b);
-    END LOOP;
+    removed := hm_delete_expired('keep', p_now);
 
     FOR b IN
         SELECT DISTINCT substring(c.relname FROM '_(d[0-9]{8})$')
@@ -275,8 +264,21 @@ BEGIN
          WHERE i.inhparent IN ('jobs'::regclass, 'threads'::regclass, 'steps'::regclass,
                                'entity_changes'::regclass, 'signals'::regclass)
            AND c.relname ~ '_d[0-9]{8}$'
+         ORDER BY 1
     LOOP
         CONTINUE WHEN b >= today;
+        held := false;
+        IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
+            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE finished_at IS NULL'
+                           ' OR finished_at + make_interval(secs => expire) > $1)', 'jobs_' || b)
+               INTO held USING p_now;
+        END IF;
+        IF held THEN
+            IF b < hm_day_bucket(p_now - interval '1 day') THEN
+                removed := removed + hm_delete_expired(b, p_now);
+            END IF;
+            CONTINUE;
+        END IF;
         BEGIN
             SET LOCAL lock_timeout = '200ms';
             counted := 0;
@@ -290,6 +292,31 @@ BEGIN
         EXCEPTION WHEN lock_not_available THEN
             RAISE NOTICE 'partitions of % are busy; dropped on a later pass', b;
         END;
+    END LOOP;
+
+    INSERT INTO expire_offsets (seconds, seen_at)
+    SELECT DISTINCT expire, p_now FROM jobs WHERE bucket = 'keep' AND expire IS NOT NULL
+    ON CONFLICT (seconds) DO UPDATE SET seen_at = excluded.seen_at;
+    FOR offset_s IN SELECT seconds FROM expire_offsets LOOP
+        b := hm_day_bucket(p_now + make_interval(secs => offset_s));
+        IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
+            EXECUTE format('UPDATE expire_offsets SET seen_at = $1 WHERE seconds = $2'
+                           ' AND EXISTS (SELECT 1 FROM %I)', 'jobs_' || b) USING p_now, offset_s;
+        END IF;
+    END LOOP;
+    DELETE FROM expire_offsets WHERE seen_at < p_now - interval '7 days';
+    FOR b IN
+        SELECT DISTINCT hm_day_bucket(p_now + make_interval(secs => seconds) + make_interval(days => n))
+          FROM expire_offsets, generate_series(0, 1) n
+    LOOP
+        FOREACH t IN ARRAY history LOOP
+            PERFORM hm_ensure_partition(t, b);
+        END LOOP;
+    END LOOP;
+
+    DELETE FROM signals WHERE bucket = 'later' AND expires_at <= p_now;
+    FOR b IN SELECT hm_day_bucket(p_now + make_interval(days => n)) FROM generate_series(0, 2) n LOOP
+        PERFORM hm_ensure_partition('signals', b);
     END LOOP;
     RETURN removed;
 END
