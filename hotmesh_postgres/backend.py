@@ -32,6 +32,7 @@ __all__ = ["PgTransaction", "PostgresBackend"]
 log = logging.getLogger("hotmesh.postgres")
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
+BUCKET_HINTS = 100_000
 Params = Sequence[Any]
 
 
@@ -45,6 +46,7 @@ class PgTransaction:
         self.stream = PgStream(self)
         self.signal = PgSignal(self)
         self._notifications: set[tuple[str, str]] = set()
+        self.found_jobs: set[str] = set()  # found by their bucket in this transaction
 
     async def one(self, query: Any, params: Params) -> dict[str, Any] | None:
         cursor = await self.conn.execute(query, params)
@@ -98,6 +100,12 @@ class PostgresBackend:
         self._listening = asyncio.Event()
         self._queue_events: dict[str, asyncio.Event] = {}
         self._job_watchers: dict[str, set[asyncio.Event]] = {}
+        self.buckets: dict[str, str] = {}  # job id -> bucket (PgStore's hint)
+
+    def remember_bucket(self, job_id: str, bucket: str) -> None:
+        if len(self.buckets) >= BUCKET_HINTS:
+            self.buckets.clear()  # hints only: forgetting costs one wider query each
+        self.buckets[job_id] = bucket
 
     # -- lifecycle -------------------------------------------------------------
     async def open(self) -> None:

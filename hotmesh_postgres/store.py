@@ -68,6 +68,50 @@ class PgStore:
     def __init__(self, tx: PgTransaction) -> None:
         self.tx = tx
 
+    # -- the bucket hint --------------------------------------------------------
+    # A statement by job id that does not name the job's bucket is planned and
+    # run against every partition; one that does touches one. Buckets never
+    # change, so the backend remembers each job's. A job can still be deleted
+    # (expired) and started again under its id in another bucket, so a hinted
+    # statement that finds nothing is tried again without the hint; a list is
+    # read with the hint only once the job was found by it in this transaction.
+
+    def _hint(self, job_id: str) -> str | None:
+        return self.tx.backend.buckets.get(job_id)
+
+    async def _one_for_job(
+        self, query: str, key: str, job_id: str, before: list[Any], after: list[Any]
+    ) -> dict[str, Any] | None:
+        """Run ``query`` with ``{job}`` as the job condition on ``key``, hinted if known."""
+        bucket = self._hint(job_id)
+        table, dot, _ = key.rpartition(".")
+        bucket_column = f"{table}{dot}bucket"
+        if bucket is not None:
+            row = await self.tx.one(
+                query.replace("{job}", f"{key} = %s AND {bucket_column} = %s"),
+                [*before, job_id, bucket, *after],
+            )
+            if row is not None:
+                self.tx.found_jobs.add(job_id)
+                return row
+            self.tx.backend.buckets.pop(job_id, None)
+        return await self.tx.one(query.replace("{job}", f"{key} = %s"), [*before, job_id, *after])
+
+    async def _all_for_job(self, query: str, job_id: str, after: list[Any]) -> list[dict[str, Any]]:
+        bucket = self._hint(job_id) if job_id in self.tx.found_jobs else None
+        if bucket is not None:
+            return await self.tx.all(
+                query.replace("{job}", "job_id = %s AND bucket = %s"), [job_id, bucket, *after]
+            )
+        return await self.tx.all(query.replace("{job}", "job_id = %s"), [job_id, *after])
+
+    def _learn(self, row: dict[str, Any]) -> Job:
+        """A job row selected with its bucket: remember the bucket, return the job."""
+        bucket = row.pop("bucket")
+        self.tx.backend.remember_bucket(row["id"], bucket)
+        self.tx.found_jobs.add(row["id"])
+        return rows.job(row)
+
     async def create_job(self, job: Job) -> tuple[Job, bool]:
         # The primary key is (id, bucket), so "does this id exist" looks in every
         # bucket. A job without expire always goes to 'keep', where two starts of
@@ -82,7 +126,7 @@ class PgStore:
             f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             f" hm_bucket('jobs', clock_timestamp() + make_interval(secs => %s), 'keep')"
             f" WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s)"
-            f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}",
+            f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}, bucket",
             [
                 job.id,
                 job.entity,
@@ -102,31 +146,29 @@ class PgStore:
             ],
         )
         if row is not None:
-            return rows.job(row), True
+            return self._learn(row), True
         existing = await self.get_job(job.id)
         assert existing is not None
         return existing, False
 
     async def get_job(self, job_id: str) -> Job | None:
-        row = await self.tx.one(f"SELECT {JOB_COLUMNS} FROM jobs WHERE id = %s", [job_id])
-        return None if row is None else rows.job(row)
+        row = await self._one_for_job(
+            f"SELECT {JOB_COLUMNS}, bucket FROM jobs WHERE {{job}}", "id", job_id, [], []
+        )
+        return None if row is None else self._learn(row)
 
     async def set_job_status(
         self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
     ) -> Job | None:
-        row = await self.tx.one(
+        row = await self._one_for_job(
             f"UPDATE jobs SET status = %s, result = %s, error = %s,"
             f" updated_at = clock_timestamp(),"
             f" finished_at = CASE WHEN %s THEN clock_timestamp() END"
-            f" WHERE id = %s AND status <> ALL(%s) RETURNING {JOB_COLUMNS}",
-            [
-                status,
-                jsonb(result),
-                error_param(error),
-                status in TERMINAL_STATUSES,
-                job_id,
-                TERMINAL,
-            ],
+            f" WHERE {{job}} AND status <> ALL(%s) RETURNING {JOB_COLUMNS}",
+            "id",
+            job_id,
+            [status, jsonb(result), error_param(error), status in TERMINAL_STATUSES],
+            [TERMINAL],
         )
         return None if row is None else rows.job(row)
 
@@ -138,10 +180,12 @@ class PgStore:
         return [row["id"] for row in found]
 
     async def create_thread(self, thread: Thread) -> bool:
-        row = await self.tx.one(
+        row = await self._one_for_job(
             "INSERT INTO threads (job_id, dimension, workflow_name, task_queue, args, signal_id,"
-            " bucket) SELECT %s, %s, %s, %s, %s, %s, j.bucket FROM jobs j WHERE j.id = %s"
+            " bucket) SELECT %s, %s, %s, %s, %s, %s, j.bucket FROM jobs j WHERE {job}"
             " ON CONFLICT DO NOTHING RETURNING 1 AS created",
+            "j.id",
+            thread.job_id,
             [
                 thread.job_id,
                 thread.dimension,
@@ -149,60 +193,69 @@ class PgStore:
                 thread.task_queue,
                 jsonb(thread.args),
                 thread.signal_id,
-                thread.job_id,
             ],
+            [],
         )
         return row is not None
 
     async def get_thread(self, job_id: str, dimension: str) -> Thread | None:
-        row = await self.tx.one(
-            f"SELECT {THREAD_COLUMNS} FROM threads WHERE job_id = %s AND dimension = %s",
-            [job_id, dimension],
+        row = await self._one_for_job(
+            f"SELECT {THREAD_COLUMNS} FROM threads WHERE {{job}} AND dimension = %s",
+            "job_id",
+            job_id,
+            [],
+            [dimension],
         )
         return None if row is None else rows.thread(row)
 
     async def finish_thread(
         self, job_id: str, dimension: str, status: str, error: ErrorInfo | None = None
     ) -> Thread | None:
-        row = await self.tx.one(
+        row = await self._one_for_job(
             f"UPDATE threads SET status = %s, error = %s, finished_at = clock_timestamp()"
-            f" WHERE job_id = %s AND dimension = %s AND status = 'running'"
+            f" WHERE {{job}} AND dimension = %s AND status = 'running'"
             f" RETURNING {THREAD_COLUMNS}",
-            [status, error_param(error), job_id, dimension],
+            "job_id",
+            job_id,
+            [status, error_param(error)],
+            [dimension],
         )
         return None if row is None else rows.thread(row)
 
     async def threads(self, job_id: str) -> list[Thread]:
-        found = await self.tx.all(
-            f"SELECT {THREAD_COLUMNS} FROM threads WHERE job_id = %s"
-            f" ORDER BY created_at, dimension",
-            [job_id],
+        found = await self._all_for_job(
+            f"SELECT {THREAD_COLUMNS} FROM threads WHERE {{job}} ORDER BY created_at, dimension",
+            job_id,
+            [],
         )
         return [rows.thread(row) for row in found]
 
     async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
         if dimension is None:
-            found = await self.tx.all(
-                f"SELECT {STEP_COLUMNS} FROM steps WHERE job_id = %s ORDER BY dimension, idx",
-                [job_id],
+            found = await self._all_for_job(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE {{job}} ORDER BY dimension, idx",
+                job_id,
+                [],
             )
         else:
-            found = await self.tx.all(
-                f"SELECT {STEP_COLUMNS} FROM steps WHERE job_id = %s AND dimension = %s"
-                f" ORDER BY idx",
-                [job_id, dimension],
+            found = await self._all_for_job(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE {{job}} AND dimension = %s ORDER BY idx",
+                job_id,
+                [dimension],
             )
         return [rows.step(row) for row in found]
 
     async def insert_step(self, step: Step) -> bool:
-        row = await self.tx.one(
+        row = await self._one_for_job(
             "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
             " attempts, wake_queue, wake_name, finished_at, bucket)"
             " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s THEN NULL ELSE clock_timestamp() END, j.bucket"
             # Steps live in their job's bucket; an interrupted job takes no new step.
-            " FROM jobs j WHERE j.id = %s AND j.status <> 'interrupted'"
+            " FROM jobs j WHERE {job} AND j.status <> 'interrupted'"
             " ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
+            "j.id",
+            step.job_id,
             [
                 step.job_id,
                 step.dimension,
@@ -217,8 +270,8 @@ class PgStore:
                 step.wake_queue,
                 step.wake_name,
                 step.status == "pending",
-                step.job_id,
             ],
+            [],
         )
         return row is not None
 
@@ -232,20 +285,20 @@ class PgStore:
         error: ErrorInfo | None = None,
         attempts: int | None = None,
     ) -> Step | None:
-        row = await self.tx.one(
+        row = await self._one_for_job(
             f"UPDATE steps SET status = %s, result = %s, error = %s,"
             f" attempts = coalesce(%s, attempts), finished_at = clock_timestamp()"
-            f" WHERE job_id = %s AND dimension = %s AND idx = %s AND status = 'pending'"
+            f" WHERE {{job}} AND dimension = %s AND idx = %s AND status = 'pending'"
             f" RETURNING {STEP_COLUMNS}",
+            "job_id",
+            job_id,
             [
                 "failed" if error is not None else "done",
                 jsonb(result),
                 error_param(error),
                 attempts,
-                job_id,
-                dimension,
-                index,
             ],
+            [dimension, index],
         )
         return None if row is None else rows.step(row)
 
@@ -265,8 +318,8 @@ class PgStore:
             split_path(op.path)
         try:
             row = await self.tx.one(
-                "SELECT result, new_version FROM hm_apply_entity(%s, %s, %s, %s, %s, %s)",
-                [job_id, op.op, op.path, jsonb(op.value), dimension, index],
+                "SELECT result, new_version FROM hm_apply_entity(%s, %s, %s, %s, %s, %s, %s)",
+                [job_id, op.op, op.path, jsonb(op.value), dimension, index, self._hint(job_id)],
             )
         except psycopg.Error as error:
             if error.sqlstate == "HM001":
@@ -278,9 +331,10 @@ class PgStore:
         return row["result"], int(row["new_version"])
 
     async def entity_changes(self, job_id: str) -> list[EntityChange]:
-        found = await self.tx.all(
-            f"SELECT {CHANGE_COLUMNS} FROM entity_changes WHERE job_id = %s ORDER BY version",
-            [job_id],
+        found = await self._all_for_job(
+            f"SELECT {CHANGE_COLUMNS} FROM entity_changes WHERE {{job}} ORDER BY version",
+            job_id,
+            [],
         )
         return [rows.change(row) for row in found]
 

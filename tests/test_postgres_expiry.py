@@ -35,12 +35,20 @@ async def wait_for_go() -> str:
     return str(data)
 
 
+async def wait_then_note() -> str:
+    data = await workflow.wait_for(f"go-{workflow.info().workflow_id}")
+    entity = await workflow.entity()
+    await entity.set({"got": data})
+    await entity.increment("count", 1)
+    return str(data)
+
+
 @pytest.fixture
 async def mf() -> AsyncIterator[MemFlow]:
     app = await MemFlow.init(
         app_id=f"exp{uuid.uuid4().hex[:10]}", backend="postgres", dsn=test_dsn(), drop_on_close=True
     )
-    await app.worker("q", workflows=[remember, wait_for_go])
+    await app.worker("q", workflows=[remember, wait_for_go, wait_then_note])
     try:
         yield app
     finally:
@@ -231,3 +239,19 @@ async def test_the_upgrade_from_version_1_keeps_jobs_and_user_indexes() -> None:
         assert partitions(mf, "idx_user_premium") == ["jobs_keep_id_idx"]
     finally:
         await mf.shutdown()
+
+
+async def test_a_stale_bucket_hint_finds_the_job_where_it_is(mf: MemFlow) -> None:
+    """Another process may remember a bucket from a job that expired and was
+    started again under the same id: a hinted statement that finds nothing is
+    tried without the hint."""
+    handle = await mf.workflow.start("note", "wait_then_note", "again", [], "q")
+    mf.backend.buckets["again"] = "d20000101"  # type: ignore[attr-defined]
+    assert await handle.status() in ("pending", "running")
+    mf.backend.buckets["again"] = "d20000101"  # type: ignore[attr-defined]
+    await mf.workflow.signal("go-again", "yes")
+    assert await handle.result(timeout=10) == "yes"
+    mf.backend.buckets["again"] = "d20000101"  # type: ignore[attr-defined]
+    assert await handle.state() == {"got": "yes", "count": 1}
+    assert [c["op"] for c in (await handle.export()).entity_changes] == ["set", "increment"]
+    assert mf.backend.buckets["again"] == "keep"  # type: ignore[attr-defined]
