@@ -207,6 +207,11 @@ class Backend(Protocol):
     def now(self) -> float:
         """The backend's current time in POSIX seconds (virtual in tests where supported)."""
 
+    async def maintain(self) -> int:
+        """One housekeeping pass, run by every worker about once a minute: remove
+        finished jobs whose ``expire`` has passed (``Store.expire_jobs`` and any
+        bulk removal the backend has); return how many jobs went."""
+
     async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
         """Return when a task may be ready on one of ``queues``, or after ``timeout``."""
 

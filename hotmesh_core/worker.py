@@ -139,12 +139,11 @@ class Worker:
                 handler.add_done_callback(self._inflight.discard)
 
     async def _expire_loop(self) -> None:
-        """Delete finished jobs past their ``expire`` (every worker helps; idempotent)."""
+        """Remove finished jobs past their ``expire`` (every worker helps; idempotent)."""
         while not self._stopping:
             await asyncio.sleep(self.expire_interval)
             try:
-                async with self.backend.transaction() as tx:
-                    await tx.store.expire_jobs()
+                await self.backend.maintain()
             except Exception:
                 log.exception("expiring finished jobs failed")
 

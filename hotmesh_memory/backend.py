@@ -85,6 +85,10 @@ class MemoryBackend:
     async def close(self) -> None:
         self.state.wake()
 
+    async def maintain(self) -> int:
+        async with self.transaction() as tx:
+            return await tx.store.expire_jobs()
+
     def now(self) -> float:
         return self.clock.now()
 

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import datetime
 from typing import Any
 
 import psycopg
@@ -33,6 +34,8 @@ log = logging.getLogger("hotmesh.postgres")
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 BUCKET_HINTS = 100_000
+# Jobs first: once its row is gone a job is gone, whatever history follows it.
+DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals")
 Params = Sequence[Any]
 
 
@@ -149,6 +152,61 @@ class PostgresBackend:
 
     def now(self) -> float:
         return time.time()
+
+    # -- housekeeping ------------------------------------------------------------
+    async def maintain(self, *, now: datetime | None = None) -> int:
+        """One pass (every worker, about once a minute); returns the jobs removed.
+
+        First, in a transaction, ``hm_maintain``: expired jobs outside a
+        droppable partition are deleted, the coming days' partitions made. Then
+        the partitions of days that are over and fully expired are detached
+        ``CONCURRENTLY`` (no lock that stops the workload; it cannot run in a
+        transaction) and dropped. ``now`` runs the pass as of another time
+        (tests, operators catching up).
+        """
+        async with self.transaction() as tx:
+            removed = await tx.store.expire_jobs(now)
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            lock = [f"hotmesh:{self.schema}:drop"]
+            cursor = await conn.execute(
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 8)) AS mine", lock
+            )
+            mine = await cursor.fetchone()
+            if mine is None or not mine["mine"]:
+                return removed  # another worker is dropping
+            try:
+                cursor = await conn.execute(
+                    "SELECT bucket, jobs FROM hm_droppable(coalesce(%s::timestamptz,"
+                    " clock_timestamp()))",
+                    [now],
+                )
+                for day in await cursor.fetchall():
+                    for table in DROPPED_WITH_THEIR_DAY:
+                        await self._drop_partition(conn, table, f"{table}_{day['bucket']}")
+                    removed += int(day["jobs"])
+            finally:
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 8))", lock)
+        return removed
+
+    async def _drop_partition(self, conn: Connection, parent: str, child: str) -> None:
+        cursor = await conn.execute(
+            "SELECT inhdetachpending AS pending FROM pg_inherits"
+            " WHERE inhrelid = to_regclass(%s) AND inhparent = to_regclass(%s)",
+            [sql.Identifier(child).as_string(conn), sql.Identifier(parent).as_string(conn)],
+        )
+        attached = await cursor.fetchone()
+        if attached is not None:  # a detach cut short earlier is finished instead
+            how = sql.SQL("FINALIZE" if attached["pending"] else "CONCURRENTLY")
+            await conn.execute(
+                sql.SQL("ALTER TABLE {} DETACH PARTITION {} {}").format(
+                    sql.Identifier(parent), sql.Identifier(child), how
+                ),
+                prepare=False,
+            )
+        await conn.execute(
+            sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(child)), prepare=False
+        )
 
     @asynccontextmanager
     async def transaction(self, *, readonly: bool = False) -> AsyncIterator[PgTransaction]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -381,9 +382,11 @@ class PgStore:
         found = await self.tx.all(query, [*params, limit])
         return [rows.job(row) for row in found]
 
-    async def expire_jobs(self) -> int:
-        # One maintenance pass (sql/migrations/0002): drops the partitions of
-        # days that are over and expired, deletes row by row what expired
-        # elsewhere, makes the coming days' partitions.
-        row = await self.tx.one("SELECT hm_maintain(clock_timestamp()) AS n", [])
+    async def expire_jobs(self, now: datetime | None = None) -> int:
+        # The in-transaction part of a maintenance pass (sql/migrations/0002):
+        # deletes what expired outside a droppable partition, makes the coming
+        # days' partitions. PostgresBackend.maintain drops the days that are over.
+        row = await self.tx.one(
+            "SELECT hm_maintain(coalesce(%s::timestamptz, clock_timestamp())) AS n", [now]
+        )
         return int(row["n"]) if row else 0

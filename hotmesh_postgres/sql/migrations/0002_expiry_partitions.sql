@@ -14,9 +14,10 @@
 --                creates a partition.
 --
 -- The maintenance pass (hm_maintain, run by every worker's expiry loop) makes
--- the day partitions for the expire values in use ahead of time, and drops a
--- day's partitions once the day is over and every job in them has finished and
--- expired: a day of expired work goes with one DROP, never a DELETE per row.
+-- the day partitions for the expire values in use ahead of time; once a day is
+-- over and every job in its partitions has finished and expired, the backend
+-- detaches them CONCURRENTLY and drops them (PostgresBackend.maintain, with
+-- hm_droppable): a day of expired work goes in one piece, never a DELETE per row.
 -- Expiring jobs that landed in 'keep', and the expired jobs of a partition that
 -- a long-running job keeps alive for more than a day past its day, are deleted
 -- row by row. A job is therefore kept at least `expire`, and removed at the
@@ -229,27 +230,26 @@ BEGIN
 END
 $$;
 
--- One maintenance pass, as of `p_now`; returns how many jobs it removed.
+-- One maintenance pass, as of `p_now`; returns how many jobs it deleted.
 --  1. Expired jobs in 'keep' (started before their day's partition existed)
 --     are deleted row by row.
---  2. A day's partitions are dropped once the day is over and every job in
---     them has finished and expired. A drop needs a brief exclusive lock on
---     the parent; if it cannot have it within 200 ms it waits for the next
---     pass rather than stall the workload. A partition still held a day after
---     its day has its expired jobs deleted row by row meanwhile.
---  3. Partitions are made for the coming days of every expire value in use
+--  2. Partitions are made for the coming days of every expire value in use
 --     (learnt from the jobs that landed in 'keep'), and for signals.
--- Passes from several workers take turns (a try-lock: a busy pass is skipped).
+--  3. A day partition still held a day after its day (a job in it runs on,
+--     or has not expired) has its expired jobs deleted row by row meanwhile.
+-- Dropping the partitions of days that are over is not done here: a DROP
+-- needs an exclusive lock on the parent, which under load queues behind (and
+-- in front of) the workload's transactions. PostgresBackend.maintain detaches
+-- them CONCURRENTLY after this commits, then drops the detached tables
+-- (hm_droppable lists them). Passes from several workers take turns (a
+-- try-lock: a busy pass is skipped).
 CREATE FUNCTION hm_maintain(p_now timestamptz) RETURNS bigint
 LANGUAGE plpgsql AS $$
 DECLARE
     removed  bigint := 0;
-    counted  bigint;
-    held     boolean;
     b        text;
     t        text;
     offset_s double precision;
-    today    text := hm_day_bucket(p_now);
     history  text[] := ARRAY['jobs', 'threads', 'steps', 'entity_changes'];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended(current_schema() || ':maintain', 7)) THEN
@@ -257,42 +257,6 @@ BEGIN
     END IF;
 
     removed := hm_delete_expired('keep', p_now);
-
-    FOR b IN
-        SELECT DISTINCT substring(c.relname FROM '_(d[0-9]{8})$')
-          FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
-         WHERE i.inhparent IN ('jobs'::regclass, 'threads'::regclass, 'steps'::regclass,
-                               'entity_changes'::regclass, 'signals'::regclass)
-           AND c.relname ~ '_d[0-9]{8}$'
-         ORDER BY 1
-    LOOP
-        CONTINUE WHEN b >= today;
-        held := false;
-        IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
-            EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE finished_at IS NULL'
-                           ' OR finished_at + make_interval(secs => expire) > $1)', 'jobs_' || b)
-               INTO held USING p_now;
-        END IF;
-        IF held THEN
-            IF b < hm_day_bucket(p_now - interval '1 day') THEN
-                removed := removed + hm_delete_expired(b, p_now);
-            END IF;
-            CONTINUE;
-        END IF;
-        BEGIN
-            SET LOCAL lock_timeout = '200ms';
-            counted := 0;
-            IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
-                EXECUTE format('SELECT count(*) FROM %I', 'jobs_' || b) INTO counted;
-            END IF;
-            FOREACH t IN ARRAY history || ARRAY['signals'] LOOP
-                EXECUTE format('DROP TABLE IF EXISTS %I', t || '_' || b);
-            END LOOP;
-            removed := removed + counted;
-        EXCEPTION WHEN lock_not_available THEN
-            RAISE NOTICE 'partitions of % are busy; dropped on a later pass', b;
-        END;
-    END LOOP;
 
     INSERT INTO expire_offsets (seconds, seen_at)
     SELECT DISTINCT expire, p_now FROM jobs WHERE bucket = 'keep' AND expire IS NOT NULL
@@ -318,7 +282,60 @@ BEGIN
     FOR b IN SELECT hm_day_bucket(p_now + make_interval(days => n)) FROM generate_series(0, 2) n LOOP
         PERFORM hm_ensure_partition('signals', b);
     END LOOP;
+
+    FOR b IN SELECT p.bucket FROM hm_day_partitions() p
+              WHERE p.bucket < hm_day_bucket(p_now - interval '1 day') AND hm_held(p.bucket, p_now)
+    LOOP
+        removed := removed + hm_delete_expired(b, p_now);
+    END LOOP;
     RETURN removed;
+END
+$$;
+
+-- The day buckets that have a partition in any of the partitioned tables.
+CREATE FUNCTION hm_day_partitions() RETURNS TABLE (bucket text)
+LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT substring(c.relname FROM '_(d[0-9]{8})$')
+      FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+     WHERE i.inhparent IN ('jobs'::regclass, 'threads'::regclass, 'steps'::regclass,
+                           'entity_changes'::regclass, 'signals'::regclass)
+       AND c.relname ~ '_d[0-9]{8}$'
+     ORDER BY 1
+$$;
+
+-- Whether a day's jobs partition still holds a job that is unfinished or not
+-- yet expired as of `p_now`.
+CREATE FUNCTION hm_held(p_bucket text, p_now timestamptz) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    held boolean := false;
+BEGIN
+    IF to_regclass(quote_ident('jobs_' || p_bucket)) IS NOT NULL THEN
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM %I WHERE finished_at IS NULL'
+                       ' OR finished_at + make_interval(secs => expire) > $1)', 'jobs_' || p_bucket)
+           INTO held USING p_now;
+    END IF;
+    RETURN held;
+END
+$$;
+
+-- The day buckets whose partitions can go as of `p_now` (the day is over and
+-- every job in them expired), with how many jobs each holds.
+CREATE FUNCTION hm_droppable(p_now timestamptz) RETURNS TABLE (bucket text, jobs bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    b text;
+BEGIN
+    FOR b IN SELECT p.bucket FROM hm_day_partitions() p
+              WHERE p.bucket < hm_day_bucket(p_now) AND NOT hm_held(p.bucket, p_now)
+    LOOP
+        bucket := b;
+        jobs := 0;
+        IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
+            EXECUTE format('SELECT count(*) FROM %I', 'jobs_' || b) INTO jobs;
+        END IF;
+        RETURN NEXT;
+    END LOOP;
 END
 $$;
 
