@@ -22,7 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from .connection import resolve_dsn
+from .connection import check_server_version, resolve_dsn
 from .migrations import apply_migrations
 from .signal import PgSignal
 from .store import PgStore
@@ -116,6 +116,7 @@ class PostgresBackend:
             return
         self.dsn = await resolve_dsn(self.options)
         async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            check_server_version(conn.info.server_version)
             await apply_migrations(conn, self.schema)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.dsn,

@@ -58,6 +58,23 @@ class EmbeddedUnavailable(HotMeshError):
     """No DSN was given and no embedded PostgreSQL can be started here."""
 
 
+class UnsupportedServer(HotMeshError):
+    """The server is older than the oldest PostgreSQL this backend runs on."""
+
+
+OLDEST_SERVER = 140000  # DETACH PARTITION ... CONCURRENTLY, pg_inherits.inhdetachpending
+
+
+def check_server_version(version: int) -> None:
+    """Refuse a server too old for the schema, before any migration touches it."""
+    if version < OLDEST_SERVER:
+        major = version // 10000 if version >= 100000 else version / 10000
+        raise UnsupportedServer(
+            f"HotMesh needs PostgreSQL 14 or later (it detaches expired partitions"
+            f" CONCURRENTLY); this server runs PostgreSQL {major}"
+        )
+
+
 def _start_embedded(path: Path) -> str:
     # pgserver asks platformdirs for a runtime dir, also when it stops at exit.
     warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
