@@ -68,13 +68,20 @@ class PgTransaction:
     def notify_job(self, job_id: str) -> None:
         self._notifications.add((self.backend.job_channel, job_id))
 
-    async def send_notifications(self) -> None:
-        if self._notifications:
-            channels, payloads = zip(*sorted(self._notifications), strict=True)
-            await self.conn.execute(
-                "SELECT pg_notify(c, p) FROM unnest(%s::text[], %s::text[]) AS n(c, p)",
-                [list(channels), list(payloads)],
-            )
+    def commit_statement(self) -> sql.SQL | sql.Composed:
+        """COMMIT, preceded by this transaction's NOTIFYs in the same round trip.
+
+        A query without parameters may hold several statements (simple query
+        protocol), so the wake-ups cost no round trip of their own; their
+        channels and payloads are quoted literals.
+        """
+        if not self._notifications:
+            return sql.SQL("COMMIT")
+        notifies = sql.SQL(", ").join(
+            sql.SQL("pg_notify({}, {})").format(sql.Literal(channel), sql.Literal(payload))
+            for channel, payload in sorted(self._notifications)
+        )
+        return sql.SQL("SELECT {}; COMMIT").format(notifies)
 
 
 class _PgWatch:
@@ -218,10 +225,18 @@ class PostgresBackend:
             if readonly:  # autocommit statements: no BEGIN/COMMIT round trips
                 yield PgTransaction(self, conn)
                 return
-            async with conn.transaction():
-                tx = PgTransaction(self, conn)
+            # BEGIN and COMMIT by hand, so the NOTIFYs ride with the COMMIT.
+            await conn.execute("BEGIN", prepare=False)
+            tx = PgTransaction(self, conn)
+            try:
                 yield tx
-                await tx.send_notifications()
+            except BaseException:
+                # A failed or cancelled body: undo. If the connection is unusable
+                # (cancelled mid-query), the pool discards or resets it anyway.
+                with contextlib.suppress(Exception):
+                    await conn.execute("ROLLBACK", prepare=False)
+                raise
+            await conn.execute(tx.commit_statement(), prepare=False)
 
     # -- wake-ups --------------------------------------------------------------
     def queue_event(self, queue: str) -> asyncio.Event:
