@@ -262,3 +262,16 @@ async def migrate(settings: Settings) -> None:
     client = await settings.client()
     await client.shutdown()
     click.echo(f"app {settings.app!r} is provisioned and up to date on {client.backend.name!r}")
+
+
+@db.command()
+@click.pass_obj
+@run_async
+async def maintain(settings: Settings) -> None:
+    """Run one maintenance pass now: remove expired finished jobs (workers do it each minute)."""
+    client = await settings.client()
+    try:
+        removed = await client.backend.maintain()
+    finally:
+        await client.shutdown()
+    click.echo(f"removed {removed} expired job{'' if removed == 1 else 's'}")

@@ -116,6 +116,25 @@ def test_clear_errors_and_exit_codes(app: str) -> None:
     assert (code, out.strip()) == (0, "kept nobody-waits for its first waiter")
 
 
+async def expired_and_interrupted(app_id: str) -> None:
+    async with MemFlow.init(app_id=app_id, backend="postgres", dsn=test_dsn()) as mf:
+        handle = await mf.workflow.start("t", "never-served", "gone", [], "q", expire="0.2s")
+        await handle.interrupt()  # finished (interrupted) with no worker needed
+        await asyncio.sleep(0.3)
+
+
+def test_db_maintain_removes_expired_jobs() -> None:
+    app_id = f"cli{uuid.uuid4().hex[:10]}"
+    asyncio.run(expired_and_interrupted(app_id))
+    code, out = hotmesh(app_id, "runs", "list")
+    assert code == 0 and "gone" in out
+    code, out = hotmesh(app_id, "db", "maintain")
+    assert (code, out.strip()) == (0, "removed 1 expired job")
+    code, out = hotmesh(app_id, "runs", "show", "gone")
+    assert code == 1 and "no workflow with id 'gone'" in out
+    asyncio.run(drop(app_id))
+
+
 def test_db_migrate_and_demo() -> None:
     app_id = f"cli{uuid.uuid4().hex[:10]}"
     code, out = hotmesh(app_id, "db", "migrate")
