@@ -29,6 +29,11 @@ for _names, _seconds in (
 _PART = re.compile(r"\s*(\d+(?:\.\d+)?|\.\d+)\s*([a-zA-Z]+)?\s*,?")
 
 
+# Timers, timeouts and retention are stored as points in time; PostgreSQL's
+# timestamps end in the year 294276, and nobody means a sleep longer than this.
+MAX_DURATION = 100 * 365.25 * 86400.0
+
+
 def parse_duration(value: Duration) -> float:
     """Return ``value`` in seconds; raise ``ValueError`` naming a non-duration input."""
     if isinstance(value, bool):
@@ -43,6 +48,8 @@ def parse_duration(value: Duration) -> float:
         raise ValueError(f"not a duration: {value!r}")
     if seconds < 0 or seconds != seconds:  # negative or NaN
         raise ValueError(f"a duration must be zero or positive, got {value!r}")
+    if seconds > MAX_DURATION:  # also infinity: no database time can hold it
+        raise ValueError(f"a duration must be at most 100 years, got {value!r}")
     return seconds
 
 

@@ -27,7 +27,10 @@ def test_parses(text: object, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("bad", ["", "soon", "5 parsecs", "-1s", "1h-", True, None, [1], -3])
+@pytest.mark.parametrize(
+    "bad",
+    ["", "soon", "5 parsecs", "-1s", "1h-", True, None, [1], -3, float("inf"), 1e300, "6000w"],
+)
 def test_refuses_with_the_input_named(bad: object) -> None:
     with pytest.raises(ValueError, match="duration"):
         parse_duration(bad)  # type: ignore[arg-type]

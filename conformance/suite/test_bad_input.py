@@ -94,3 +94,8 @@ async def test_invalid_names(hm: Harness) -> None:
         await mf.workflow.start("drop table;", "wf", "id-2", [], "q")
     with pytest.raises(ValueError, match="duration"):
         await mf.workflow.start("t", "wf", "id-3", [], "q", expire="soon")
+    # Longer than any database time can hold: refused alike on every backend.
+    with pytest.raises(ValueError, match="at most 100 years"):
+        await mf.workflow.start("t", "wf", "id-4", [], "q", expire=float("inf"))
+    with pytest.raises(ValueError, match="at most 100 years"):
+        await mf.workflow.signal("s", 1, expire=1e300)
