@@ -40,6 +40,9 @@ async def main(dsn: str, app_id: str, log_dir: str, lease: str) -> None:
         activities=[step],
         concurrency=400,
         lease=float(lease),
+        # The restarted process is the same worker: it takes back what it held
+        # at once (DBOS recovers by executor id the same way).
+        worker_id="recovery-worker-1",
     )
     print("ready", flush=True)
     await asyncio.Event().wait()

@@ -69,8 +69,15 @@ class MemFlow(Client):
         concurrency: int = 10,
         lease: float = 30.0,
         poll_interval: float = 1.0,
+        worker_id: str | None = None,
     ) -> Worker:
-        """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``)."""
+        """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``).
+
+        ``worker_id``: a stable name, unique among live workers of the queue
+        (a pod or host name, say). A worker started again under the same id
+        takes back at once the tasks it held when it died, instead of waiting
+        for their leases to run out. Without it, every start is a new worker.
+        """
         worker = Worker(
             self.backend,
             validate_name(task_queue, "task_queue"),
@@ -79,6 +86,7 @@ class MemFlow(Client):
             concurrency=concurrency,
             lease=lease,
             poll_interval=poll_interval,
+            worker_id=None if worker_id is None else validate_name(worker_id, "worker_id"),
         )
         await worker.start()
         self.workers.append(worker)

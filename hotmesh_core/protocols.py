@@ -131,6 +131,11 @@ class Stream(Protocol):
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool: ...
 
+    async def release_leases(self, queue: str, *, owner: str) -> int:
+        """End now every lease ``owner`` holds on ``queue``: a worker restarted
+        under the same id takes back its own work without waiting the leases
+        out. Returns how many tasks it released."""
+
     async def ack(self, task_id: str) -> None:
         """Remove a finished task."""
 

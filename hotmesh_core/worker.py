@@ -65,6 +65,7 @@ class Worker:
         poll_interval: float = 1.0,
         expire_interval: float = 60.0,
         max_task_attempts: int = 10,
+        worker_id: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -78,7 +79,8 @@ class Worker:
         self.poll_interval = poll_interval
         self.expire_interval = expire_interval
         self.max_task_attempts = max_task_attempts
-        self.id = f"worker-{uuid.uuid4().hex[:12]}"
+        self.id = worker_id or f"worker-{uuid.uuid4().hex[:12]}"
+        self._stable_id = worker_id is not None
         self._inflight: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
@@ -87,6 +89,13 @@ class Worker:
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
 
     async def start(self) -> Worker:
+        if self._stable_id:
+            # The same id as before a crash or restart: what this worker held
+            # then is its own, and nobody else holds it; take it back now.
+            async with self.backend.transaction() as tx:
+                released = await tx.stream.release_leases(self.task_queue, owner=self.id)
+            if released:
+                log.info("worker %s took back %d leased tasks", self.id, released)
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"hotmesh:{self.id}:x")
         return self

@@ -94,6 +94,19 @@ class MemoryStream:
         self._put(evolve(task, lease_until=self.tx.now() + lease))
         return True
 
+    async def release_leases(self, queue: str, *, owner: str) -> int:
+        now = self.tx.now()
+        held = [
+            task
+            for task in self._queue(queue).values()
+            if task.lease_owner == owner and task.lease_until is not None and task.lease_until > now
+        ]
+        for task in held:
+            self._put(evolve(task, lease_until=now))
+        if held:
+            self.tx.queues_to_wake.add(queue)
+        return len(held)
+
     def _remove(self, task: Task) -> None:
         self.tx.pop(self._queue(task.queue), task.id)
         self.tx.pop(self.state.task_queue_of, task.id)

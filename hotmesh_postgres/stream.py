@@ -99,6 +99,17 @@ class PgStream:
         )
         return row is not None
 
+    async def release_leases(self, queue: str, *, owner: str) -> int:
+        found = await self.tx.all(
+            "UPDATE tasks SET visible_at = clock_timestamp()"
+            " WHERE queue = %s AND lease_owner = %s AND visible_at > clock_timestamp()"
+            " RETURNING 1 AS released",
+            [queue, owner],
+        )
+        if found:
+            self.tx.notify_queue(queue)
+        return len(found)
+
     async def ack(self, task_id: str) -> None:
         await self.tx.run("DELETE FROM tasks WHERE id = %s", [int(task_id)])
 

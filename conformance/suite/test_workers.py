@@ -9,6 +9,7 @@ import pytest
 from conformance.plugin import Harness
 from hotmesh_core import workflow
 from hotmesh_core.models import Task
+from hotmesh_core.worker import Worker
 
 # Async tests run under pytest-asyncio whatever the asyncio mode of the project running
 # the suite (a third party runs it with `pytest --pyargs conformance`).
@@ -181,3 +182,39 @@ async def test_an_answer_arriving_during_an_inline_activity_is_not_missed(hm: Ha
     await asyncio.sleep(0.2)  # the run the signal woke sees the activity still pending
     release.set()
     assert await handle.result(timeout=10) == ["done", "signalled"]
+
+
+async def test_a_worker_started_again_under_its_id_takes_its_work_back_at_once(
+    hm: Harness,
+) -> None:
+    """What a worker held when it died is taken back by the next worker with its
+    ``worker_id`` without waiting out the lease; any other worker waits."""
+    mf = await hm.memflow()
+    key = f"stable-{mf.app_id}"
+    started = asyncio.Event()
+
+    async def hold(k: str) -> str:
+        RUNS[k] = RUNS.get(k, 0) + 1
+        if RUNS[k] == 1:
+            started.set()
+            await asyncio.sleep(3600)  # the worker dies in here
+        return f"run {RUNS[k]}"
+
+    async def wf(k: str) -> str:
+        acts = workflow.proxy_activities(activities={"hold": hold})
+        return await acts.hold(k)  # type: ignore[no-any-return]
+
+    async def worker(name: str) -> Worker:
+        return await mf.worker(
+            "q", workflows={"wf": wf}, activities={"hold": hold}, lease=600, worker_id=name
+        )
+
+    first = await worker("node-1")
+    handle = await mf.workflow.start("t", "wf", "s", [key], "q")
+    await asyncio.wait_for(started.wait(), 10)
+    await first.stop(drain=False)  # like a process killed mid-activity
+    await worker("node-2")
+    await asyncio.sleep(0.5)
+    assert RUNS[key] == 1  # a stranger waits for the 600 s lease
+    await worker("node-1")
+    assert await handle.result(timeout=10) == "run 2"
