@@ -11,6 +11,7 @@ from .entity_ops import EntityPathError
 from .errors import (
     ActivityFailed,
     BackendNotFound,
+    BackendUnavailable,
     DuplicateWorkflow,
     HotMeshError,
     InvalidIdentifier,
@@ -30,6 +31,7 @@ from .worker import Worker
 __all__ = [
     "ActivityFailed",
     "BackendNotFound",
+    "BackendUnavailable",
     "Client",
     "DuplicateWorkflow",
     "EntityPathError",

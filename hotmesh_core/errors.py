@@ -11,6 +11,7 @@ from __future__ import annotations
 __all__ = [
     "ActivityFailed",
     "BackendNotFound",
+    "BackendUnavailable",
     "DuplicateWorkflow",
     "HotMeshError",
     "InvalidIdentifier",
@@ -27,6 +28,13 @@ __all__ = [
 
 class HotMeshError(Exception):
     """Base of every error HotMesh raises on purpose."""
+
+
+class BackendUnavailable(HotMeshError):
+    """The backend could not be reached, or dropped the connection mid-way (a
+    database restart, a network cut). The operation did not complete (if the
+    connection broke while committing, it may have); every HotMesh operation is
+    safe to try again: steps are recorded once and starts are idempotent."""
 
 
 class BackendNotFound(HotMeshError):

@@ -20,7 +20,7 @@ from attrs import define, evolve
 
 from .config import validate_name
 from .engine import Engine, LocalWorker, Superseded
-from .errors import SerializationError, UnknownWorkflow
+from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
 from .models import MAIN_THREAD, TERMINAL_STATUSES, ErrorInfo, Job, Step, Task, Thread
 from .protocols import Backend
 from .replay import Command, Run, RunOutcome, error_info
@@ -135,6 +135,10 @@ class Worker:
                         activity_names=activity_names,
                         limit=free,
                     )
+            except BackendUnavailable as error:
+                log.warning("claim on queue %r: %s; retrying", self.task_queue, error)
+                await asyncio.sleep(self.poll_interval)
+                continue
             except Exception:
                 log.exception("claim failed on queue %r; retrying", self.task_queue)
                 await asyncio.sleep(self.poll_interval)
@@ -160,17 +164,14 @@ class Worker:
         # Activities keep their own lease alive while they run (_activity_outcome).
         heartbeat = None if task.kind == "activity" else asyncio.create_task(self._heartbeat(task))
         try:
-            if task.kind == "run":
-                await self._run_workflow(task)
-            elif task.kind == "activity":
+            if task.kind == "activity":
                 await self._run_activity(task)
-            elif task.kind == "timer":
-                await self.engine.fire_timer(task)
             else:
-                log.error("unknown task kind %r; dropping task %s", task.kind, task.id)
-                await self.engine.drop_task(task)
+                await self._while_backend_returns(lambda: self._handle_engine_task(task))
         except asyncio.CancelledError:
             raise
+        except BackendUnavailable as exc:
+            log.warning("task %s is left to its lease: %s", task.id, exc)
         except Exception as exc:
             log.exception("task %s (%s %s) failed in the engine", task.id, task.kind, task.name)
             if task.attempts >= self.max_task_attempts:
@@ -183,6 +184,29 @@ class Worker:
         finally:
             if heartbeat is not None:
                 heartbeat.cancel()
+
+    async def _handle_engine_task(self, task: Task) -> None:
+        if task.kind == "run":
+            await self._run_workflow(task)
+        elif task.kind == "timer":
+            await self.engine.fire_timer(task)
+        else:
+            log.error("unknown task kind %r; dropping task %s", task.kind, task.id)
+            await self.engine.drop_task(task)
+
+    async def _while_backend_returns(self, attempt: Callable[[], Awaitable[None]]) -> None:
+        """Run ``attempt``; if the database went away (a restart?), run it again
+        once it is back. This worker still holds the task's lease, so nobody
+        else will, and every engine transition is safe to repeat."""
+        for pause in (0.1, 0.3, 1.0, 3.0, None):
+            try:
+                await attempt()
+                return
+            except BackendUnavailable as error:
+                if pause is None or self._stopping:
+                    raise
+                log.info("%s; trying again in %.1f s", error, pause)
+                await asyncio.sleep(pause)
 
     async def _heartbeat(self, task: Task) -> None:
         while True:
@@ -306,7 +330,9 @@ class Worker:
             async with self.backend.transaction() as tx:
                 await tx.stream.retry(task.id, delay=self.poll_interval)
             return
-        await self._answer_normally([await self._activity_outcome(task)])
+        outcome = await self._activity_outcome(task)
+        # Only the recording is repeated: the activity ran, its outcome is kept.
+        await self._while_backend_returns(lambda: self._answer_normally([outcome]))
 
     async def _activity_outcome(self, task: Task) -> ActivityOutcome:
         """Execute an activity (keeping its lease alive); what happened, not yet recorded."""

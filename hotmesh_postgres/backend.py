@@ -22,6 +22,8 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from hotmesh_core.errors import BackendUnavailable
+
 from .connection import check_server_version, resolve_dsn
 from .migrations import apply_migrations
 from .signal import PgSignal
@@ -42,25 +44,55 @@ Params = Sequence[Any]
 class PgTransaction:
     """One database transaction, seen through the Store, Stream and Signal roles."""
 
-    def __init__(self, backend: PostgresBackend, conn: Connection) -> None:
+    def __init__(self, backend: PostgresBackend, conn: Connection, *, readonly: bool) -> None:
         self.backend = backend
         self.conn = conn
+        self.readonly = readonly
         self.store = PgStore(self)
         self.stream = PgStream(self)
         self.signal = PgSignal(self)
         self._notifications: set[tuple[str, str]] = set()
         self.found_jobs: set[str] = set()  # found by their bucket in this transaction
 
+    async def begin(self) -> None:
+        await self._on_live_connection("BEGIN", None, prepare=False)
+
+    async def _execute(self, query: Any, params: Params) -> Any:
+        if self.readonly:  # each statement stands alone: safe to send again
+            return await self._on_live_connection(query, params)
+        return await self.conn.execute(query, params)
+
+    async def _on_live_connection(
+        self, query: Any, params: Params | None, *, prepare: bool | None = None
+    ) -> Any:
+        """Execute where nothing of this transaction can be lost: if the server
+        dropped the connection (it restarted, say), while it sat in the pool,
+        take another one and send the statement again."""
+        pool = self.backend.pool
+        assert pool is not None
+        for attempt in range(pool.max_size + 2):
+            try:
+                return await self.conn.execute(query, params, prepare=prepare)
+            except psycopg.OperationalError:
+                if not self.conn.broken or attempt == pool.max_size + 1:
+                    raise
+                log.info("connection lost; using another one (attempt %d)", attempt + 1)
+                await pool.putconn(self.conn)  # the pool discards a broken connection
+                self.conn = await pool.getconn()
+        raise AssertionError("unreachable")
+
     async def one(self, query: Any, params: Params) -> dict[str, Any] | None:
-        cursor = await self.conn.execute(query, params)
-        return await cursor.fetchone()
+        cursor = await self._execute(query, params)
+        row: dict[str, Any] | None = await cursor.fetchone()
+        return row
 
     async def all(self, query: Any, params: Params) -> list[dict[str, Any]]:
-        cursor = await self.conn.execute(query, params)
-        return await cursor.fetchall()
+        cursor = await self._execute(query, params)
+        found: list[dict[str, Any]] = await cursor.fetchall()
+        return found
 
     async def run(self, query: Any, params: Params) -> None:
-        await self.conn.execute(query, params)
+        await self._execute(query, params)
 
     def notify_queue(self, queue: str) -> None:
         self._notifications.add((self.backend.queue_channel, queue))
@@ -104,6 +136,8 @@ class PostgresBackend:
         self.options = options
         self.queue_channel = f"hotmesh:{app_id}:q"
         self.job_channel = f"hotmesh:{app_id}:j"
+        # Names this app's connections in pg_stat_activity (operators, tests).
+        self.application_name = f"hotmesh:{app_id}"
         self.dsn = ""
         self.pool: AsyncConnectionPool[Connection] | None = None
         self._listener: asyncio.Task[None] | None = None
@@ -129,7 +163,11 @@ class PostgresBackend:
             self.dsn,
             min_size=int(self.options.get("pool_min", 1)),
             max_size=int(self.options.get("pool_size", 10)),
-            kwargs={"autocommit": True, "row_factory": dict_row},
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "application_name": self.application_name,
+            },
             configure=self._configure,
             open=False,
         )
@@ -221,22 +259,33 @@ class PostgresBackend:
         if self.pool is None:
             await self.open()
         assert self.pool is not None
-        async with self.pool.connection() as conn:
-            if readonly:  # autocommit statements: no BEGIN/COMMIT round trips
-                yield PgTransaction(self, conn)
-                return
-            # BEGIN and COMMIT by hand, so the NOTIFYs ride with the COMMIT.
-            await conn.execute("BEGIN", prepare=False)
-            tx = PgTransaction(self, conn)
-            try:
-                yield tx
-            except BaseException:
-                # A failed or cancelled body: undo. If the connection is unusable
-                # (cancelled mid-query), the pool discards or resets it anyway.
+        try:
+            conn = await self.pool.getconn()
+        except psycopg.OperationalError as error:  # PoolTimeout too: no server to reach
+            raise BackendUnavailable(f"PostgreSQL is unreachable: {error}") from error
+        # Read-only work runs as autocommit statements (no BEGIN/COMMIT round
+        # trips); the rest BEGINs and COMMITs by hand, so that the NOTIFYs ride
+        # with the COMMIT.
+        tx = PgTransaction(self, conn, readonly=readonly)
+        try:
+            if not readonly:
+                await tx.begin()
+            yield tx
+            if not readonly:
+                await tx.conn.execute(tx.commit_statement(), prepare=False)
+        except BaseException as error:
+            if not readonly and not tx.conn.broken:
+                # A failed or cancelled body: undo. A connection cancelled
+                # mid-query is reset or discarded by the pool anyway.
                 with contextlib.suppress(Exception):
-                    await conn.execute("ROLLBACK", prepare=False)
-                raise
-            await conn.execute(tx.commit_statement(), prepare=False)
+                    await tx.conn.execute("ROLLBACK", prepare=False)
+            if isinstance(error, psycopg.OperationalError) and tx.conn.broken:
+                raise BackendUnavailable(
+                    f"the connection to PostgreSQL was lost mid-transaction ({error}); try again"
+                ) from error
+            raise
+        finally:
+            await self.pool.putconn(tx.conn)
 
     # -- wake-ups --------------------------------------------------------------
     def queue_event(self, queue: str) -> asyncio.Event:
@@ -248,7 +297,9 @@ class PostgresBackend:
     async def _listen(self) -> None:
         while True:
             try:
-                async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+                async with await psycopg.AsyncConnection.connect(
+                    self.dsn, autocommit=True, application_name=self.application_name
+                ) as conn:
                     for channel in (self.queue_channel, self.job_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self._listening.set()
