@@ -7,12 +7,15 @@ first ``init`` at once.  Applied versions are kept in ``migrations``.
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 
 import psycopg
 from psycopg import sql
 
 __all__ = ["Migration", "apply_migrations", "migrations"]
+
+log = logging.getLogger("hotmesh.postgres")
 
 
 class Migration:
@@ -48,7 +51,19 @@ async def apply_migrations(conn: psycopg.AsyncConnection[object], schema: str) -
         )
         cursor = await conn.execute("SELECT version FROM migrations")
         done = {row[0] for row in await cursor.fetchall()}  # type: ignore[index]
-        for migration in migrations():
+        known = migrations()
+        ahead = sorted(v for v in done if v > max(m.version for m in known))
+        if ahead:
+            # A newer HotMesh migrated this schema (a rolling deploy, or a
+            # downgrade): carry on, but say so, since this code never saw it.
+            log.warning(
+                "schema %r has migrations %s that this HotMesh does not know (it knows"
+                " up to %d): upgrade HotMesh in every process of the app",
+                schema,
+                ahead,
+                max(m.version for m in known),
+            )
+        for migration in known:
             if migration.version in done:
                 continue
             await conn.execute(migration.text.encode())

@@ -7,6 +7,7 @@ import uuid
 from typing import Any
 
 import psycopg
+import pytest
 
 from hotmesh_core import MemFlow, workflow
 from hotmesh_postgres.migrations import migrations
@@ -155,3 +156,20 @@ async def explain_find(mf: MemFlow, where: dict[str, Any]) -> str:
         await tx.run("SET LOCAL enable_seqscan = off", [])
         plan = await tx.all(psycopg.sql.SQL("EXPLAIN ") + query, params)
     return "\n".join(str(next(iter(row.values()))) for row in plan)
+
+
+async def test_a_schema_migrated_by_a_newer_hotmesh_is_said_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app_id, dsn = new_app(), test_dsn()
+    mf = await MemFlow.init(app_id=app_id, backend="postgres", dsn=dsn)
+    await mf.workflow.start("t", "wf", "kept", [1], "q")
+    await mf.shutdown()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f'INSERT INTO "{app_id}".migrations (version, name) VALUES (999, %s)', ["x"])
+    again = await MemFlow.init(app_id=app_id, backend="postgres", dsn=dsn, drop_on_close=True)
+    try:
+        assert "migrations [999] that this HotMesh does not know" in caplog.text
+        assert await (await again.workflow.get_handle("kept")).status() == "pending"
+    finally:
+        await again.shutdown()
