@@ -13,12 +13,11 @@ from typing import Any
 
 from attrs import define, field
 
-from .config import validate_name, validate_workflow_id
+from .config import validate_name, validate_signal_id, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE, Engine
 from .errors import (
     DuplicateWorkflow,
-    InvalidIdentifier,
     WorkflowFailed,
     WorkflowInterrupted,
     WorkflowNotFound,
@@ -243,8 +242,7 @@ class WorkflowClient:
         self, signal_id: str, data: Any = None, *, expire: Duration | None = None
     ) -> bool:
         """Deliver a signal; True if a waiter took it, False if it was kept for later."""
-        if not isinstance(signal_id, str) or not signal_id:
-            raise InvalidIdentifier(f"a signal id must be a non-empty string, got {signal_id!r}")
+        validate_signal_id(signal_id)
         payload = ensure_json(data, what="signal data")
         keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
         return await self._engine.send_signal(signal_id, payload, keep)

@@ -38,6 +38,14 @@ def validate_name(value: object, what: str) -> str:
     return value
 
 
+def validate_signal_id(value: object) -> str:
+    if not isinstance(value, str) or not WORKFLOW_ID.match(value):
+        raise InvalidIdentifier(
+            f"invalid signal id {value!r}: 1 to 255 characters, no control characters"
+        )
+    return value
+
+
 def validate_workflow_id(value: object) -> str:
     if not isinstance(value, str) or not WORKFLOW_ID.match(value):
         raise InvalidIdentifier(

@@ -25,9 +25,23 @@ converter = cattrs.Converter()
 def dumps(value: Any, *, what: str = "value") -> str:
     """Serialize a user value to JSON text, refusing what JSON cannot hold."""
     try:
-        return json.dumps(value, allow_nan=False, separators=(",", ":"))
+        text = json.dumps(value, allow_nan=False, separators=(",", ":"))
     except (TypeError, ValueError) as exc:
         raise SerializationError(f"{what} is not JSON-serializable: {exc}") from None
+    if "\\u0000" in text and _holds_nul(value):  # the cheap test first
+        # PostgreSQL's jsonb cannot hold U+0000; refused on every backend alike.
+        raise SerializationError(f"{what} holds a NUL character (\\x00), which cannot be stored")
+    return text
+
+
+def _holds_nul(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_holds_nul(item) for item in value)
+    return False
 
 
 def loads(text: str | bytes) -> Any:

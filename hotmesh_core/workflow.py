@@ -17,11 +17,10 @@ from typing import Any
 
 from attrs import define
 
-from .config import validate_name, validate_workflow_id
+from .config import validate_name, validate_signal_id, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE
 from .entity import WorkflowEntity
-from .errors import InvalidIdentifier
 from .replay import current_run
 from .retry import RetryPolicy
 from .serde import ensure_json
@@ -158,9 +157,7 @@ async def wait_for(signal_id: str, timeout: Duration | None = None) -> Any:
 
 
 def _signal_name(signal_id: str) -> str:
-    if not isinstance(signal_id, str) or not signal_id:
-        raise InvalidIdentifier(f"a signal id must be a non-empty string, got {signal_id!r}")
-    return signal_id
+    return validate_signal_id(signal_id)
 
 
 async def signal(signal_id: str, data: Any = None, *, expire: Duration | None = None) -> None:

@@ -69,6 +69,33 @@ async def test_non_json_results_and_activity_args_fail_clearly(hm: Harness) -> N
     assert (await other.export()).timeline == []
 
 
+def returns_a_nul() -> str:
+    return "a\x00b"
+
+
+async def uses_nul_activity() -> Any:
+    acts = workflow.proxy_activities(activities=[returns_a_nul])
+    return await acts.returns_a_nul()
+
+
+async def test_nul_characters_are_refused_alike_everywhere(hm: Harness) -> None:
+    """U+0000 is valid JSON but no PostgreSQL jsonb can hold it: every backend
+    refuses it at the call, so a value never behaves differently by backend."""
+    mf = await hm.memflow()
+    with pytest.raises(SerializationError, match="NUL"):
+        await mf.workflow.start("t", "anything", "nul-arg", ["a\x00"], "q")
+    with pytest.raises(SerializationError, match="NUL"):
+        await mf.workflow.signal("s", {"k\x00": 1})
+    with pytest.raises(InvalidIdentifier, match="signal id"):
+        await mf.workflow.signal("s\x00", 1)
+    await mf.worker("q", workflows=[uses_nul_activity], activities=[returns_a_nul])
+    handle = await mf.workflow.start("t", "uses_nul_activity", "nul-result", [], "q")
+    with pytest.raises(WorkflowFailed, match="NUL"):
+        await handle.result(timeout=10)
+    # A backslash and "u0000" as text is no NUL: kept as it is.
+    assert await mf.workflow.signal("s", "\\u0000") is False
+
+
 @pytest.mark.parametrize(
     "app_id", ["", "Upper", "1starts-with-digit", "has space", "x" * 49, "semi;colon", 'quo"te']
 )
