@@ -534,8 +534,21 @@ class Engine:
             await tx.stream.ack(task.id)
 
     async def dead_letter(self, task: Task, error: ErrorInfo) -> None:
+        """Set a poison task aside, and fail its job so that nobody waits on it
+        in silence: its callers see ``TaskDeadLettered`` with the last error."""
+        failure = ErrorInfo(
+            "TaskDeadLettered",
+            f"the engine failed {task.attempts} times on the {task.kind} task"
+            f" {task.name!r} of {task.job_id!r}; last: {error.type_name}: {error.message}",
+            error.traceback,
+        )
         async with self.backend.transaction() as tx:
             await tx.stream.dead_letter(task.id, error)
+            job = await tx.store.set_job_status(task.job_id, "failed", error=failure)
+            if job is not None:
+                await tx.signal.remove_job_waiters(task.job_id)
+                await tx.signal.notify_job(task.job_id)
+                await self._answer_parent(tx, job, error=failure)
 
     async def drop_task(self, task: Task) -> None:
         async with self.backend.transaction() as tx:

@@ -1,0 +1,45 @@
+"""A task the engine keeps failing on is set aside, and its job fails visibly."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from hotmesh_core import MemFlow, WorkflowFailed, workflow
+from hotmesh_core.engine import Engine
+from hotmesh_core.worker import Worker
+from hotmesh_postgres.testing import test_dsn
+
+
+async def naps() -> str:
+    await workflow.sleep_for(0.05)
+    return "rested"
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_a_poison_task_fails_its_job_with_the_cause(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_timer(self: Engine, task: Any) -> None:
+        raise RuntimeError("the timer path is broken")
+
+    monkeypatch.setattr(Engine, "fire_timer", broken_timer)
+    options: dict[str, Any] = (
+        {"dsn": test_dsn(), "drop_on_close": True} if backend == "postgres" else {}
+    )
+    mf = await MemFlow.init(app_id=f"dl{uuid.uuid4().hex[:10]}", backend=backend, **options)
+    worker = Worker(mf.backend, "q", workflows=[naps], lease=0.3, max_task_attempts=2)
+    await worker.start()
+    try:
+        handle = await mf.workflow.start("t", "naps", "poisoned", [], "q")
+        with pytest.raises(WorkflowFailed) as caught:
+            await handle.result(timeout=15)
+        assert caught.value.type_name == "TaskDeadLettered"
+        assert "failed 2 times on the timer task" in str(caught.value)
+        assert "RuntimeError: the timer path is broken" in str(caught.value)
+        assert await handle.status() == "failed"
+    finally:
+        await worker.stop()
+        await mf.shutdown()
