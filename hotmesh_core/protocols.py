@@ -205,9 +205,13 @@ class Backend(Protocol):
 
     async def close(self) -> None: ...
 
-    def transaction(self, *, readonly: bool = False) -> AbstractAsyncContextManager[Transaction]:
+    def transaction(
+        self, *, readonly: bool = False, single: bool = False
+    ) -> AbstractAsyncContextManager[Transaction]:
         """All-or-nothing work; ``readonly`` work only reads, so a backend may skip
-        the transaction's bookkeeping (each read then sees the latest commit)."""
+        the transaction's bookkeeping (each read then sees the latest commit);
+        ``single`` work is one Store/Stream/Signal call, atomic on its own (a
+        claim, a lease extension), which a backend may run without a transaction."""
 
     def now(self) -> float:
         """The backend's current time in POSIX seconds (virtual in tests where supported)."""

@@ -126,7 +126,7 @@ class Worker:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
             try:
-                async with self.backend.transaction() as tx:
+                async with self.backend.transaction(single=True) as tx:
                     tasks = await tx.stream.claim(
                         self.task_queue,
                         owner=self.id,
@@ -212,7 +212,7 @@ class Worker:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                async with self.backend.transaction() as tx:
+                async with self.backend.transaction(single=True) as tx:
                     kept = await tx.stream.extend_lease(task.id, owner=self.id, lease=self.lease)
             except Exception:
                 log.exception("could not extend the lease of task %s", task.id)

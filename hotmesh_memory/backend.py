@@ -93,7 +93,9 @@ class MemoryBackend:
         return self.clock.now()
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[MemoryTransaction]:
+    async def transaction(
+        self, *, readonly: bool = False, single: bool = False
+    ) -> AsyncIterator[MemoryTransaction]:
         if not self._opened:
             await self.open()
         async with self.state.lock:

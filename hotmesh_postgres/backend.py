@@ -100,20 +100,24 @@ class PgTransaction:
     def notify_job(self, job_id: str) -> None:
         self._notifications.add((self.backend.job_channel, job_id))
 
-    def commit_statement(self) -> sql.SQL | sql.Composed:
-        """COMMIT, preceded by this transaction's NOTIFYs in the same round trip.
+    async def finish(self, *, commit: bool) -> None:
+        """Send this transaction's NOTIFYs, and COMMIT, in one round trip.
 
         A query without parameters may hold several statements (simple query
         protocol), so the wake-ups cost no round trip of their own; their
         channels and payloads are quoted literals.
         """
-        if not self._notifications:
-            return sql.SQL("COMMIT")
-        notifies = sql.SQL(", ").join(
-            sql.SQL("pg_notify({}, {})").format(sql.Literal(channel), sql.Literal(payload))
-            for channel, payload in sorted(self._notifications)
-        )
-        return sql.SQL("SELECT {}; COMMIT").format(notifies)
+        statements: list[sql.Composable] = []
+        if self._notifications:
+            notifies = sql.SQL(", ").join(
+                sql.SQL("pg_notify({}, {})").format(sql.Literal(channel), sql.Literal(payload))
+                for channel, payload in sorted(self._notifications)
+            )
+            statements.append(sql.SQL("SELECT {}").format(notifies))
+        if commit:
+            statements.append(sql.SQL("COMMIT"))
+        if statements:
+            await self.conn.execute(sql.SQL("; ").join(statements), prepare=False)
 
 
 class _PgWatch:
@@ -255,7 +259,9 @@ class PostgresBackend:
         )
 
     @asynccontextmanager
-    async def transaction(self, *, readonly: bool = False) -> AsyncIterator[PgTransaction]:
+    async def transaction(
+        self, *, readonly: bool = False, single: bool = False
+    ) -> AsyncIterator[PgTransaction]:
         if self.pool is None:
             await self.open()
         assert self.pool is not None
@@ -263,18 +269,18 @@ class PostgresBackend:
             conn = await self.pool.getconn()
         except psycopg.OperationalError as error:  # PoolTimeout too: no server to reach
             raise BackendUnavailable(f"PostgreSQL is unreachable: {error}") from error
-        # Read-only work runs as autocommit statements (no BEGIN/COMMIT round
-        # trips); the rest BEGINs and COMMITs by hand, so that the NOTIFYs ride
-        # with the COMMIT.
+        # Read-only work, and work of one statement, run as autocommit
+        # statements (no BEGIN/COMMIT round trips); the rest BEGINs and COMMITs
+        # by hand, so that the NOTIFYs ride with the COMMIT.
+        begun = not (readonly or single)
         tx = PgTransaction(self, conn, readonly=readonly)
         try:
-            if not readonly:
+            if begun:
                 await tx.begin()
             yield tx
-            if not readonly:
-                await tx.conn.execute(tx.commit_statement(), prepare=False)
+            await tx.finish(commit=begun)
         except BaseException as error:
-            if not readonly and not tx.conn.broken:
+            if begun and not tx.conn.broken:
                 # A failed or cancelled body: undo. A connection cancelled
                 # mid-query is reset or discarded by the pool anyway.
                 with contextlib.suppress(Exception):
