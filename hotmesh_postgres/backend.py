@@ -37,7 +37,7 @@ log = logging.getLogger("hotmesh.postgres")
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 BUCKET_HINTS = 100_000
 # Jobs first: once its row is gone a job is gone, whatever history follows it.
-DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals")
+DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals", "dead_letters")
 Params = Sequence[Any]
 
 

@@ -389,4 +389,8 @@ class PgStore:
         row = await self.tx.one(
             "SELECT hm_maintain(coalesce(%s::timestamptz, clock_timestamp())) AS n", [now]
         )
+        await self.tx.run(
+            "SELECT hm_maintain_dead_letters(coalesce(%s::timestamptz, clock_timestamp()))",
+            [now],
+        )
         return int(row["n"]) if row else 0

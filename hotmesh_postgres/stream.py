@@ -131,6 +131,8 @@ class PgStream:
     async def dead_letter(self, task_id: str, error: ErrorInfo) -> None:
         await self.tx.run(
             "WITH gone AS (DELETE FROM tasks WHERE id = %s RETURNING *)"
-            " INSERT INTO dead_letters (id, task, error) SELECT id, to_jsonb(gone), %s FROM gone",
+            " INSERT INTO dead_letters (id, task, error, expires_at, bucket)"
+            " SELECT id, to_jsonb(gone), %s, e, hm_bucket('dead_letters', e, 'later')"
+            " FROM gone, (SELECT clock_timestamp() + interval '30 days' AS e) AS expiry",
             [int(task_id), error_param(error)],
         )

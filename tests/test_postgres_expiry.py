@@ -18,6 +18,7 @@ import pytest
 
 from hotmesh_core import MemFlow, workflow
 from hotmesh_core.errors import WorkflowNotFound
+from hotmesh_core.models import ErrorInfo, Task
 from hotmesh_postgres.migrations import migrations
 from hotmesh_postgres.testing import test_dsn
 
@@ -279,3 +280,39 @@ async def test_partitions_come_and_go_while_jobs_run(mf: MemFlow) -> None:
     assert not [p for p in partitions(mf, "jobs") if p.startswith("jobs_d2000")]
     in_day = [h for h in handles if where(mf, h.workflow_id)["jobs"] != ["jobs_keep"]]
     assert in_day, "jobs started after the first pass go to their day's partition"
+
+
+async def dead_letter(mf: MemFlow, job_id: str) -> None:
+    async with mf.backend.transaction() as tx:
+        task_id = await tx.stream.enqueue(
+            Task(queue="q", kind="timer", job_id=job_id, dimension="", name="t")
+        )
+        assert task_id is not None
+        await tx.stream.dead_letter(task_id, ErrorInfo("Boom", "kept for inspection"))
+
+
+def dead_letters(mf: MemFlow) -> list[tuple[str, str]]:
+    with psycopg.connect(test_dsn()) as conn:
+        rows = conn.execute(
+            f"SELECT task->>'job_id', tableoid::regclass::text FROM \"{mf.app_id}\".dead_letters"
+            " ORDER BY 1"
+        ).fetchall()
+    return [(job, table.split(".")[-1]) for job, table in rows]
+
+
+async def test_dead_letters_are_kept_30_days_then_go_with_their_day(mf: MemFlow) -> None:
+    await dead_letter(mf, "before-any-pass")  # no partition yet: 'later'
+    await maintain(mf)  # makes the partitions 30 and 31 days on
+    await dead_letter(mf, "after-a-pass")
+    expiry_day = day_bucket(datetime.now(timezone.utc) + timedelta(days=30))
+    placed = dict(dead_letters(mf))
+    assert placed["before-any-pass"] == "dead_letters_later"
+    assert placed["after-a-pass"] in {
+        f"dead_letters_{expiry_day}",
+        f"dead_letters_{day_bucket(datetime.now(timezone.utc) + timedelta(days=31))}",
+    }
+    await maintain(mf, days_later=20)
+    assert len(dead_letters(mf)) == 2  # kept 30 days
+    await maintain(mf, days_later=33)
+    assert dead_letters(mf) == []
+    assert f"dead_letters_{expiry_day}" not in partitions(mf, "dead_letters")
