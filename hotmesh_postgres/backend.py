@@ -160,7 +160,13 @@ class PostgresBackend:
         if self.pool is not None:
             return
         self.dsn = await resolve_dsn(self.options)
-        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+        try:
+            first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+        except psycopg.OperationalError as error:
+            # Unreachable, refused, bad credentials: the server's own words.
+            message = " ".join(str(error).split())
+            raise BackendUnavailable(f"cannot connect to PostgreSQL: {message}") from None
+        async with first as conn:
             check_server_version(conn.info.server_version)
             await apply_migrations(conn, self.schema)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(

@@ -16,9 +16,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import psycopg
+from psycopg.conninfo import conninfo_to_dict
+
 from hotmesh_core.errors import HotMeshError
 
-__all__ = ["data_dir", "embedded_dsn", "resolve_dsn"]
+__all__ = ["InvalidDsn", "data_dir", "embedded_dsn", "resolve_dsn"]
 
 
 def configured_dsn(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:
@@ -27,20 +30,34 @@ def configured_dsn(options: Mapping[str, Any], env: Mapping[str, str] | None = N
     return libpq_dsn(str(dsn)) if dsn else None
 
 
+class InvalidDsn(HotMeshError, ValueError):
+    """``dsn=`` / ``HOTMESH_DSN`` / ``DATABASE_URL`` is not a PostgreSQL connection string."""
+
+
 def libpq_dsn(dsn: str) -> str:
     """Accept SQLAlchemy-style URLs too (``postgresql+psycopg://``, ``postgres://``).
 
     ``DATABASE_URL`` often carries a driver suffix meant for SQLAlchemy; libpq
-    does not understand it, so the URL is parsed and rendered without it.
+    does not understand it, so the URL is parsed and rendered without it. The
+    result is checked by libpq's own parser, so a bad string is refused here,
+    by name, and not as a driver error at the first connection.
     """
-    if "://" not in dsn:
-        return dsn  # a libpq keyword string: "host=... dbname=..."
-    from sqlalchemy.engine import make_url
+    if "://" in dsn:
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
 
-    url = make_url(dsn)
-    if not url.drivername.startswith(("postgresql", "postgres")):
-        raise ValueError(f"not a PostgreSQL URL: {url.drivername!r}")
-    return url.set(drivername="postgresql").render_as_string(hide_password=False)
+        try:
+            url = make_url(dsn)
+        except ArgumentError as error:
+            raise InvalidDsn(f"not a PostgreSQL URL: {error}") from None
+        if not url.drivername.startswith(("postgresql", "postgres")):
+            raise InvalidDsn(f"not a PostgreSQL URL: {url.drivername!r}")
+        dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as error:
+        raise InvalidDsn(f"not a PostgreSQL connection string: {error}") from None
+    return dsn
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> Path:
