@@ -224,9 +224,12 @@ class PostgresBackend:
             removed = await tx.store.expire_jobs(now)
         assert self.pool is not None
         async with self.pool.connection() as conn:
-            lock = [f"hotmesh:{self.schema}:drop"]
+            # The very lock hm_maintain tries (session-scoped here): a drop and
+            # another process's pass never overlap, so an ATTACH there cannot
+            # wait on a DETACH ... CONCURRENTLY here that waits on it.
+            lock = [f"{self.schema}:maintain"]
             cursor = await conn.execute(
-                "SELECT pg_try_advisory_lock(hashtextextended(%s, 8)) AS mine", lock
+                "SELECT pg_try_advisory_lock(hashtextextended(%s, 7)) AS mine", lock
             )
             mine = await cursor.fetchone()
             if mine is None or not mine["mine"]:
@@ -242,7 +245,7 @@ class PostgresBackend:
                         await self._drop_partition(conn, table, f"{table}_{day['bucket']}")
                     removed += int(day["jobs"])
             finally:
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 8))", lock)
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7))", lock)
         return removed
 
     async def _drop_partition(self, conn: Connection, parent: str, child: str) -> None:
