@@ -249,6 +249,42 @@ async def signal(settings: Settings, signal_id: str, data: str) -> None:
     click.echo(f"delivered {signal_id}" if taken else f"kept {signal_id} for its first waiter")
 
 
+@main.command("dead-letters")
+@click.option("--workflow", "workflow_id", help="Only the tasks of this run.")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 10000))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@run_async
+async def dead_letters(
+    settings: Settings, workflow_id: str | None, limit: int, as_json: bool
+) -> None:
+    """Tasks the engine set aside after failing on them too often, newest first."""
+    client = await settings.client()
+    try:
+        found = await client.workflow.dead_letters(workflow_id, limit=limit)
+    finally:
+        await client.shutdown()
+    if as_json:
+        click.echo(json.dumps(unstructure(found), indent=2))
+        return
+    click.echo(
+        table(
+            ["RUN", "KIND", "NAME", "ATTEMPTS", "AT", "ERROR"],
+            [
+                [
+                    d.task.job_id,
+                    d.task.kind,
+                    d.task.name,
+                    d.task.attempts,
+                    stamp(d.created_at),
+                    short(f"{d.error.type_name}: {d.error.message}", 60),
+                ]
+                for d in found
+            ],
+        )
+    )
+
+
 @main.group()
 def db() -> None:
     """Database maintenance."""

@@ -22,7 +22,7 @@ from .errors import (
     WorkflowInterrupted,
     WorkflowNotFound,
 )
-from .models import TERMINAL_STATUSES, ErrorInfo, Job
+from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
 from .serde import ensure_json, unstructure
 
@@ -303,6 +303,16 @@ class WorkflowClient:
             limit=limit,
         )
         return [job.id for job in jobs]
+
+    async def dead_letters(
+        self, workflow_id: str | None = None, *, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Tasks set aside after the engine failed on them too often (their jobs
+        failed with ``TaskDeadLettered``), newest first; kept 30 days."""
+        if workflow_id is not None:
+            validate_workflow_id(workflow_id)
+        async with self._backend.transaction(readonly=True) as tx:
+            return await tx.stream.dead_letters(job_id=workflow_id, limit=limit)
 
     async def _find(self, **filters: Any) -> list[Job]:
         async with self._backend.transaction(readonly=True) as tx:

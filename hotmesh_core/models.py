@@ -14,6 +14,7 @@ from attrs import define, field
 __all__ = [
     "MAIN_THREAD",
     "TERMINAL_STATUSES",
+    "DeadLetter",
     "EntityChange",
     "EntityOp",
     "ErrorInfo",
@@ -28,6 +29,9 @@ __all__ = [
 # Step status: pending, done, failed. Task kind: run, activity, timer.
 # Hook thread status: running, completed, failed.
 TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "interrupted"})
+
+#: How long a dead letter is kept for inspection (seconds).
+DEAD_LETTER_KEEP = 30 * 86400.0
 
 #: The dimension of a job's main function; hooks run in dimensions of their own.
 MAIN_THREAD = ""
@@ -163,3 +167,13 @@ class Waiter:
     dimension: str
     index: int
     created_at: float = 0.0
+
+
+@define
+class DeadLetter:
+    """A task set aside after the engine failed on it too often (its job failed
+    with ``TaskDeadLettered``), with the last error; kept 30 days."""
+
+    task: Task
+    error: ErrorInfo
+    created_at: float

@@ -16,7 +16,17 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from .models import EntityChange, EntityOp, ErrorInfo, Job, Step, Task, Thread, Waiter
+from .models import (
+    DeadLetter,
+    EntityChange,
+    EntityOp,
+    ErrorInfo,
+    Job,
+    Step,
+    Task,
+    Thread,
+    Waiter,
+)
 
 __all__ = ["Backend", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
 
@@ -130,6 +140,11 @@ class Stream(Protocol):
         """Lease up to ``limit`` visible tasks this worker can serve (or whose lease expired)."""
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool: ...
+
+    async def dead_letters(
+        self, *, job_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        """Tasks set aside by ``dead_letter``, newest first (of one job if given)."""
 
     async def release_leases(self, queue: str, *, owner: str) -> int:
         """End now every lease ``owner`` holds on ``queue``: a worker restarted

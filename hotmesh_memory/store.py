@@ -8,6 +8,7 @@ from attrs import evolve
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
 from hotmesh_core.models import (
+    DEAD_LETTER_KEEP,
     TERMINAL_STATUSES,
     EntityChange,
     EntityOp,
@@ -276,4 +277,17 @@ class MemoryStore:
                 self.tx.pop(self.state.steps, key)
             for key in [k for k in self.state.threads if k[0] == job_id]:
                 self.tx.pop(self.state.threads, key)
+        self._expire_dead_letters(now)
         return len(expired)
+
+    def _expire_dead_letters(self, now: float) -> None:
+        letters = self.state.dead_letters
+        kept = [d for d in letters if d.created_at + DEAD_LETTER_KEEP > now]
+        if len(kept) < len(letters):
+            before = list(letters)
+            letters[:] = kept
+
+            def undo() -> None:
+                letters[:] = before
+
+            self.tx.undo.append(undo)

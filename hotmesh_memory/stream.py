@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from attrs import evolve
 
-from hotmesh_core.models import ErrorInfo, Task
+from hotmesh_core.models import DeadLetter, ErrorInfo, Task
 
 from .state import MemoryTx, clone
 
@@ -94,6 +94,16 @@ class MemoryStream:
         self._put(evolve(task, lease_until=self.tx.now() + lease))
         return True
 
+    async def dead_letters(
+        self, *, job_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        found = [
+            letter
+            for letter in reversed(self.state.dead_letters)
+            if job_id is None or letter.task.job_id == job_id
+        ]
+        return [DeadLetter(clone(d.task), d.error, d.created_at) for d in found[:limit]]
+
     async def release_leases(self, queue: str, *, owner: str) -> int:
         now = self.tx.now()
         held = [
@@ -131,7 +141,7 @@ class MemoryStream:
             return
         self._remove(task)
         letters = self.state.dead_letters
-        letters.append((task, error))
+        letters.append(DeadLetter(clone(task), error, self.tx.now()))
 
         def undo() -> None:
             letters.pop()

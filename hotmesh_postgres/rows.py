@@ -10,7 +10,16 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from hotmesh_core.models import EntityChange, ErrorInfo, Job, Step, Task, Thread, Waiter
+from hotmesh_core.models import (
+    DeadLetter,
+    EntityChange,
+    ErrorInfo,
+    Job,
+    Step,
+    Task,
+    Thread,
+    Waiter,
+)
 from hotmesh_core.serde import structure, unstructure
 
 
@@ -146,3 +155,23 @@ def waiter(row: dict[str, Any]) -> Waiter:
     values = dict(row)
     values["index"] = values.pop("idx")
     return Waiter(**values)
+
+
+def dead_letter(row: dict[str, Any]) -> DeadLetter:
+    """A dead letter keeps its task as the JSON of its row (``to_jsonb``)."""
+    stored = row["task"]
+    task = Task(
+        queue=stored["queue"],
+        kind=stored["kind"],
+        job_id=stored["job_id"],
+        dimension=stored["dimension"],
+        name=stored["name"],
+        index=stored["idx"],
+        payload=stored["payload"],
+        id=str(stored["id"]),
+        attempts=stored["attempts"],
+        lease_owner=stored["lease_owner"],
+    )
+    error = _error(row["error"])
+    assert error is not None
+    return DeadLetter(task, error, row["created_at"])

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hotmesh_core.models import ErrorInfo, Task
+from hotmesh_core.models import DeadLetter, ErrorInfo, Task
 
 from . import rows
 from .rows import error_param, jsonb, task_columns
@@ -98,6 +98,17 @@ class PgStream:
             [lease, int(task_id), owner],
         )
         return row is not None
+
+    async def dead_letters(
+        self, *, job_id: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        found = await self.tx.all(
+            "SELECT task, error, extract(epoch FROM created_at)::float8 AS created_at"
+            " FROM dead_letters WHERE (%s::text IS NULL OR task->>'job_id' = %s)"
+            " ORDER BY created_at DESC, id DESC LIMIT %s",
+            [job_id, job_id, limit],
+        )
+        return [rows.dead_letter(row) for row in found]
 
     async def release_leases(self, queue: str, *, owner: str) -> int:
         found = await self.tx.all(

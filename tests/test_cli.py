@@ -12,6 +12,7 @@ from click.testing import CliRunner
 
 from hotmesh_core import MemFlow, workflow
 from hotmesh_core.cli import main
+from hotmesh_core.models import ErrorInfo, Task
 from hotmesh_postgres.testing import test_dsn
 
 
@@ -121,6 +122,30 @@ async def expired_and_interrupted(app_id: str) -> None:
         handle = await mf.workflow.start("t", "never-served", "gone", [], "q", expire="0.2s")
         await handle.interrupt()  # finished (interrupted) with no worker needed
         await asyncio.sleep(0.3)
+
+
+async def a_dead_letter(app_id: str) -> None:
+    mf = await MemFlow.init(app_id=app_id, backend="postgres", dsn=test_dsn())
+    try:
+        async with mf.backend.transaction() as tx:
+            task_id = await tx.stream.enqueue(
+                Task(queue="q", kind="run", job_id="broken-run", dimension="", name="wf")
+            )
+            assert task_id is not None
+            await tx.stream.dead_letter(task_id, ErrorInfo("RuntimeError", "engine bug"))
+    finally:
+        await mf.shutdown()
+
+
+def test_dead_letters_lists_tasks_set_aside() -> None:
+    app_id = f"cli{uuid.uuid4().hex[:10]}"
+    asyncio.run(a_dead_letter(app_id))
+    code, out = hotmesh(app_id, "dead-letters")
+    assert code == 0
+    assert "broken-run" in out and "RuntimeError: engine bug" in out
+    code, out = hotmesh(app_id, "dead-letters", "--workflow", "other", "--json")
+    assert (code, json.loads(out)) == (0, [])
+    asyncio.run(drop(app_id))
 
 
 def test_db_maintain_removes_expired_jobs() -> None:

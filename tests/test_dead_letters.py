@@ -40,6 +40,9 @@ async def test_a_poison_task_fails_its_job_with_the_cause(
         assert "failed 2 times on the timer task" in str(caught.value)
         assert "RuntimeError: the timer path is broken" in str(caught.value)
         assert await handle.status() == "failed"
+        (letter,) = await mf.workflow.dead_letters("poisoned")
+        assert (letter.task.kind, letter.task.attempts) == ("timer", 2)
+        assert letter.error.type_name == "RuntimeError"
     finally:
         await worker.stop()
         await mf.shutdown()

@@ -16,6 +16,7 @@ from hotmesh_core import (
     WorkflowNotFound,
     workflow,
 )
+from hotmesh_core.models import ErrorInfo, Task
 
 # Async tests run under pytest-asyncio whatever the asyncio mode of the project running
 # the suite (a third party runs it with `pytest --pyargs conformance`).
@@ -126,3 +127,24 @@ async def test_invalid_names(hm: Harness) -> None:
         await mf.workflow.start("t", "wf", "id-4", [], "q", expire=float("inf"))
     with pytest.raises(ValueError, match="at most 100 years"):
         await mf.workflow.signal("s", 1, expire=1e300)
+
+
+async def test_dead_letters_are_listed_newest_first_with_their_error(hm: Harness) -> None:
+    mf = await hm.memflow()
+    for job_id in ("first", "second"):
+        async with mf.backend.transaction() as tx:
+            task_id = await tx.stream.enqueue(
+                Task(queue="q", kind="timer", job_id=job_id, dimension="", name="wake")
+            )
+            assert task_id is not None
+            await tx.stream.dead_letter(task_id, ErrorInfo("Boom", f"{job_id} broke"))
+    letters = await mf.workflow.dead_letters()
+    assert [(d.task.job_id, d.task.kind, d.error.message) for d in letters] == [
+        ("second", "timer", "second broke"),
+        ("first", "timer", "first broke"),
+    ]
+    (only,) = await mf.workflow.dead_letters("first")
+    assert only.error.type_name == "Boom" and only.created_at > 0
+    assert await mf.workflow.dead_letters(limit=1) == letters[:1]
+    with pytest.raises(InvalidIdentifier):
+        await mf.workflow.dead_letters("bad\nid")
