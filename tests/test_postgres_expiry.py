@@ -316,3 +316,17 @@ async def test_dead_letters_are_kept_30_days_then_go_with_their_day(mf: MemFlow)
     await maintain(mf, days_later=33)
     assert dead_letters(mf) == []
     assert f"dead_letters_{expiry_day}" not in partitions(mf, "dead_letters")
+
+
+async def test_many_expire_values_are_learnt_as_few_days(mf: MemFlow) -> None:
+    """Jobs may each carry their own expire; the pass keeps one row per day of
+    retention, not one per value, and makes those days' partitions."""
+    for i in range(40):
+        await mf.workflow.start("note", "remember", f"v{i}", [str(i)], "q", expire=3600 + i)
+    await maintain(mf)
+    with psycopg.connect(test_dsn()) as conn:
+        days = conn.execute(f'SELECT days FROM "{mf.app_id}".expire_days').fetchall()
+    assert days == [(0,)]
+    late = await mf.workflow.start("note", "remember", "late", ["x"], "q", expire=3600 + 77)
+    assert await late.result(timeout=10) == "x"
+    assert where(mf, "late")["jobs"] != ["jobs_keep"]

@@ -203,11 +203,12 @@ BEGIN
 END
 $$;
 
--- The expire values in use, so that their coming days' partitions exist
--- before jobs need them. Kept while their partitions receive jobs.
-CREATE TABLE expire_offsets (
-    seconds double precision PRIMARY KEY,
-    seen_at timestamptz      NOT NULL
+-- The expire values in use, in whole days (however many distinct values jobs
+-- use, at most one row per day of retention), so that their coming days'
+-- partitions exist before jobs need them. Kept while those receive jobs.
+CREATE TABLE expire_days (
+    days    integer     PRIMARY KEY,
+    seen_at timestamptz NOT NULL
 );
 
 -- Delete expired jobs of one bucket row by row, with their history.
@@ -249,7 +250,7 @@ DECLARE
     removed  bigint := 0;
     b        text;
     t        text;
-    offset_s double precision;
+    offset_d integer;
     history  text[] := ARRAY['jobs', 'threads', 'steps', 'entity_changes'];
 BEGIN
     IF NOT pg_try_advisory_xact_lock(hashtextextended(current_schema() || ':maintain', 7)) THEN
@@ -258,20 +259,26 @@ BEGIN
 
     removed := hm_delete_expired('keep', p_now);
 
-    INSERT INTO expire_offsets (seconds, seen_at)
-    SELECT DISTINCT expire, p_now FROM jobs WHERE bucket = 'keep' AND expire IS NOT NULL
-    ON CONFLICT (seconds) DO UPDATE SET seen_at = excluded.seen_at;
-    FOR offset_s IN SELECT seconds FROM expire_offsets LOOP
-        b := hm_day_bucket(p_now + make_interval(secs => offset_s));
-        IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
-            EXECUTE format('UPDATE expire_offsets SET seen_at = $1 WHERE seconds = $2'
-                           ' AND EXISTS (SELECT 1 FROM %I)', 'jobs_' || b) USING p_now, offset_s;
-        END IF;
+    -- A job started now with an expire of d days and a fraction lands in the
+    -- bucket d or d + 1 days on; tomorrow's, one day later: three days ahead.
+    INSERT INTO expire_days (days, seen_at)
+    SELECT DISTINCT floor(expire / 86400)::integer, p_now
+      FROM jobs WHERE bucket = 'keep' AND expire IS NOT NULL
+    ON CONFLICT (days) DO UPDATE SET seen_at = excluded.seen_at;
+    FOR offset_d IN SELECT days FROM expire_days LOOP
+        FOR b IN SELECT hm_day_bucket(p_now + make_interval(days => offset_d + n))
+                   FROM generate_series(0, 1) n LOOP
+            IF to_regclass(quote_ident('jobs_' || b)) IS NOT NULL THEN
+                EXECUTE format('UPDATE expire_days SET seen_at = $1 WHERE days = $2'
+                               ' AND EXISTS (SELECT 1 FROM %I)', 'jobs_' || b)
+                   USING p_now, offset_d;
+            END IF;
+        END LOOP;
     END LOOP;
-    DELETE FROM expire_offsets WHERE seen_at < p_now - interval '7 days';
+    DELETE FROM expire_days WHERE seen_at < p_now - interval '7 days';
     FOR b IN
-        SELECT DISTINCT hm_day_bucket(p_now + make_interval(secs => seconds) + make_interval(days => n))
-          FROM expire_offsets, generate_series(0, 1) n
+        SELECT DISTINCT hm_day_bucket(p_now + make_interval(days => days + n))
+          FROM expire_days, generate_series(0, 2) n
     LOOP
         FOREACH t IN ARRAY history LOOP
             PERFORM hm_ensure_partition(t, b);
