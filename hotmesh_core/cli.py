@@ -12,6 +12,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timezone
 from functools import wraps
 from typing import Any, TypeVar
@@ -31,9 +32,10 @@ class Settings:
         self.backend = backend
         self.dsn = dsn
 
-    async def client(self) -> Client:
+    def client(self) -> AbstractAsyncContextManager[Client]:
+        """The app's client, closed when the command is done with it."""
         options = {"dsn": self.dsn} if self.dsn else {}
-        return await MemFlow.Client(app_id=self.app, backend=self.backend, **options)
+        return MemFlow.Client(app_id=self.app, backend=self.backend, **options)
 
 
 def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
@@ -128,13 +130,10 @@ async def list_runs(
     as_json: bool,
 ) -> None:
     """List runs, newest first."""
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         found = await client.workflow.list_runs(
             entity=entity, status=status, workflow_name=workflow_name, limit=limit
         )
-    finally:
-        await client.shutdown()
     if as_json:
         click.echo(json.dumps(unstructure(found), indent=2))
         return
@@ -156,11 +155,8 @@ async def list_runs(
 @run_async
 async def show_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
     """Status, entity and timeline of one run."""
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         export = await (await client.workflow.get_handle(workflow_id)).export()
-    finally:
-        await client.shutdown()
     if as_json:
         click.echo(json.dumps(export.to_dict(), indent=2, default=str))
         return
@@ -205,11 +201,8 @@ async def show_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
 @run_async
 async def export_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
     """The full audit timeline of one run, as JSON."""
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         export = await (await client.workflow.get_handle(workflow_id)).export()
-    finally:
-        await client.shutdown()
     click.echo(json.dumps(export.to_dict(), indent=2, default=str))
 
 
@@ -220,11 +213,8 @@ async def export_run(settings: Settings, workflow_id: str, as_json: bool) -> Non
 @run_async
 async def interrupt_run(settings: Settings, workflow_id: str, reason: str | None) -> None:
     """Interrupt a run and its children."""
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         done = await (await client.workflow.get_handle(workflow_id)).interrupt(reason)
-    finally:
-        await client.shutdown()
     click.echo(f"interrupted {workflow_id}" if done else f"{workflow_id} had already finished")
 
 
@@ -241,11 +231,8 @@ async def signal(settings: Settings, signal_id: str, data: str) -> None:
         raise click.BadParameter(
             f"DATA must be JSON ({error}); quote strings: '\"text\"'"
         ) from None
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         taken = await client.workflow.signal(signal_id, payload)
-    finally:
-        await client.shutdown()
     click.echo(f"delivered {signal_id}" if taken else f"kept {signal_id} for its first waiter")
 
 
@@ -259,11 +246,8 @@ async def dead_letters(
     settings: Settings, workflow_id: str | None, limit: int, as_json: bool
 ) -> None:
     """Tasks the engine set aside after failing on them too often, newest first."""
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         found = await client.workflow.dead_letters(workflow_id, limit=limit)
-    finally:
-        await client.shutdown()
     if as_json:
         click.echo(json.dumps(unstructure(found), indent=2))
         return
@@ -295,9 +279,9 @@ def db() -> None:
 @run_async
 async def migrate(settings: Settings) -> None:
     """Create or migrate the app's schema (also done by every init)."""
-    client = await settings.client()
-    await client.shutdown()
-    click.echo(f"app {settings.app!r} is provisioned and up to date on {client.backend.name!r}")
+    async with settings.client() as client:
+        name = client.backend.name
+    click.echo(f"app {settings.app!r} is provisioned and up to date on {name!r}")
 
 
 @db.command()
@@ -305,9 +289,6 @@ async def migrate(settings: Settings) -> None:
 @run_async
 async def maintain(settings: Settings) -> None:
     """Run one maintenance pass now: remove expired finished jobs (workers do it each minute)."""
-    client = await settings.client()
-    try:
+    async with settings.client() as client:
         removed = await client.backend.maintain()
-    finally:
-        await client.shutdown()
     click.echo(f"removed {removed} expired job{'' if removed == 1 else 's'}")

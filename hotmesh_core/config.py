@@ -38,20 +38,21 @@ def validate_name(value: object, what: str) -> str:
     return value
 
 
-def validate_signal_id(value: object) -> str:
+def _validate_id(value: object, what: str) -> str:
+    """Workflow and signal ids: any text a user picks, short and printable."""
     if not isinstance(value, str) or not WORKFLOW_ID.match(value):
         raise InvalidIdentifier(
-            f"invalid signal id {value!r}: 1 to 255 characters, no control characters"
+            f"invalid {what} {value!r}: 1 to 255 characters, no control characters"
         )
     return value
+
+
+def validate_signal_id(value: object) -> str:
+    return _validate_id(value, "signal id")
 
 
 def validate_workflow_id(value: object) -> str:
-    if not isinstance(value, str) or not WORKFLOW_ID.match(value):
-        raise InvalidIdentifier(
-            f"invalid workflow_id {value!r}: 1 to 255 characters, no control characters"
-        )
-    return value
+    return _validate_id(value, "workflow_id")
 
 
 def choose_backend(backend: str | None, env: Mapping[str, str] | None = None) -> str:
