@@ -11,6 +11,7 @@ from psycopg import sql
 from hotmesh_core.entity_ops import EntityPathError, split_path
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
+    DEAD_LETTER_KEEP,
     TERMINAL_STATUSES,
     EntityChange,
     EntityOp,
@@ -390,7 +391,7 @@ class PgStore:
             "SELECT hm_maintain(coalesce(%s::timestamptz, clock_timestamp())) AS n", [now]
         )
         await self.tx.run(
-            "SELECT hm_maintain_dead_letters(coalesce(%s::timestamptz, clock_timestamp()))",
-            [now],
+            "SELECT hm_maintain_dead_letters(coalesce(%s::timestamptz, clock_timestamp()), %s)",
+            [now, DEAD_LETTER_KEEP],
         )
         return int(row["n"]) if row else 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hotmesh_core.models import DeadLetter, ErrorInfo, Task
+from hotmesh_core.models import DEAD_LETTER_KEEP, DeadLetter, ErrorInfo, Task
 
 from . import rows
 from .rows import error_param, jsonb, task_columns
@@ -144,6 +144,6 @@ class PgStream:
             "WITH gone AS (DELETE FROM tasks WHERE id = %s RETURNING *)"
             " INSERT INTO dead_letters (id, task, error, expires_at, bucket)"
             " SELECT id, to_jsonb(gone), %s, e, hm_bucket('dead_letters', e, 'later')"
-            " FROM gone, (SELECT clock_timestamp() + interval '30 days' AS e) AS expiry",
-            [int(task_id), error_param(error)],
+            " FROM gone, (SELECT clock_timestamp() + make_interval(secs => %s) AS e) AS expiry",
+            [int(task_id), error_param(error), DEAD_LETTER_KEEP],
         )
