@@ -544,11 +544,7 @@ class Engine:
         )
         async with self.backend.transaction() as tx:
             await tx.stream.dead_letter(task.id, error)
-            job = await tx.store.set_job_status(task.job_id, "failed", error=failure)
-            if job is not None:
-                await tx.signal.remove_job_waiters(task.job_id)
-                await tx.signal.notify_job(task.job_id)
-                await self._answer_parent(tx, job, error=failure)
+            await self._finish_job(tx, task.job_id, RunOutcome("failed", error=failure))
 
     async def drop_task(self, task: Task) -> None:
         async with self.backend.transaction() as tx:

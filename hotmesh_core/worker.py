@@ -92,7 +92,7 @@ class Worker:
         if self._stable_id:
             # The same id as before a crash or restart: what this worker held
             # then is its own, and nobody else holds it; take it back now.
-            async with self.backend.transaction() as tx:
+            async with self.backend.transaction(single=True) as tx:
                 released = await tx.stream.release_leases(self.task_queue, owner=self.id)
             if released:
                 log.info("worker %s took back %d leased tasks", self.id, released)
