@@ -105,6 +105,76 @@ async def test_invalid_app_id(hm: Harness, app_id: str) -> None:
         await MemFlow.init(app_id=app_id, backend=hm.backend, **hm.options)
 
 
+async def _catalog(hm: Harness, schema: str) -> set[tuple[str, str]] | None:
+    """On PostgreSQL, every schema name, and every relation of ``schema`` and of the
+    built-in schemas; None on other backends (nothing to inspect)."""
+    dsn = hm.options.get("dsn")
+    if hm.backend != "postgres" or not dsn:
+        return None
+    import psycopg  # only the PostgreSQL backend's own dependency
+
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cursor = await conn.execute(
+            "SELECT n.nspname, coalesce(c.relname, '') FROM pg_namespace n"
+            " LEFT JOIN pg_class c ON c.relnamespace = n.oid"
+            " AND (n.nspname = %s OR n.nspname IN ('public', 'information_schema')"
+            " OR n.nspname LIKE 'pg\\_%%')",
+            [schema],
+        )
+        return {(name, relation) for name, relation in await cursor.fetchall()}
+
+
+RESERVED_APP_IDS = ["public", "information_schema", "pg_catalog", "pg_toast", "pg_temp", "pg_x"]
+
+
+@pytest.mark.parametrize("app_id", [*RESERVED_APP_IDS, "app\n", "public\n", "pg_catalog\n"])
+async def test_reserved_or_newline_app_ids_are_refused_and_create_nothing(
+    hm: Harness, app_id: str
+) -> None:
+    """PostgreSQL's own schemas (``public``, ``information_schema``, ``pg_*``) never
+    receive an app's tables, and ``"app\\n"`` is no app id: refused alike on
+    every backend, before any schema or table exists."""
+    before = await _catalog(hm, app_id)
+    # Never drop_on_close here: were the refusal to regress, closing must not drop
+    # a built-in schema.
+    options = {k: v for k, v in hm.options.items() if k != "drop_on_close"}
+    with pytest.raises(InvalidIdentifier, match="app_id"):
+        await MemFlow.init(app_id=app_id, backend=hm.backend, **options)
+    with pytest.raises(InvalidIdentifier, match="app_id"):
+        await MemFlow.Client(app_id=app_id, backend=hm.backend, **options)
+    assert await _catalog(hm, app_id) == before
+
+
+async def test_names_and_ids_with_a_trailing_newline_are_refused(hm: Harness) -> None:
+    mf = await hm.memflow()
+    with pytest.raises(InvalidIdentifier, match="task_queue"):
+        await mf.workflow.start("t", "wf", "id-1", [], "q\n")
+    with pytest.raises(InvalidIdentifier, match="entity"):
+        await mf.workflow.start("t\n", "wf", "id-2", [], "q")
+    with pytest.raises(InvalidIdentifier, match="workflow_name"):
+        await mf.workflow.start("t", "wf\n", "id-3", [], "q")
+    with pytest.raises(InvalidIdentifier, match="workflow_id"):
+        await mf.workflow.start("t", "wf", "id-4\n", [], "q")
+    with pytest.raises(InvalidIdentifier, match="signal id"):
+        await mf.workflow.signal("s\n", 1)
+    assert await mf.workflow.list_runs() == []
+
+
+async def test_ids_with_a_lone_surrogate_are_refused(hm: Harness) -> None:
+    """Ids are stored as text: a lone surrogate (no UTF-8 encoding) is refused alike
+    everywhere, not accepted in memory and a UnicodeEncodeError in PostgreSQL."""
+    mf = await hm.memflow()
+    with pytest.raises(InvalidIdentifier, match="workflow_id"):
+        await mf.workflow.start("t", "wf", "id-\ud800", [], "q")
+    with pytest.raises(InvalidIdentifier, match="workflow_id"):
+        await mf.workflow.get_handle("id-\udfff")
+    with pytest.raises(InvalidIdentifier, match="signal id"):
+        await mf.workflow.signal("s-\ud800", 1)
+    assert await mf.workflow.list_runs() == []
+    await mf.workflow.start("t", "wf", "id-\U0001f600", [], "q")  # a whole emoji is fine
+    assert [run.workflow_id for run in await mf.workflow.list_runs()] == ["id-\U0001f600"]
+
+
 async def test_unknown_backend_lists_installed(hm: Harness) -> None:
     with pytest.raises(BackendNotFound) as caught:
         await MemFlow.init(app_id="fine", backend="no-such-backend")
