@@ -190,7 +190,9 @@ def _child_options(
     return {
         "entity": validate_name(entity, "entity"),
         "workflow_id": validate_workflow_id(child_id),
-        "task_queue": validate_name(task_queue or run.task_queue, "task_queue"),
+        "task_queue": validate_name(
+            run.task_queue if task_queue is None else task_queue, "task_queue"
+        ),
         "expire": None if expire is None else parse_duration(expire),
         "persistent": persistent,
     }
@@ -242,7 +244,9 @@ def _hook_options(task_queue: str | None, prefix: str) -> dict[str, Any]:
     dimension = f"{prefix}{run.dimension and run.dimension + '.'}{run._next_index}"
     return {
         "dimension": dimension,
-        "task_queue": validate_name(task_queue or run.task_queue, "task_queue"),
+        "task_queue": validate_name(
+            run.task_queue if task_queue is None else task_queue, "task_queue"
+        ),
     }
 
 

@@ -175,6 +175,49 @@ async def test_ids_with_a_lone_surrogate_are_refused(hm: Harness) -> None:
     assert [run.workflow_id for run in await mf.workflow.list_runs()] == ["id-\U0001f600"]
 
 
+async def test_an_empty_workflow_id_is_refused_not_replaced(hm: Harness) -> None:
+    """Only None asks for a generated id; "" is a mistake, refused."""
+    mf = await hm.memflow()
+    with pytest.raises(InvalidIdentifier, match="workflow_id"):
+        await mf.workflow.start("t", "wf", "", [], "q")
+    assert await mf.workflow.list_runs() == []
+    generated = await mf.workflow.start("t", "wf", None, [], "q")
+    assert generated.workflow_id.startswith("t-")
+
+
+async def empty_ids_and_queues() -> list[str]:
+    refused: list[str] = []
+    for call in (
+        lambda: workflow.exec_child("t", "wf", ""),
+        lambda: workflow.start_child("t", "wf", ""),
+        lambda: workflow.start_child("t", "wf", None, [], ""),
+        lambda: workflow.hook("", "wf"),
+        lambda: workflow.exec_hook("", "wf"),
+    ):
+        try:
+            await call()
+        except InvalidIdentifier as exc:
+            refused.append(str(exc).split(" ")[1])
+    return refused
+
+
+async def test_children_and_hooks_refuse_an_empty_id_or_queue(hm: Harness) -> None:
+    """An empty child id or task queue is refused; None picks the default."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[empty_ids_and_queues])
+    handle = await mf.workflow.start("t", "empty_ids_and_queues", "empties", [], "q")
+    assert await handle.result(timeout=10) == [
+        "workflow_id",
+        "workflow_id",
+        "task_queue",
+        "task_queue",
+        "task_queue",
+    ]
+    assert [run.workflow_id for run in await mf.workflow.list_runs()] == ["empties"]
+    export = await handle.export()
+    assert export.timeline == [] and export.hooks == []
+
+
 async def test_unknown_backend_lists_installed(hm: Harness) -> None:
     with pytest.raises(BackendNotFound) as caught:
         await MemFlow.init(app_id="fine", backend="no-such-backend")
