@@ -14,6 +14,7 @@ __all__ = [
     "BackendUnavailable",
     "DuplicateWorkflow",
     "HotMeshError",
+    "InvalidDuration",
     "InvalidIdentifier",
     "NonDeterminismError",
     "SerializationError",
@@ -103,3 +104,9 @@ class WorkflowFailed(RemoteError):
 
 class WorkflowInterrupted(RemoteError):
     """The job was interrupted (cancelled) before it finished."""
+
+
+class InvalidDuration(HotMeshError, ValueError):
+    """A duration (sleep, timeout, expire, retry interval) is not one HotMesh reads:
+    bad text, a negative or non-finite number, or longer than 100 years.  Also a
+    ``ValueError``, which is what durations raised before this class existed."""

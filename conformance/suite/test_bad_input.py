@@ -9,6 +9,7 @@ import pytest
 from conformance.plugin import Harness
 from hotmesh_core import (
     BackendNotFound,
+    InvalidDuration,
     InvalidIdentifier,
     MemFlow,
     SerializationError,
@@ -218,6 +219,16 @@ async def test_children_and_hooks_refuse_an_empty_id_or_queue(hm: Harness) -> No
     assert export.timeline == [] and export.hooks == []
 
 
+@pytest.mark.parametrize("bad", ["1.5.5s", "10 5", "5 s 5", "30m2h", "5s5s", "soon"])
+async def test_bad_durations_are_refused_with_a_typed_error(hm: Harness, bad: str) -> None:
+    mf = await hm.memflow()
+    with pytest.raises(InvalidDuration, match=bad.replace(".", "\\.")):
+        await mf.workflow.start("t", "wf", "id-1", [], "q", expire=bad)
+    with pytest.raises(InvalidDuration, match="duration"):
+        await mf.workflow.signal("s", 1, expire=bad)
+    assert await mf.workflow.list_runs() == []
+
+
 async def test_unknown_backend_lists_installed(hm: Harness) -> None:
     with pytest.raises(BackendNotFound) as caught:
         await MemFlow.init(app_id="fine", backend="no-such-backend")
@@ -233,12 +244,12 @@ async def test_invalid_names(hm: Harness) -> None:
         await mf.workflow.start("t", "wf", "bad\nid", [], "q")
     with pytest.raises(InvalidIdentifier, match="entity"):
         await mf.workflow.start("drop table;", "wf", "id-2", [], "q")
-    with pytest.raises(ValueError, match="duration"):
+    with pytest.raises(InvalidDuration, match="duration"):
         await mf.workflow.start("t", "wf", "id-3", [], "q", expire="soon")
     # Longer than any database time can hold: refused alike on every backend.
-    with pytest.raises(ValueError, match="at most 100 years"):
+    with pytest.raises(InvalidDuration, match="at most 100 years"):
         await mf.workflow.start("t", "wf", "id-4", [], "q", expire=float("inf"))
-    with pytest.raises(ValueError, match="at most 100 years"):
+    with pytest.raises(InvalidDuration, match="at most 100 years"):
         await mf.workflow.signal("s", 1, expire=1e300)
 
 
