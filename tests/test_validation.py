@@ -6,15 +6,18 @@ these pin the edges of each rule without a backend.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from hotmesh_core import InvalidIdentifier
+from hotmesh_core import InvalidIdentifier, SerializationError
 from hotmesh_core.config import (
     validate_app_id,
     validate_name,
     validate_signal_id,
     validate_workflow_id,
 )
+from hotmesh_core.serde import MAX_DEPTH, dumps, ensure_json
 
 
 @pytest.mark.parametrize(
@@ -50,3 +53,50 @@ def test_ids_refuse_empty_and_lone_surrogates_but_take_any_printable_text() -> N
             validate_workflow_id(bad)
     for good in ["a", "order 17/β", "id-\U0001f600", "x" * 255]:
         assert validate_workflow_id(good) == good
+
+
+def _nested(depth: int, leaf: Any = None) -> Any:
+    value: Any = leaf
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def test_nesting_is_limited_without_recursion_errors() -> None:
+    assert ensure_json(_nested(MAX_DEPTH)) == _nested(MAX_DEPTH)
+    for depth in (MAX_DEPTH + 1, 5_000, 100_000):  # 100,000 deep: json's RecursionError
+        with pytest.raises(SerializationError, match=f"more than {MAX_DEPTH} deep"):
+            ensure_json(_nested(depth))
+    deep_dict: dict[str, Any] = {}
+    node = deep_dict
+    for _ in range(100_000):
+        node["a"] = {}
+        node = node["a"]
+    with pytest.raises(SerializationError, match=f"more than {MAX_DEPTH} deep"):
+        ensure_json(deep_dict)
+
+
+def test_wide_values_are_not_deep() -> None:
+    """Many containers side by side (the cheap pre-test fires) are still fine."""
+    wide = [{"a": [i]} for i in range(10 * MAX_DEPTH)]
+    assert ensure_json(wide) == wide
+
+
+@pytest.mark.parametrize(
+    "value", ["\ud800", ["\udbff"], {"\udc00": 1}, {"k": ["x", {"y": "a\udfffb"}]}]
+)
+def test_lone_surrogates_are_refused(value: Any) -> None:
+    with pytest.raises(SerializationError, match="lone surrogate"):
+        dumps(value, what="signal data")
+
+
+@pytest.mark.parametrize("value", ["\U0001f600", "\\ud800", "caf\u00e9", {"\U0001f600": "\u4e2d"}])
+def test_real_characters_and_escaped_text_are_kept(value: Any) -> None:
+    assert ensure_json(value) == value
+
+
+def test_cycles_are_still_refused() -> None:
+    cycle: list[Any] = []
+    cycle.append(cycle)
+    with pytest.raises(SerializationError):
+        ensure_json(cycle)

@@ -18,6 +18,7 @@ from hotmesh_core import (
     workflow,
 )
 from hotmesh_core.models import ErrorInfo, Task
+from hotmesh_core.serde import MAX_DEPTH
 
 # Async tests run under pytest-asyncio whatever the asyncio mode of the project running
 # the suite (a third party runs it with `pytest --pyargs conformance`).
@@ -217,6 +218,96 @@ async def test_children_and_hooks_refuse_an_empty_id_or_queue(hm: Harness) -> No
     assert [run.workflow_id for run in await mf.workflow.list_runs()] == ["empties"]
     export = await handle.export()
     assert export.timeline == [] and export.hooks == []
+
+
+def _nested(depth: int) -> list[Any]:
+    """``depth`` lists, one inside the other (built without recursion)."""
+    value: list[Any] = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+DEEP = _nested(100_000)
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("\ud800", "lone surrogate"),
+        ({"k\udfff": 1}, "lone surrogate"),
+        (["ok", {"a": "x\ud83dy"}], "lone surrogate"),
+        (DEEP, f"more than {MAX_DEPTH} deep"),
+        (_nested(MAX_DEPTH + 1), f"more than {MAX_DEPTH} deep"),
+        ({"a": _nested(MAX_DEPTH)}, f"more than {MAX_DEPTH} deep"),
+    ],
+    ids=["surrogate", "surrogate-key", "half-pair", "100000-deep", "101-deep", "dict-101-deep"],
+)
+async def test_unstorable_values_are_refused_before_storing(
+    hm: Harness, value: Any, problem: str
+) -> None:
+    """Values no backend can store or read back (lone surrogates: not Unicode;
+    nesting past ``MAX_DEPTH``) are refused at the call with a SerializationError,
+    never a UnicodeEncodeError or RecursionError, and nothing is stored."""
+    mf = await hm.memflow()
+    with pytest.raises(SerializationError, match=f"workflow arguments .*{problem}"):
+        await mf.workflow.start("t", "wf", "bad-arg", [value], "q")
+    with pytest.raises(SerializationError, match=f"search .*{problem}"):
+        await mf.workflow.start("t", "wf", "bad-search", [], "q", search={"k": value})
+    with pytest.raises(SerializationError, match=f"signal data .*{problem}"):
+        await mf.workflow.signal("s", value)
+    with pytest.raises(SerializationError, match=f"hook arguments .*{problem}"):
+        await mf.workflow.hook("no-such-job", "q", "wf", [value])
+    with pytest.raises(SerializationError, match=problem):
+        await mf.workflow.search({"k": value})
+    assert await mf.workflow.list_runs() == []
+
+
+async def test_the_deepest_allowed_value_round_trips(hm: Harness) -> None:
+    """Depth counts the value as stored: the argument list is one level itself."""
+    mf = await hm.memflow()
+    deepest = _nested(MAX_DEPTH - 1)
+    handle = await mf.workflow.start("t", "wf", "deep-ok", [deepest, "\U0001f600"], "q")
+    assert (await handle.export()).args == [deepest, "\U0001f600"]
+    assert await mf.workflow.signal("s", _nested(MAX_DEPTH)) is False  # kept for a waiter
+    with pytest.raises(SerializationError, match=f"more than {MAX_DEPTH} deep"):
+        await mf.workflow.start("t", "wf", "too-deep", [_nested(MAX_DEPTH)], "q")
+
+
+def returns_unstorable(kind: str) -> Any:
+    return "\udc80" if kind == "surrogate" else DEEP
+
+
+async def stores_unstorable(kind: str, where: str) -> Any:
+    if where == "activity":
+        acts = workflow.proxy_activities(activities=[returns_unstorable])
+        return await acts.returns_unstorable(kind)
+    value = returns_unstorable(kind)
+    if where == "argument":
+        acts = workflow.proxy_activities(activities=[returns_unstorable])
+        return await acts.returns_unstorable(value)
+    if where == "entity":
+        return await (await workflow.entity()).set({"v": value})
+    if where == "signal":
+        return await workflow.signal("s", value)
+    return value  # where == "result"
+
+
+@pytest.mark.parametrize("where", ["activity", "argument", "entity", "signal", "result"])
+@pytest.mark.parametrize("kind", ["surrogate", "deep"])
+async def test_unstorable_values_inside_workflows_fail_them_clearly(
+    hm: Harness, kind: str, where: str
+) -> None:
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[stores_unstorable], activities=[returns_unstorable])
+    handle = await mf.workflow.start("t", "stores_unstorable", "w", [kind, where], "q")
+    with pytest.raises(WorkflowFailed) as caught:
+        await handle.result(timeout=10)
+    assert caught.value.type_name == "SerializationError"
+    assert ("lone surrogate" if kind == "surrogate" else f"{MAX_DEPTH} deep") in str(caught.value)
+    export = await handle.export()
+    assert export.result is None
+    assert all(step.result is None for step in export.timeline)
 
 
 @pytest.mark.parametrize("bad", ["1.5.5s", "10 5", "5 s 5", "30m2h", "5s5s", "soon"])
