@@ -13,6 +13,7 @@ __all__ = [
     "BackendNotFound",
     "BackendUnavailable",
     "DuplicateWorkflow",
+    "HookDepthExceeded",
     "HotMeshError",
     "InvalidDuration",
     "InvalidIdentifier",
@@ -110,3 +111,12 @@ class InvalidDuration(HotMeshError, ValueError):
     """A duration (sleep, timeout, expire, retry interval) is not one HotMesh reads:
     bad text, a negative or non-finite number, or longer than 100 years.  Also a
     ``ValueError``, which is what durations raised before this class existed."""
+
+
+class HookDepthExceeded(HotMeshError):
+    """A hook started a hook nested deeper than ``workflow.MAX_HOOK_DEPTH``.
+
+    Raised inside the workflow at the ``hook``/``exec_hook`` call, before anything
+    is stored; uncaught, it fails that hook like any error in workflow code.  It
+    stops a hook that starts itself from spawning threads without end.
+    """

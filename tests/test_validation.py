@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from hotmesh_core import InvalidIdentifier, SerializationError
+from hotmesh_core import HookDepthExceeded, HotMeshError, InvalidIdentifier, SerializationError
 from hotmesh_core.config import (
     validate_app_id,
     validate_name,
@@ -18,6 +18,7 @@ from hotmesh_core.config import (
     validate_workflow_id,
 )
 from hotmesh_core.serde import MAX_DEPTH, dumps, ensure_json
+from hotmesh_core.workflow import MAX_HOOK_DEPTH, _hook_depth
 
 
 @pytest.mark.parametrize(
@@ -100,3 +101,13 @@ def test_cycles_are_still_refused() -> None:
     cycle.append(cycle)
     with pytest.raises(SerializationError):
         ensure_json(cycle)
+
+
+def test_hook_depth_is_read_from_the_dotted_dimension() -> None:
+    assert _hook_depth("") == 0  # the job itself
+    assert _hook_depth("g3") == 1
+    assert _hook_depth("hook-0123abcd") == 1  # a hook started from outside
+    assert _hook_depth("gg3.5") == 2
+    assert _hook_depth("hhg3.5.9") == 3
+    assert issubclass(HookDepthExceeded, HotMeshError)
+    assert MAX_HOOK_DEPTH == 32

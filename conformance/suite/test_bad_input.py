@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -9,6 +10,8 @@ import pytest
 from conformance.plugin import Harness
 from hotmesh_core import (
     BackendNotFound,
+    HookDepthExceeded,
+    HotMeshError,
     InvalidDuration,
     InvalidIdentifier,
     MemFlow,
@@ -19,6 +22,7 @@ from hotmesh_core import (
 )
 from hotmesh_core.models import ErrorInfo, Task
 from hotmesh_core.serde import MAX_DEPTH
+from hotmesh_core.workflow import MAX_HOOK_DEPTH
 
 # Async tests run under pytest-asyncio whatever the asyncio mode of the project running
 # the suite (a third party runs it with `pytest --pyargs conformance`).
@@ -318,6 +322,46 @@ async def test_bad_durations_are_refused_with_a_typed_error(hm: Harness, bad: st
     with pytest.raises(InvalidDuration, match="duration"):
         await mf.workflow.signal("s", 1, expire=bad)
     assert await mf.workflow.list_runs() == []
+
+
+async def waits_for_the_deepest_hook() -> Any:
+    await workflow.hook(None, "starts_itself")
+    return await workflow.wait_for(f"deepest-{workflow.info().workflow_id}")
+
+
+async def starts_itself() -> None:
+    """A hook that starts itself, for ever if nothing stopped it."""
+    try:
+        await workflow.hook(None, "starts_itself")
+    except HookDepthExceeded as exc:
+        deepest = {"dimension": workflow.info().dimension, "error": str(exc)}
+        await workflow.signal(f"deepest-{workflow.info().workflow_id}", deepest)
+        raise  # uncaught, as a careless hook would: it fails this hook, not the job
+
+
+async def test_hooks_nest_at_most_max_hook_depth(hm: Harness) -> None:
+    """A hook that starts itself stops at ``MAX_HOOK_DEPTH``: the call raises
+    HookDepthExceeded inside the hook before anything is stored."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[waits_for_the_deepest_hook, starts_itself])
+    handle = await mf.workflow.start("t", "waits_for_the_deepest_hook", "deep", [], "q")
+    deepest = await handle.result(timeout=30)
+    assert deepest["dimension"].count(".") + 1 == MAX_HOOK_DEPTH
+    assert f"at most {MAX_HOOK_DEPTH} deep" in deepest["error"]
+    for _ in range(500):  # the deepest hook fails just after it signals
+        hooks = (await handle.export()).hooks
+        if any(h["status"] == "failed" for h in hooks):
+            break
+        await asyncio.sleep(0.02)
+    assert len(hooks) == MAX_HOOK_DEPTH  # nothing stored for the refused level
+    assert sorted(h["dimension"].count(".") + 1 for h in hooks) == list(
+        range(1, MAX_HOOK_DEPTH + 1)
+    )
+    (failed,) = [h for h in hooks if h["status"] == "failed"]
+    assert failed["dimension"] == deepest["dimension"]
+    assert failed["error"]["type_name"] == "HookDepthExceeded"
+    assert {h["status"] for h in hooks if h is not failed} == {"completed"}
+    assert issubclass(HookDepthExceeded, HotMeshError)
 
 
 async def test_unknown_backend_lists_installed(hm: Harness) -> None:
