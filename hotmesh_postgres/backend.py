@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.errors import BackendUnavailable
 
-from .connection import check_server_version, resolve_dsn
+from .connection import check_server_version, permission_denied, resolve_dsn
 from .migrations import apply_migrations
 from .signal import PgSignal
 from .store import PgStore
@@ -298,6 +298,10 @@ class PostgresBackend:
                 raise BackendUnavailable(
                     f"the connection to PostgreSQL was lost mid-transaction ({error}); try again"
                 ) from error
+            if isinstance(error, psycopg.errors.InsufficientPrivilege):
+                # A role without a grant it needs (docs/least-privilege.md):
+                # a HotMesh error naming the role and the app, not psycopg's.
+                raise permission_denied(error, role=tx.conn.info.user, app=self.app_id) from error
             raise
         finally:
             await self.pool.putconn(tx.conn)
