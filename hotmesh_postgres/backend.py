@@ -26,6 +26,7 @@ from hotmesh_core.errors import BackendUnavailable
 
 from .connection import check_server_version, permission_denied, resolve_dsn
 from .migrations import apply_migrations
+from .roles import grant_role
 from .signal import PgSignal
 from .store import PgStore
 from .stream import PgStream
@@ -325,6 +326,15 @@ class PostgresBackend:
             await self._configure(conn)
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
             yield conn
+
+    async def grant(self, role: str, *, read_only: bool = False) -> list[str]:
+        """Give ``role`` what a worker (``read_only``: an inspecting client) of
+        this app needs; run with the owner's DSN (``hotmesh db grant``)."""
+        if self.pool is None:
+            await self.open()
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            return await grant_role(conn, self.schema, role, read_only=read_only)
 
     async def _drop_partition(self, conn: Connection, parent: str, child: str) -> None:
         cursor = await conn.execute(
