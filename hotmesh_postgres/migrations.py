@@ -22,7 +22,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 
 from .connection import PermissionDenied
 
@@ -111,7 +111,8 @@ async def apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> l
 
 
 async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> set[int]:
-    cursor = await conn.execute(
+    cursor = conn.cursor(row_factory=tuple_row)  # whatever rows the connection makes
+    await cursor.execute(
         sql.SQL("SELECT version FROM {}.migrations").format(sql.Identifier(schema))
     )
     return {int(row[0]) for row in await cursor.fetchall()}
