@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from hotmesh_core.errors import HotMeshError
+from hotmesh_core.errors import HotMeshError, PermissionDenied
 
 __all__ = [
     "InvalidDsn",
@@ -65,21 +65,6 @@ def libpq_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError as error:
         raise InvalidDsn(f"not a PostgreSQL connection string: {error}") from None
     return dsn
-
-
-class PermissionDenied(HotMeshError, PermissionError):
-    """The connected role may not do this on the app's schema (SQLSTATE 42501).
-
-    Raised instead of psycopg's ``InsufficientPrivilege`` so that a worker or
-    client of one app that reaches for another app (or lacks a grant) gets a
-    HotMesh error that names the role, the app and who can fix it, and so that
-    callers catching ``HotMeshError`` see it. ``role`` and ``app`` say which.
-    """
-
-    def __init__(self, message: str, *, role: str, app: str) -> None:
-        self.role = role
-        self.app = app
-        super().__init__(message)
 
 
 def permission_denied(error: psycopg.Error, *, role: str, app: str) -> PermissionDenied:

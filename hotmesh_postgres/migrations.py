@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row, tuple_row
 
-from .connection import PermissionDenied
+from hotmesh_core.errors import MigrationRequired, PermissionDenied
 
 __all__ = ["Migration", "MigrationRequired", "apply_migrations", "migrations"]
 
@@ -36,11 +36,6 @@ class Migration:
         self.version = version
         self.name = name
         self.text = text
-
-
-class MigrationRequired(PermissionDenied):
-    """The app's schema is missing or behind this HotMesh, and the connected
-    role may not provision it: the owner must run ``hotmesh db migrate``."""
 
 
 def migrations() -> list[Migration]:
