@@ -60,8 +60,12 @@ class Store(Protocol):
 
     async def threads(self, job_id: str) -> list[Thread]: ...
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
-        """The step history of one dimension (or all, ordered by dimension then index)."""
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
+        """The step history of one dimension (or all, ordered by dimension then index);
+        with ``indexes``, only those steps of the dimension (a cached run reads
+        just the answers it waits for: constant cost, however long the history)."""
 
     async def insert_step(self, step: Step) -> bool:
         """Record a step unless (job, dimension, index) exists or the job was interrupted

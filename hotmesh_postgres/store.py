@@ -234,12 +234,21 @@ class PgStore:
         )
         return [rows.thread(row) for row in found]
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
         if dimension is None:
             found = await self._all_for_job(
                 f"SELECT {STEP_COLUMNS} FROM steps WHERE {{job}} ORDER BY dimension, idx",
                 job_id,
                 [],
+            )
+        elif indexes is not None:
+            found = await self._all_for_job(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE {{job}} AND dimension = %s"
+                " AND idx = ANY(%s) ORDER BY idx",
+                job_id,
+                [dimension, list(indexes)],
             )
         else:
             found = await self._all_for_job(
