@@ -1,0 +1,113 @@
+"""Replay order: every branch of an ``asyncio.gather`` gets its own answers.
+
+Each branch below issues two activities in sequence.  When the answers arrive
+in another order than the calls were issued, a replay must still hand each
+call the answer of *that* call: a branch never sees another branch's result,
+no call is recorded twice, none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conformance.plugin import Harness
+from hotmesh_core import workflow
+
+# Async tests run under pytest-asyncio whatever the asyncio mode of the project running
+# the suite (a third party runs it with `pytest --pyargs conformance`).
+pytestmark = pytest.mark.asyncio
+
+
+async def echo_after(text: str, delay_ms: int) -> str:
+    await asyncio.sleep(delay_ms / 1000)
+    return text
+
+
+async def _branch(tag: str, steps: int, delays: dict[str, int]) -> list[str]:
+    acts = workflow.proxy_activities(activities=[echo_after])
+    answers = []
+    for step in range(1, steps + 1):
+        text = f"{tag}-{step}"
+        answers.append(await acts.echo_after(text, delays.get(text, 0)))
+    return answers
+
+
+async def gathered_branches(tags: list[str], steps: int, delays: dict[str, int]) -> Any:
+    return list(await asyncio.gather(*(_branch(tag, steps, delays) for tag in tags)))
+
+
+async def _nested(delays: dict[str, int]) -> list[Any]:
+    inner = await asyncio.gather(_branch("x", 2, delays), _branch("y", 2, delays))
+    return [*inner, await _branch("z", 1, delays)]
+
+
+async def nested_gathers(delays: dict[str, int]) -> Any:
+    return list(await asyncio.gather(_nested(delays), _branch("w", 3, delays)))
+
+
+CASES = {
+    # The reported defect: a-1 answers last, so b-1 is recorded before it.
+    "first-branch-slow": (["a", "b"], 2, {"a-1": 60}),
+    "second-branch-slow": (["a", "b"], 2, {"b-1": 60}),
+    "slow-second-step": (["a", "b"], 2, {"a-2": 60, "b-1": 30}),
+    "three-branches-reversed": (["a", "b", "c"], 3, {"a-1": 80, "b-1": 40, "a-2": 20}),
+}
+
+
+async def _run(hm: Harness, name: str, args: list[Any], workers: int) -> tuple[Any, Any]:
+    mf = await hm.memflow()
+    for _ in range(workers):
+        await mf.worker(
+            "q",
+            workflows=[gathered_branches, nested_gathers],
+            activities=[echo_after],
+            poll_interval=0.05,
+        )
+    handle = await mf.workflow.start("order", name, f"order-{name}", args, "q")
+    result = await handle.result(timeout=30)
+    return result, await handle.export()
+
+
+def _activity_args(export: Any) -> list[str]:
+    return sorted(e.args[0] for e in export.timeline if e.kind == "activity")
+
+
+def _assert_own_answers(export: Any) -> None:
+    for entry in export.timeline:
+        assert entry.status == "done", entry
+        if entry.kind == "activity":
+            assert entry.result == entry.args[0], f"step {entry.index} got another call's answer"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("case", sorted(CASES))
+async def test_gather_branches_keep_their_own_answers(hm: Harness, case: str, workers: int) -> None:
+    tags, steps, delays = CASES[case]
+    result, export = await _run(hm, "gathered_branches", [tags, steps, delays], workers)
+    expected = [[f"{tag}-{step}" for step in range(1, steps + 1)] for tag in tags]
+    assert result == expected
+    _assert_own_answers(export)
+    assert _activity_args(export) == sorted(text for answers in expected for text in answers)
+
+
+async def test_the_reported_gather_defect(hm: Harness) -> None:
+    """Two branches of two steps each, gathered: ``[["a-1","a-2"],["b-1","b-2"]]``,
+    not ``[["a-1","b-1"],["b-1","b-2"]]``."""
+    result, export = await _run(hm, "gathered_branches", [["a", "b"], 2, {"a-1": 60}], 1)
+    assert result == [["a-1", "a-2"], ["b-1", "b-2"]]
+    assert _activity_args(export) == ["a-1", "a-2", "b-1", "b-2"]
+
+
+@pytest.mark.parametrize(
+    "delays",
+    [{}, {"x-1": 60, "w-1": 30}, {"w-1": 80, "y-2": 40, "z-1": 10}],
+    ids=["even", "x-slow", "w-slow"],
+)
+async def test_nested_gathers_keep_their_own_answers(hm: Harness, delays: dict[str, int]) -> None:
+    result, export = await _run(hm, "nested_gathers", [delays], 2)
+    assert result == [[["x-1", "x-2"], ["y-1", "y-2"], ["z-1"]], ["w-1", "w-2", "w-3"]]
+    _assert_own_answers(export)
+    assert _activity_args(export) == ["w-1", "w-2", "w-3", "x-1", "x-2", "y-1", "y-2", "z-1"]
