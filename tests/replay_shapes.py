@@ -70,9 +70,23 @@ def child_id(root: str, node_id: str) -> str:
     return f"{root}-{node_id}"
 
 
+def gate_id(root: str, node_id: str | None) -> str:
+    """The signal a thread waits for last, when the scenario has gates."""
+    return f"{root}:gate:{node_id or 'root'}"
+
+
+GATE_DATA = "open"
+
+
 def sub_spec(spec: dict[str, Any], node: Node) -> dict[str, Any]:
     """The argument of the child job or hook that runs ``node``'s body."""
-    return {"root": spec["root"], "acts": spec["acts"], "node": node["id"], "body": node["body"]}
+    return {
+        "root": spec["root"],
+        "acts": spec["acts"],
+        "gate": spec["gate"],
+        "node": node["id"],
+        "body": node["body"],
+    }
 
 
 # -- activities and workflow functions ----------------------------------------------------
@@ -83,13 +97,23 @@ async def echo(node_id: str, delay_ms: int) -> str:
 
 async def interpret(spec: dict[str, Any]) -> list[Any]:
     """The workflow (and child) function: executes ``spec["body"]``."""
-    return await _body(spec, spec["body"])
+    result = await _body(spec, spec["body"])
+    await _gate(spec)
+    return result
 
 
 async def interpret_hook(spec: dict[str, Any], config: dict[str, str]) -> None:
     """The hook function: executes its body against the job's entity, signals the result."""
     result = await _body(spec, spec["body"])
+    await _gate(spec)
     await workflow.signal(config["signal"], result)
+
+
+async def _gate(spec: dict[str, Any]) -> None:
+    """With gates, a thread ends only after a signal from outside: that signal's answer
+    starts a fresh run, which replays the thread's whole history from the store."""
+    if spec["gate"]:
+        await workflow.wait_for(gate_id(spec["root"], spec["node"]))
 
 
 async def signaller(node_id: str, signal: str) -> None:
@@ -233,7 +257,8 @@ class Scenario:
     workers: int = 1
     concurrency: int = 2
     crashes: list[Crash] = field(factory=list)
-    signal_delays_ms: list[int] = field(factory=lambda: [0])  # cycled over outside waits
+    signal_delays_ms: list[int] = field(factory=lambda: [0])  # cycled over outside signals
+    gates: bool = False  # every thread ends waiting for a signal (a final replay from the store)
 
     def to_json(self) -> str:
         return json.dumps(
@@ -244,6 +269,7 @@ class Scenario:
                 "concurrency": self.concurrency,
                 "crashes": [[c.after_ms, c.worker, c.same_id] for c in self.crashes],
                 "signal_delays_ms": self.signal_delays_ms,
+                "gates": self.gates,
             }
         )
 
@@ -279,6 +305,7 @@ def scenarios(
         concurrency=draw(st.integers(2, 4)),
         crashes=crash_list,
         signal_delays_ms=draw(st.lists(st.integers(0, 200), min_size=1, max_size=6)),
+        gates=draw(st.booleans()),
     )
 
 
@@ -338,6 +365,11 @@ def expected_steps(spec: dict[str, Any]) -> dict[str, Counter[tuple[str, str, st
     """Per job: the multiset of (owner, kind, name, args) the shape must record."""
     out: dict[str, Counter[tuple[str, str, str, str]]] = {ROOT_JOB: Counter()}
 
+    def gate(job: str, owner: str, node_id: str | None) -> None:
+        if spec["gate"]:
+            key = (owner, "wait", gate_id(spec["root"], node_id), canon({"timeout": None}))
+            out.setdefault(job, Counter())[key] += 1
+
     def visit(body: Body, job: str, owner: str) -> None:
         steps = out.setdefault(job, Counter())
         for node in body:
@@ -364,12 +396,15 @@ def expected_steps(spec: dict[str, Any]) -> dict[str, Counter[tuple[str, str, st
             elif kind == "child":
                 steps[(owner, "child", "interpret", canon([sub_spec(spec, node)]))] += 1
                 visit(node["body"], nid, MAIN)
+                gate(nid, MAIN, nid)
             elif kind == "hook":
                 steps[(owner, "exec_hook", "interpret_hook", canon(sub_spec(spec, node)))] += 1
                 visit(node["body"], job, nid)
+                gate(job, nid, nid)
                 steps[(nid, "signal", "<hook end>", "-")] += 1
 
     visit(spec["body"], ROOT_JOB, MAIN)
+    gate(ROOT_JOB, MAIN, None)
     return out
 
 
@@ -392,7 +427,7 @@ def node_of(step: Step) -> str | None:
     if step.kind == "entity" and step.name == "append":
         return str(step.args["value"])
     if step.kind == "wait":
-        return step.name.rsplit(":", 1)[1]
+        return None if ":gate:" in step.name else step.name.rsplit(":", 1)[1]
     if step.kind in ("child", "exec_hook"):
         return str(step.args[0]["node"])
     return None
@@ -478,7 +513,7 @@ class WorkerPool:
 
 def root_spec(scenario: Scenario, root: str) -> dict[str, Any]:
     acts = None if scenario.mode == "inline" else ACTIVITY_QUEUE
-    return {"root": root, "acts": acts, "node": None, "body": scenario.body}
+    return {"root": root, "acts": acts, "gate": scenario.gates, "node": None, "body": scenario.body}
 
 
 async def run_scenario(scenario: Scenario) -> RunReport:
@@ -506,11 +541,10 @@ async def run_scenario(scenario: Scenario) -> RunReport:
                 report.crashes_done += 1
 
         async def signals() -> None:
-            outside = [n for n in walk(scenario.body) if n["k"] == "wait" and n["by"] == "outside"]
             delays = scenario.signal_delays_ms
-            for number, node in enumerate(outside):
+            for number, (signal, data) in enumerate(outside_signals(spec)):
                 await asyncio.sleep(delays[number % len(delays)] / 1000)
-                await mf.workflow.signal(signal_id(root, node["id"]), signal_data(node["id"]))
+                await mf.workflow.signal(signal, data)
 
         helpers = [asyncio.create_task(chaos()), asyncio.create_task(signals())]
         try:
@@ -539,6 +573,20 @@ async def run_scenario(scenario: Scenario) -> RunReport:
         await mf.shutdown()
     report.seconds = loop.time() - began
     return report
+
+
+def outside_signals(spec: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The signals the test sends: to outside waits, and to every thread's gate."""
+    root = spec["root"]
+    sent = []
+    for node in walk(spec["body"]):
+        if node["k"] == "wait" and node["by"] == "outside":
+            sent.append((signal_id(root, node["id"]), signal_data(node["id"])))
+        if spec["gate"] and node["k"] in ("child", "hook"):
+            sent.append((gate_id(root, node["id"]), GATE_DATA))
+    if spec["gate"]:
+        sent.append((gate_id(root, None), GATE_DATA))
+    return sent
 
 
 def _child_keys(spec: dict[str, Any]) -> list[str]:
@@ -690,6 +738,8 @@ def _step_problems(step: Step, nodes: dict[str, Node]) -> list[str]:
     if step.status != "done":
         return [f"{where} is {step.status} ({step.error})"]
     node_id = node_of(step)
+    if step.kind == "wait" and ":gate:" in step.name and step.result != GATE_DATA:
+        return [f"{where} holds {step.result!r}, not {GATE_DATA!r}"]
     if step.kind == "activity" and step.result != answer(str(step.args[0])):
         return [f"{where} args {step.args} holds {step.result!r}, not {answer(step.args[0])!r}"]
     if step.kind == "wait" and node_id is not None and step.result != signal_data(node_id):
