@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 from hotmesh_core import MemFlow, workflow
 from hotmesh_core.client import WorkflowExport
 from hotmesh_core.models import MAIN_THREAD, Job, Step, Thread
+from hotmesh_core.plugins import backend_test_options
 from hotmesh_core.protocols import Backend
 from hotmesh_core.replay import Command, Run
 from hotmesh_core.worker import Worker
@@ -516,14 +517,16 @@ def root_spec(scenario: Scenario, root: str) -> dict[str, Any]:
     return {"root": root, "acts": acts, "gate": scenario.gates, "node": None, "body": scenario.body}
 
 
-async def run_scenario(scenario: Scenario) -> RunReport:
-    """Run the scenario on a fresh in-memory app and collect what it recorded."""
+async def run_scenario(scenario: Scenario, backend: str = "memory") -> RunReport:
+    """Run the scenario on a fresh app (of ``backend``) and collect what it recorded."""
     loop = asyncio.get_running_loop()
     began = loop.time()
     root = "root"
     spec = root_spec(scenario, root)
     report = RunReport(scenario, spec)
-    mf = await MemFlow.init(app_id=f"p{uuid.uuid4().hex[:16]}", backend="memory")
+    mf = await MemFlow.init(
+        app_id=f"p{uuid.uuid4().hex[:16]}", backend=backend, **backend_test_options(backend)
+    )
     pool = WorkerPool(mf.backend, scenario)
     finished = asyncio.Event()
     try:

@@ -12,9 +12,10 @@ crash at random moments.  Whatever happens, replay must be correct:
 5. each entity ends as the shape's operations make it (counters count 1..N).
 
 ``HOTMESH_PROPERTY_EXAMPLES=500 pytest tests/test_replay_properties.py`` runs a
-longer search.  A failure prints the scenario as JSON (shape, workers, crashes,
-signal delays) and the recorded histories; timing is real, so a failing scenario
-may need a few runs to fail again.
+longer search; ``HOTMESH_PROPERTY_BACKEND=postgres`` runs it against PostgreSQL.
+A failure prints the scenario as JSON (shape, workers, crashes, signal delays)
+and the recorded histories; hypothesis prints the ``@reproduce_failure`` blob.
+Timing is real, so a failing scenario may need a few runs to fail again.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ from replay_shapes import (
     shapes,
 )
 
-EXAMPLES = int(os.environ.get("HOTMESH_PROPERTY_EXAMPLES", "30"))
+EXAMPLES = int(os.environ.get("HOTMESH_PROPERTY_EXAMPLES", "40"))
+BACKEND = os.environ.get("HOTMESH_PROPERTY_BACKEND", "memory")
 
 SETTINGS = settings(
     max_examples=EXAMPLES,
@@ -48,7 +50,7 @@ SETTINGS = settings(
 
 
 def assert_replay_correct(scenario: Scenario) -> None:
-    report = asyncio.run(run_scenario(scenario))
+    report = asyncio.run(run_scenario(scenario, BACKEND))
     problems = check(report)
     assert not problems, describe(report, problems)
 
