@@ -210,7 +210,7 @@ def shapes(
             return {"k": "wait", "by": draw(st.sampled_from(["outside", "hook"]))}
         if kind == "gather":
             width = draw(st.integers(2, 4))
-            return {"k": "gather", "branches": [body(level - 1, 0, 3) for _ in range(width)]}
+            return {"k": "gather", "branches": [body(level - 1, 1, 3) for _ in range(width)]}
         if kind in ("child", "hook"):
             return {"k": kind, "body": body(level - 1, 0, 3)}
         return {"k": kind}
@@ -249,6 +249,7 @@ class Crash:
     after_ms: int  # since the start of the job
     worker: int  # which worker (modulo the number of workers)
     same_id: bool  # restart under the same worker_id (takes its leases back) or a new one
+    busy: bool = False  # after after_ms, wait until a worker has tasks in hand, crash that one
 
 
 @define
@@ -268,7 +269,7 @@ class Scenario:
                 "mode": self.mode,
                 "workers": self.workers,
                 "concurrency": self.concurrency,
-                "crashes": [[c.after_ms, c.worker, c.same_id] for c in self.crashes],
+                "crashes": [[c.after_ms, c.worker, c.same_id, c.busy] for c in self.crashes],
                 "signal_delays_ms": self.signal_delays_ms,
                 "gates": self.gates,
             }
@@ -290,11 +291,13 @@ def scenarios(
                 st.lists(
                     st.builds(
                         Crash,
-                        after_ms=st.integers(0, 150),
+                        after_ms=st.integers(0, 100),
                         worker=st.integers(0, 5),
                         same_id=st.booleans(),
+                        busy=st.booleans(),
                     ),
-                    max_size=3,
+                    min_size=draw(st.integers(0, 1)),
+                    max_size=4,
                 )
             ),
             key=lambda c: c.after_ms,
@@ -464,6 +467,7 @@ class RunReport:
     jobs: dict[str, JobRecord] = field(factory=dict)  # by job key (ROOT_JOB or child node id)
     replay_problems: list[str] = field(factory=list)
     crashes_done: int = 0
+    tasks_cancelled: int = 0  # by the crashes
     seconds: float = 0.0
 
 
@@ -482,6 +486,7 @@ class WorkerPool:
                 self.slots.append((ACTIVITY_QUEUE, {"activities": [echo]}))
         self.workers: list[Worker] = []
         self.generation = 0
+        self.cancelled = 0  # tasks in hand when their worker crashed
 
     def _new(self, slot: int, worker_id: str) -> Worker:
         queue, functions = self.slots[slot]
@@ -499,9 +504,22 @@ class WorkerPool:
         for slot in range(len(self.slots)):
             self.workers.append(await self._new(slot, f"w{slot}").start())
 
+    async def until_busy(self, which: int, finished: asyncio.Event, timeout: float = 0.3) -> int:
+        """Wait (a while at most) until a worker has tasks in hand; which one (from ``which``)."""
+        count = len(self.workers)
+        for _ in range(int(timeout / 0.001)):
+            if finished.is_set():
+                break
+            for offset in range(count):
+                if self.workers[(which + offset) % count]._inflight:
+                    return (which + offset) % count
+            await asyncio.sleep(0.001)
+        return which
+
     async def crash(self, which: int, same_id: bool) -> None:
         slot = which % len(self.workers)
         old = self.workers[slot]
+        self.cancelled += len(old._inflight)
         await old.stop(drain=False)  # in-flight work is cancelled, nothing is acked
         self.generation += 1
         worker_id = old.id if same_id else f"w{slot}-g{self.generation}"
@@ -538,9 +556,12 @@ async def run_scenario(scenario: Scenario, backend: str = "memory") -> RunReport
                 delay = began + crash.after_ms / 1000 - loop.time()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(finished.wait(), max(delay, 0))
+                which = crash.worker
+                if crash.busy:
+                    which = await pool.until_busy(which, finished)
                 if finished.is_set():
                     return
-                await pool.crash(crash.worker, crash.same_id)
+                await pool.crash(which, crash.same_id)
                 report.crashes_done += 1
 
         async def signals() -> None:
@@ -572,6 +593,7 @@ async def run_scenario(scenario: Scenario, backend: str = "memory") -> RunReport
                 ]
     finally:
         finished.set()
+        report.tasks_cancelled = pool.cancelled
         await pool.stop()
         await mf.shutdown()
     report.seconds = loop.time() - began
@@ -876,7 +898,8 @@ def _value_problems(report: RunReport, body: Body) -> list[str]:
 def describe(report: RunReport, problems: list[str]) -> str:
     lines = [
         f"{len(problems)} replay properties broken "
-        f"({report.crashes_done} crashes, {report.seconds:.2f} s):",
+        f"({report.crashes_done} crashes cancelling {report.tasks_cancelled} tasks, "
+        f"{report.seconds:.2f} s):",
         *(f"  - {p}" for p in problems[:25]),
         f"scenario: {report.scenario.to_json()}",
         f"result: {canon(report.result)}",

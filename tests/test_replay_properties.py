@@ -24,7 +24,7 @@ import asyncio
 import os
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 from replay_shapes import (
     Crash,
@@ -35,6 +35,7 @@ from replay_shapes import (
     run_scenario,
     scenarios,
     shapes,
+    walk,
 )
 
 EXAMPLES = int(os.environ.get("HOTMESH_PROPERTY_EXAMPLES", "40"))
@@ -51,6 +52,11 @@ SETTINGS = settings(
 
 def assert_replay_correct(scenario: Scenario) -> None:
     report = asyncio.run(run_scenario(scenario, BACKEND))
+    # Seen with --hypothesis-show-statistics: how much the examples exercised.
+    event("crashes", str(report.crashes_done))
+    event("crashes cancelled tasks", str(report.tasks_cancelled > 0))
+    event("gates", str(scenario.gates))
+    event("nodes", f"{len(list(walk(scenario.body))) // 5 * 5}+")
     problems = check(report)
     assert not problems, describe(report, problems)
 
@@ -117,7 +123,7 @@ def test_shapes_are_json(data: st.DataObject) -> None:
     """A generated shape is JSON, its node ids are distinct, and it evaluates."""
     import json
 
-    from replay_shapes import expected_result, walk
+    from replay_shapes import expected_result
 
     body = data.draw(shapes())
     assert json.loads(json.dumps(body)) == body
