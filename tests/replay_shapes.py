@@ -695,7 +695,11 @@ async def replay_job(record: JobRecord) -> list[str]:
             execute_inline=refuse,
             clock=lambda: 0.0,
         )
-        outcome = await run.execute(WORKFLOWS[name], args)
+        try:
+            outcome = await run.execute(WORKFLOWS[name], args)
+        except Exception as exc:  # the refusal above, when the engine lets it through
+            problems.append(f"{where}: replay raised {type(exc).__name__}: {exc}")
+            continue
         if outcome.status != "completed":
             message = outcome.error.message if outcome.error else outcome.commands
             problems.append(f"{where}: replay {outcome.status}: {message}")

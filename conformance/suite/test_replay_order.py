@@ -111,3 +111,44 @@ async def test_nested_gathers_keep_their_own_answers(hm: Harness, delays: dict[s
     assert result == [[["x-1", "x-2"], ["y-1", "y-2"], ["z-1"]], ["w-1", "w-2", "w-3"]]
     _assert_own_answers(export)
     assert _activity_args(export) == ["w-1", "w-2", "w-3", "x-1", "x-2", "y-1", "y-2", "z-1"]
+
+
+async def empty_child() -> str:
+    return "child done"
+
+
+async def _then_append(delays: dict[str, int]) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[echo_after])
+    first = await acts.echo_after("a-1", delays.get("a-1", 0))
+    entity = await workflow.entity()
+    return [first, await entity.append("log", "a-2")]
+
+
+async def _child_then_activity(delays: dict[str, int]) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[echo_after])
+    child = await workflow.exec_child("order-child", "empty_child", args=[])
+    return [child, await acts.echo_after("b-2", delays.get("b-2", 0))]
+
+
+async def child_races_inline_activity(delays: dict[str, int]) -> Any:
+    return list(await asyncio.gather(_then_append(delays), _child_then_activity(delays)))
+
+
+@pytest.mark.parametrize("delay", [0, 5, 30])
+async def test_a_child_answer_racing_an_inline_activity(hm: Harness, delay: int) -> None:
+    """Found by tests/test_replay_properties.py: one branch's activity (run inline by the
+    worker that dispatched it) answers while another branch's child answers; each
+    answer must be replayed in the activation that received it."""
+    mf = await hm.memflow()
+    await mf.worker(
+        "q",
+        workflows=[child_races_inline_activity, empty_child],
+        activities=[echo_after],
+        poll_interval=0.05,
+    )
+    handle = await mf.workflow.start(
+        "order", "child_races_inline_activity", "race", [{"a-1": delay}], "q"
+    )
+    result = await handle.result(timeout=30)
+    assert result == [["a-1", ["a-2"]], ["child done", "b-2"]]
+    _assert_own_answers(await handle.export())
