@@ -117,6 +117,10 @@ async def empty_child() -> str:
     return "child done"
 
 
+async def quick_hook(config: dict[str, str]) -> None:
+    await workflow.signal(config["signal"], "hook done")
+
+
 async def _then_append(delays: dict[str, int]) -> list[Any]:
     acts = workflow.proxy_activities(activities=[echo_after])
     first = await acts.echo_after("a-1", delays.get("a-1", 0))
@@ -124,31 +128,47 @@ async def _then_append(delays: dict[str, int]) -> list[Any]:
     return [first, await entity.append("log", "a-2")]
 
 
-async def _child_then_activity(delays: dict[str, int]) -> list[Any]:
+async def _other_then_activity(other: str, delays: dict[str, int]) -> list[Any]:
     acts = workflow.proxy_activities(activities=[echo_after])
-    child = await workflow.exec_child("order-child", "empty_child", args=[])
-    return [child, await acts.echo_after("b-2", delays.get("b-2", 0))]
+    answer: Any
+    if other == "child":
+        answer = await workflow.exec_child("order-child", "empty_child", args=[])
+    elif other == "hook":
+        answer = await workflow.exec_hook(None, "quick_hook", [])
+    elif other == "sleep":
+        await workflow.sleep_for(0.01)
+        answer = None
+    else:
+        answer = await workflow.wait_for(f"go-{workflow.info().workflow_id}")
+    return [answer, await acts.echo_after("b-2", delays.get("b-2", 0))]
 
 
-async def child_races_inline_activity(delays: dict[str, int]) -> Any:
-    return list(await asyncio.gather(_then_append(delays), _child_then_activity(delays)))
+async def other_races_inline_activity(other: str, delays: dict[str, int]) -> Any:
+    return list(await asyncio.gather(_then_append(delays), _other_then_activity(other, delays)))
 
 
-@pytest.mark.parametrize("delay", [0, 5, 30])
-async def test_a_child_answer_racing_an_inline_activity(hm: Harness, delay: int) -> None:
-    """Found by tests/test_replay_properties.py: one branch's activity (run inline by the
-    worker that dispatched it) answers while another branch's child answers; each
-    answer must be replayed in the activation that received it."""
+OTHER_ANSWERS = {"child": "child done", "hook": "hook done", "sleep": None, "signal": "go"}
+
+
+@pytest.mark.parametrize("other", sorted(OTHER_ANSWERS))
+async def test_an_answer_racing_an_inline_activity(hm: Harness, other: str) -> None:
+    """Found by tests/test_replay_properties.py: while one branch's activity runs inline
+    (on the worker that dispatched it), another branch's child, hook, timer or signal
+    answers. Replay must hand each answer back in the activation that received it."""
     mf = await hm.memflow()
     await mf.worker(
         "q",
-        workflows=[child_races_inline_activity, empty_child],
+        workflows=[other_races_inline_activity, empty_child, quick_hook],
         activities=[echo_after],
         poll_interval=0.05,
     )
+    job_id = f"race-{other}"
     handle = await mf.workflow.start(
-        "order", "child_races_inline_activity", "race", [{"a-1": delay}], "q"
+        "order", "other_races_inline_activity", job_id, [other, {"a-1": 80}], "q"
     )
+    if other == "signal":
+        await asyncio.sleep(0.02)
+        await mf.workflow.signal(f"go-{job_id}", "go")
     result = await handle.result(timeout=30)
-    assert result == [["a-1", ["a-2"]], ["child done", "b-2"]]
+    assert result == [["a-1", ["a-2"]], [OTHER_ANSWERS[other], "b-2"]]
     _assert_own_answers(await handle.export())
