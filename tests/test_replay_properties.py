@@ -92,6 +92,21 @@ CHILD_RACES_INLINE_ACTIVITY = Scenario(
     )
 )
 
+# The same with a timer: a sleep answers while another branch's activity runs inline.
+TIMER_RACES_INLINE_ACTIVITY = Scenario(
+    body=number_nodes(
+        [
+            {
+                "k": "gather",
+                "branches": [
+                    [{"k": "act", "ms": 30}, {"k": "app"}],
+                    [{"k": "sleep", "ms": 10}, {"k": "act", "ms": 0}],
+                ],
+            }
+        ]
+    )
+)
+
 ONLY_GATHERS = shapes(leaf_kinds=("act",), composite_kinds=("gather",), max_nodes=14)
 
 
@@ -127,6 +142,7 @@ def test_gathered_activities_replay_correctly(scenario: Scenario) -> None:
     )
 )
 @example(CHILD_RACES_INLINE_ACTIVITY)
+@example(TIMER_RACES_INLINE_ACTIVITY)
 @given(scenarios())
 def test_random_shapes_replay_correctly_through_crashes(scenario: Scenario) -> None:
     """Every node kind, 1-3 workers, random answer orders, signals and worker crashes."""
