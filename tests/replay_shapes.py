@@ -911,8 +911,9 @@ def describe(report: RunReport, problems: list[str]) -> str:
     for key, record in report.jobs.items():
         lines.append(f"history of job {key or 'root'}:")
         for step in sorted(record.steps, key=lambda s: (s.dimension, s.index)):
+            activation = getattr(step, "activation", None)  # the run that received the answer
             lines.append(
                 f"    {step.dimension or 'main'}#{step.index} {step.kind} {step.name} "
-                f"{canon(step.args)[:80]} -> {canon(step.result)[:80]}"
+                f"{canon(step.args)[:80]} -> {canon(step.result)[:80]} (activation {activation})"
             )
     return "\n".join(lines)
