@@ -21,17 +21,19 @@ Timing is real, so a failing scenario may need a few runs to fail again.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, currently_in_test_context, event, example, given, settings
-from hypothesis import strategies as st
 from replay_shapes import (
     Crash,
     RunReport,
     Scenario,
     check,
     describe,
+    expected_result,
     number_nodes,
     run_scenario,
     scenarios,
@@ -149,22 +151,32 @@ def test_random_shapes_replay_correctly_through_crashes(scenario: Scenario) -> N
     assert_replay_correct(scenario)
 
 
-@pytest.mark.parametrize("kind", ["inc", "app", "sleep", "now", "random"])
-def test_a_sequence_of_each_kind_replays_correctly(kind: str) -> None:
-    """Sanity of the harness itself: plain sequences hold on any engine."""
-    body = number_nodes([{"k": kind, "ms": 10}, {"k": "act", "ms": 5}, {"k": kind, "ms": 10}])
-    assert_replay_correct(Scenario(body=body))
+EVERY_KIND_IN_SEQUENCE = [
+    {"k": "inc"},
+    {"k": "act", "ms": 5},
+    {"k": "app"},
+    {"k": "sleep", "ms": 10},
+    {"k": "wait", "by": "outside"},
+    {"k": "wait", "by": "hook"},
+    {"k": "now"},
+    {"k": "random"},
+    {"k": "child", "body": [{"k": "app"}, {"k": "act", "ms": 0}, {"k": "inc"}]},
+    {"k": "hook", "body": [{"k": "inc"}, {"k": "act", "ms": 0}, {"k": "now"}]},
+    {"k": "act", "ms": 0},
+]
+
+
+@pytest.mark.parametrize("gates", [False, True], ids=["no-gates", "gates"])
+@pytest.mark.parametrize("mode", ["inline", "remote"])
+def test_every_kind_in_sequence_replays_correctly(mode: str, gates: bool) -> None:
+    """The harness itself: without gathers, one call at a time, every property holds."""
+    body = number_nodes(json.loads(json.dumps(EVERY_KIND_IN_SEQUENCE)))
+    assert_replay_correct(Scenario(body=body, mode=mode, workers=2, gates=gates))
 
 
 @SETTINGS
-@given(st.data())
-def test_shapes_are_json(data: st.DataObject) -> None:
-    """A generated shape is JSON, its node ids are distinct, and it evaluates."""
-    import json
-
-    from replay_shapes import expected_result
-
-    body = data.draw(shapes())
+@given(shapes())
+def test_shapes_are_json_with_distinct_ids(body: list[dict[str, Any]]) -> None:
     assert json.loads(json.dumps(body)) == body
     ids = [node["id"] for node in walk(body)]
     assert len(ids) == len(set(ids))
