@@ -109,6 +109,23 @@ TIMER_RACES_INLINE_ACTIVITY = Scenario(
     )
 )
 
+# And an inline command given another call's answer: the signal is delivered by one run
+# while b-2 (n5) runs inline; the continuation's append then takes index 4, finds the
+# other run's activity n3 there and returns its pending result (None) as the list.
+SIGNAL_RACES_INLINE_ACTIVITY = Scenario(
+    body=number_nodes(
+        [
+            {
+                "k": "gather",
+                "branches": [
+                    [{"k": "act", "ms": 0}, {"k": "wait", "by": "outside"}, {"k": "act", "ms": 0}],
+                    [{"k": "act", "ms": 0}, {"k": "act", "ms": 0}, {"k": "app"}],
+                ],
+            }
+        ]
+    )
+)
+
 ONLY_GATHERS = shapes(leaf_kinds=("act",), composite_kinds=("gather",), max_nodes=14)
 
 
@@ -145,6 +162,7 @@ def test_gathered_activities_replay_correctly(scenario: Scenario) -> None:
 )
 @example(CHILD_RACES_INLINE_ACTIVITY)
 @example(TIMER_RACES_INLINE_ACTIVITY)
+@example(SIGNAL_RACES_INLINE_ACTIVITY)
 @given(scenarios())
 def test_random_shapes_replay_correctly_through_crashes(scenario: Scenario) -> None:
     """Every node kind, 1-3 workers, random answer orders, signals and worker crashes."""

@@ -172,3 +172,49 @@ async def test_an_answer_racing_an_inline_activity(hm: Harness, other: str) -> N
     result = await handle.result(timeout=30)
     assert result == [["a-1", ["a-2"]], [OTHER_ANSWERS[other], "b-2"]]
     _assert_own_answers(await handle.export())
+
+
+async def _activity_signal_activity(delays: dict[str, int]) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[echo_after])
+    first = await acts.echo_after("a-1", delays.get("a-1", 0))
+    signal = await workflow.wait_for(f"go-{workflow.info().workflow_id}")
+    return [first, signal, await acts.echo_after("a-3", delays.get("a-3", 0))]
+
+
+async def _two_activities_then_append(delays: dict[str, int]) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[echo_after])
+    first = await acts.echo_after("b-1", delays.get("b-1", 0))
+    second = await acts.echo_after("b-2", delays.get("b-2", 0))
+    entity = await workflow.entity()
+    return [first, second, await entity.append("log", "b-3")]
+
+
+async def signal_races_inline_activity(delays: dict[str, int]) -> Any:
+    return list(
+        await asyncio.gather(_activity_signal_activity(delays), _two_activities_then_append(delays))
+    )
+
+
+@pytest.mark.parametrize("signal_after_ms", [0, 1, 3, 6, 10])
+@pytest.mark.parametrize("b2_delay", [0, 20])
+async def test_an_inline_command_gets_its_own_answer(
+    hm: Harness, b2_delay: int, signal_after_ms: int
+) -> None:
+    """Found by tests/test_replay_properties.py: the signal is already there when the
+    wait is issued, so a run delivers it while b-2 runs inline; the append after b-2
+    must get the entity's list, never the (pending) answer of another call."""
+    mf = await hm.memflow()
+    await mf.worker(
+        "q",
+        workflows=[signal_races_inline_activity],
+        activities=[echo_after],
+        poll_interval=0.05,
+    )
+    handle = await mf.workflow.start(
+        "order", "signal_races_inline_activity", "inline-own", [{"b-2": b2_delay}], "q"
+    )
+    await asyncio.sleep(signal_after_ms / 1000)
+    await mf.workflow.signal("go-inline-own", "go")  # kept until the wait is issued
+    result = await handle.result(timeout=30)
+    assert result == [["a-1", "go", "a-3"], ["b-1", "b-2", ["b-3"]]]
+    _assert_own_answers(await handle.export())
