@@ -13,7 +13,9 @@ __all__ = [
     "BackendNotFound",
     "BackendUnavailable",
     "DuplicateWorkflow",
+    "HookDepthExceeded",
     "HotMeshError",
+    "InvalidDuration",
     "InvalidIdentifier",
     "NonDeterminismError",
     "SerializationError",
@@ -103,3 +105,18 @@ class WorkflowFailed(RemoteError):
 
 class WorkflowInterrupted(RemoteError):
     """The job was interrupted (cancelled) before it finished."""
+
+
+class InvalidDuration(HotMeshError, ValueError):
+    """A duration (sleep, timeout, expire, retry interval) is not one HotMesh reads:
+    bad text, a negative or non-finite number, or longer than 100 years.  Also a
+    ``ValueError``, which is what durations raised before this class existed."""
+
+
+class HookDepthExceeded(HotMeshError):
+    """A hook started a hook nested deeper than ``workflow.MAX_HOOK_DEPTH``.
+
+    Raised inside the workflow at the ``hook``/``exec_hook`` call, before anything
+    is stored; uncaught, it fails that hook like any error in workflow code.  It
+    stops a hook that starts itself from spawning threads without end.
+    """

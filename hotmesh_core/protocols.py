@@ -83,9 +83,12 @@ class Store(Protocol):
         self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
     ) -> bool:
         """Record that the answered steps ``indexes`` reached the workflow in
-        ``activation``: set it on those whose activation is unset. Returns
-        whether every one of them was set now (False: another run of the
-        thread delivered one of them first, and this run must give way)."""
+        ``activation``, the thread's next: the thread's last delivered
+        activation moves from ``activation - 1`` to ``activation`` (a
+        compare-and-set, so two runs racing to deliver activation n cannot both
+        succeed, whichever steps each delivers) and the steps get it. Returns
+        False, changing nothing, when another run of the thread got there
+        first: this run must give way."""
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

@@ -188,7 +188,11 @@ class MemoryStore:
     async def mark_delivered(
         self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
     ) -> bool:
-        steps = self.state.steps.get((job_id, dimension), {})
+        key = (job_id, dimension)
+        if self.state.activations.get(key, 0) != activation - 1:
+            return False  # another run of the thread delivered this activation first
+        self.tx.put(self.state.activations, key, activation)
+        steps = self.state.steps.get(key, {})
         marked = 0
         for index in indexes:
             step = steps.get(index)
@@ -288,6 +292,7 @@ class MemoryStore:
             self.tx.pop(self.state.changes, job_id)
             for key in [k for k in self.state.steps if k[0] == job_id]:
                 self.tx.pop(self.state.steps, key)
+                self.tx.pop(self.state.activations, key)
             for key in [k for k in self.state.threads if k[0] == job_id]:
                 self.tx.pop(self.state.threads, key)
         self._expire_dead_letters(now)
