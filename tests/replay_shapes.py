@@ -16,11 +16,12 @@ A shape is data (JSON): a body is a list of nodes, and a node is one of
 One interpreter (:func:`interpret`) executes any shape and returns each node's
 value where the code put it (a body gives a list, a gather a list of lists), so
 an answer handed to the wrong call is visible.  :func:`expected_result` is the
-same evaluation in plain Python.  :func:`run_scenario` runs a shape on the
-memory backend with 1-3 workers, random activity delays (answers arrive in
-random orders), outside signals at random moments and workers crashing
-(``stop(drain=False)``) at random moments; :func:`check` lists every property
-the run broke.
+same evaluation in plain Python.  :func:`run_scenario` runs a shape on a fresh
+app (memory backend by default) with 1-3 workers (in ``remote`` mode, as many
+more for the activities), random activity delays (answers arrive in random
+orders), outside signals at random moments and workers crashing
+(``stop(drain=False)``) at random moments or once they hold work;
+:func:`check` lists every property the run broke.
 """
 
 from __future__ import annotations
