@@ -17,7 +17,9 @@ __all__ = [
     "HotMeshError",
     "InvalidDuration",
     "InvalidIdentifier",
+    "MigrationRequired",
     "NonDeterminismError",
+    "PermissionDenied",
     "SerializationError",
     "UnknownWorkflow",
     "WaitTimeout",
@@ -120,3 +122,23 @@ class HookDepthExceeded(HotMeshError):
     is stored; uncaught, it fails that hook like any error in workflow code.  It
     stops a hook that starts itself from spawning threads without end.
     """
+
+
+class PermissionDenied(HotMeshError, PermissionError):
+    """The connected role may not do this on the app's schema (SQLSTATE 42501).
+
+    Raised instead of psycopg's ``InsufficientPrivilege`` so that a worker or
+    client of one app that reaches for another app (or lacks a grant) gets a
+    HotMesh error that names the role, the app and who can fix it, and so that
+    callers catching ``HotMeshError`` see it. ``role`` and ``app`` say which.
+    """
+
+    def __init__(self, message: str, *, role: str, app: str) -> None:
+        self.role = role
+        self.app = app
+        super().__init__(message)
+
+
+class MigrationRequired(PermissionDenied):
+    """The app's schema is missing or behind this HotMesh, and the connected
+    role may not provision it: the owner must run ``hotmesh db migrate``."""

@@ -20,7 +20,8 @@ from hotmesh_core import (
     WorkflowNotFound,
     workflow,
 )
-from hotmesh_core.models import ErrorInfo, Task
+from hotmesh_core.entity_ops import EntityPathError
+from hotmesh_core.models import EntityOp, ErrorInfo, Task
 from hotmesh_core.serde import MAX_DEPTH
 from hotmesh_core.workflow import MAX_HOOK_DEPTH
 
@@ -407,3 +408,20 @@ async def test_dead_letters_are_listed_newest_first_with_their_error(hm: Harness
     assert await mf.workflow.dead_letters(limit=1) == letters[:1]
     with pytest.raises(InvalidIdentifier):
         await mf.workflow.dead_letters("bad\nid")
+
+
+async def does_nothing() -> None:
+    return None
+
+
+@pytest.mark.parametrize("path", ["a\udc80", "a\x00b"])
+async def test_entity_paths_that_cannot_be_stored_fail_alike(hm: Harness, path: str) -> None:
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[does_nothing])
+    handle = await mf.workflow.start("t", "does_nothing", "p", [], "q")
+    await handle.result(timeout=10)
+    async with mf.backend.transaction() as tx:
+        with pytest.raises(EntityPathError, match="cannot be stored"):
+            await tx.store.apply_entity(
+                "p", EntityOp(op="get", path=path), dimension=None, index=None
+            )
