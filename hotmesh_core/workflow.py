@@ -30,12 +30,14 @@ __all__ = [
     "MAX_HOOK_DEPTH",
     "ActivityProxy",
     "WorkflowInfo",
+    "deprecate_patch",
     "entity",
     "exec_child",
     "exec_hook",
     "hook",
     "info",
     "now",
+    "patched",
     "proxy_activities",
     "random",
     "signal",
@@ -313,6 +315,27 @@ async def hook(
         **options,
     )
     return hook_id
+
+
+def patched(change_id: str) -> bool:
+    """Guard a code change so running workflows keep replaying: ``True`` for runs
+    that reach this point with the new code (new runs, and older runs that get
+    here after the deploy), ``False`` when replaying a history recorded before
+    the change. Keep both paths until no run from before the change remains::
+
+        if workflow.patched("v2-score"):
+            score = await acts.score_v2(text)
+        else:
+            score = await acts.score(text)
+    """
+    return current_run().patched(validate_name(change_id, "change_id"))
+
+
+def deprecate_patch(change_id: str) -> None:
+    """The second step of removing a patch: once no run from before the change
+    remains, keep only the new path and call this where ``patched`` was; runs
+    that recorded the marker still replay. Remove it once those are gone too."""
+    current_run().patched(validate_name(change_id, "change_id"), deprecated=True)
 
 
 def now() -> datetime:
