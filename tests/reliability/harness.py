@@ -145,7 +145,9 @@ class PrivateServer:
             conf.write("\n# hotmesh reliability tests\n" + "\n".join(options) + "\n")
 
     def start(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "60", "start")
+        self._run(
+            "pg_ctl", "-D", str(self.data), "-l", str(self.logfile), "-w", "-t", "60", "start"
+        )
 
     def restart(self, mode: str) -> None:
         """``pg_ctl restart -m fast|immediate``: every connection is cut."""
@@ -182,7 +184,9 @@ class PrivateServer:
             ).fetchall()
         return len(rows)
 
-    def query(self, app_id: str, sql: str, params: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    def query(
+        self, app_id: str, sql: str, params: list[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn, autocommit=True) as conn:
             conn.execute(f'SET search_path TO "{app_id}"')
             return conn.execute(sql, params or []).fetchall()  # type: ignore[arg-type]
@@ -227,11 +231,10 @@ class Workers:
             ]  # fmt: skip
             if worker_id is not None:
                 command += ["--worker-id", worker_id]
-            stderr = open(self.log_dir / f"stderr-{len(self.live) + len(self.gone)}.txt", "w")
-            process = subprocess.Popen(
-                command, stdout=subprocess.PIPE, stderr=stderr, start_new_session=True
-            )
-            stderr.close()
+            with open(self.log_dir / f"stderr-{len(self.live) + len(self.gone)}.txt", "w") as err:
+                process = subprocess.Popen(
+                    command, stdout=subprocess.PIPE, stderr=err, start_new_session=True
+                )
             self.live[process.pid] = process
             self.ids[process.pid] = worker_id
             started.append(process.pid)
@@ -256,7 +259,9 @@ class Workers:
                 if not chunk:
                     process.wait(timeout=5)
             if process.poll() is not None:
-                raise RuntimeError(f"worker {pid} exited with {process.returncode}: {self.stderr()}")
+                raise RuntimeError(
+                    f"worker {pid} exited with {process.returncode}: {self.stderr()}"
+                )
         raise TimeoutError(f"worker {pid} not ready after {timeout} s")
 
     def _sample_rss(self, pid: int) -> None:
@@ -396,7 +401,9 @@ async def export_checks(client: Client, workflow_id: str) -> list[str]:
     audit = await patiently(export.export)
     problems = []
     keys = Counter((entry.dimension, entry.index) for entry in audit.timeline)
-    problems += [f"{workflow_id}: step {key} recorded {n} times" for key, n in keys.items() if n > 1]
+    problems += [
+        f"{workflow_id}: step {key} recorded {n} times" for key, n in keys.items() if n > 1
+    ]
     problems += [
         f"{workflow_id}: step {e.index} {e.kind} {e.name} is {e.status}"
         for e in audit.timeline
@@ -412,3 +419,25 @@ def report(title: str, figures: dict[str, Any]) -> None:
     width = max(len(key) for key in figures)
     lines = [f"  {key:<{width}} : {value}" for key, value in figures.items()]
     print(f"\n== {title}\n" + "\n".join(lines), flush=True)
+
+
+def diagnose(server: PrivateServer, app_id: str, job_id: str) -> str:
+    """A job's steps and queued tasks, straight from the tables (for a lost job)."""
+    steps = server.query(
+        app_id,
+        "SELECT dimension, idx, kind, name, status, attempts FROM steps WHERE job_id = %s "
+        "ORDER BY dimension, idx",
+        [job_id],
+    )
+    tasks = server.query(
+        app_id,
+        "SELECT kind, name, idx, attempts, lease_owner, visible_at - now() FROM tasks "
+        "WHERE job_id = %s",
+        [job_id],
+    )
+    job = server.query(app_id, "SELECT status, version FROM jobs WHERE id = %s", [job_id])
+    return f"{job_id}: job {job}, steps {steps}, tasks {tasks or 'none'}"
+
+
+def clock() -> str:
+    return time.strftime("%H:%M:%S", time.gmtime()) + f".{int(time.time() * 1000) % 1000:03d}"

@@ -12,6 +12,8 @@ import pytest
 from harness import (
     PrivateServer,
     Workers,
+    clock,
+    diagnose,
     export_checks,
     outcomes,
     patiently,
@@ -54,17 +56,19 @@ async def kill_scenario(
         await client.workflow.start("order", "mixed", job, [job, kind], workers.queue)
         for job, kind in jobs
     ]
+    kill_times: list[str] = []
     for n in range(kills):
         await asyncio.sleep(rng.uniform(0.3, 2.0))
         victim = rng.choice(workers.alive())
         workers.kill(victim)
+        kill_times.append(clock())
         if n == 0:  # the signals arrive after the first kill
             for job, kind in jobs:
                 if kind == "signal":
                     await send(client, f"go-{job}", {"v": f"v-{job}"})
         for pid in workers.start(1, worker_id=ids[victim]):
             ids[pid] = ids[victim]
-    results = await outcomes(handles, timeout=180)
+    results = await outcomes(handles, timeout=90)
     wall = time.monotonic() - began
     died = workers.dead()
     integrity = stored_integrity(private_pg, client.app_id)
@@ -77,18 +81,18 @@ async def kill_scenario(
     ran_twice = sum(1 for key in keys if started[key] > 1)
     wrong = [
         (job, got)
-        for (job, kind), got in zip(jobs, results)
+        for (job, kind), got in zip(jobs, results, strict=True)
         if got != ("completed", expected(job, kind))
     ]
-    lost = [job for (job, _), got in zip(jobs, results) if got[0] == "timeout"]
+    lost = [job for (job, _), got in zip(jobs, results, strict=True) if got[0] == "timeout"]
     report(
         f"kill -9 of workers: {count} workflows",
         {
             "seed (HOTMESH_RELIABILITY_SEED)": seed,
             "workflows run": count,
-            "kills injected (SIGKILL)": workers.kills,
+            "kills injected (SIGKILL)": f"{workers.kills} at {kill_times} UTC",
             "completed": sum(1 for got in results if got[0] == "completed"),
-            "lost (not finished in 180 s)": len(lost),
+            "lost (not finished in 90 s)": len(lost),
             "wrong result or failed": len(wrong) - len(lost),
             "activity executions started": sum(started[key] for key in keys),
             "activities ran twice (or more)": ran_twice,
@@ -101,6 +105,8 @@ async def kill_scenario(
             "wall time (s)": round(wall, 1),
         },
     )
+    for job in lost:
+        print("  lost:", diagnose(private_pg, client.app_id, job))
     assert not died, workers.stderr()
     assert not wrong, wrong[:10]
     assert integrity == {
