@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from attrs import evolve
@@ -183,6 +184,18 @@ class MemoryStore:
         )
         self._replace_step(resolved)
         return clone(resolved)
+
+    async def mark_delivered(
+        self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
+    ) -> bool:
+        steps = self.state.steps.get((job_id, dimension), {})
+        marked = 0
+        for index in indexes:
+            step = steps.get(index)
+            if step is not None and step.status != "pending" and step.activation is None:
+                self._replace_step(evolve(step, activation=activation))
+                marked += 1
+        return marked == len(indexes)
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -303,6 +304,21 @@ class PgStore:
             [dimension, index],
         )
         return None if row is None else rows.step(row)
+
+    async def mark_delivered(
+        self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
+    ) -> bool:
+        if not indexes:
+            return True
+        # Row locks serialize two runs marking the same step: the second sees
+        # the first's activation once it commits, and marks fewer rows.
+        found = await self.tx.all(
+            "UPDATE steps SET activation = %s WHERE job_id = %s AND dimension = %s"
+            " AND idx = ANY(%s) AND status <> 'pending' AND activation IS NULL"
+            " RETURNING 1 AS marked",
+            [activation, job_id, dimension, list(indexes)],
+        )
+        return len(found) == len(indexes)
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
