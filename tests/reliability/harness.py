@@ -136,8 +136,12 @@ class PrivateServer:
             f"unix_socket_directories = '{self.root}'",
             "max_connections = 300",
             "shared_buffers = 128MB",
-            "fsync = off",  # an immediate stop is not an OS crash: the page cache survives
-            "synchronous_commit = off",
+            # An immediate stop is a crash of PostgreSQL, not of the OS: WAL written at
+            # commit survives it in the page cache, so fsync may be skipped. Never
+            # synchronous_commit = off: a crash would then lose commits that were
+            # acknowledged (a "fault" no engine can survive, and which tests would blame
+            # on it).
+            "fsync = off",
             "full_page_writes = off",
             "log_min_messages = warning",
         ]
@@ -312,15 +316,23 @@ class Workers:
             if path.read_text().strip()
         )
 
-    def executions(self) -> tuple[Counter[str], Counter[str]]:
-        """Activity executions by key across every process: (started, finished)."""
-        started: Counter[str] = Counter()
-        finished: Counter[str] = Counter()
+    def timed_executions(self) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+        """When each activity execution started and finished, by key: (started, finished)."""
+        started: dict[str, list[float]] = {}
+        finished: dict[str, list[float]] = {}
         for log in self.log_dir.glob("acts-*.log"):
             for line in log.read_text().splitlines():
-                mark, _, key = line.partition(" ")
-                (started if mark == "S" else finished)[key] += 1
+                mark, key, at = line.split(" ")
+                (started if mark == "S" else finished).setdefault(key, []).append(float(at))
         return started, finished
+
+    def executions(self) -> tuple[Counter[str], Counter[str]]:
+        """How many activity executions started and finished, by key, across processes."""
+        started, finished = self.timed_executions()
+        return (
+            Counter({key: len(times) for key, times in started.items()}),
+            Counter({key: len(times) for key, times in finished.items()}),
+        )
 
 
 # -- the client side ----------------------------------------------------------------
@@ -437,6 +449,28 @@ def diagnose(server: PrivateServer, app_id: str, job_id: str) -> str:
     )
     job = server.query(app_id, "SELECT status, version FROM jobs WHERE id = %s", [job_id])
     return f"{job_id}: job {job}, steps {steps}, tasks {tasks or 'none'}"
+
+
+def diagnose_entity(server: PrivateServer, app_id: str, job_id: str) -> str:
+    """A job's steps with their arguments and results, and its entity changes in order."""
+    steps = server.query(
+        app_id,
+        "SELECT idx, kind, name, args, result, status, attempts, "
+        "to_char(started_at, 'HH24:MI:SS.MS'), to_char(finished_at, 'HH24:MI:SS.MS') "
+        "FROM steps WHERE job_id = %s ORDER BY dimension, idx",
+        [job_id],
+    )
+    changes = server.query(
+        app_id,
+        "SELECT version, op, path, value, dimension, idx, to_char(at, 'HH24:MI:SS.MS') "
+        "FROM entity_changes WHERE job_id = %s ORDER BY version",
+        [job_id],
+    )
+    lines = [f"{job_id}:", "  steps (idx, kind, name, args, result, status, attempts, at):"]
+    lines += [f"    {row}" for row in steps]
+    lines += ["  entity changes (version, op, path, value, dimension, idx, at):"]
+    lines += [f"    {row}" for row in changes]
+    return "\n".join(lines)
 
 
 def clock() -> str:

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 from typing import Any
 
 from hotmesh_core import MemFlow, RetryPolicy, workflow
@@ -23,7 +24,8 @@ LOG_FD = -1
 
 
 def mark(kind: str, key: str) -> None:
-    os.write(LOG_FD, f"{kind} {key}\n".encode())  # O_APPEND: one line, one write
+    # O_APPEND: one line, one write, whole in the file even if kill -9 follows.
+    os.write(LOG_FD, f"{kind} {key} {time.time():.3f}\n".encode())
 
 
 # -- activities -----------------------------------------------------------------------
@@ -119,6 +121,16 @@ async def entity_heavy(job: str, rounds: int) -> dict[str, Any]:
     return doc
 
 
+async def slow_loop(job: str, steps: int, seconds: float) -> int:
+    """Slow activities one after another, each recorded in the entity."""
+    entity = await workflow.entity()
+    await entity.set({"done": []})
+    acts = workflow.proxy_activities(activities=["slow_note"], retry_policy=PATIENT)
+    for i in range(steps):
+        await entity.append("done", await acts.slow_note(f"{job}:{i}", seconds))
+    return steps
+
+
 async def short(job: str) -> list[str]:
     acts = workflow.proxy_activities(activities=["note"], retry_policy=PATIENT)
     return [await acts.note(f"{job}:1"), await acts.note(f"{job}:2")]
@@ -182,6 +194,7 @@ async def calls_raising(job: str, activity: str) -> Any:
 WORKFLOWS = [
     mixed,
     entity_heavy,
+    slow_loop,
     short,
     counter,
     bump,

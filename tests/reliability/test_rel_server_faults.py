@@ -14,6 +14,7 @@ from harness import (
     Workers,
     clock,
     diagnose,
+    diagnose_entity,
     export_checks,
     outcomes,
     report,
@@ -94,6 +95,9 @@ async def fault_scenario(
         print("  failed:", diagnose(private_pg, client.app_id, job))
     for job in lost[:3]:
         print("  lost:", diagnose(private_pg, client.app_id, job))
+    for job, got in wrong[:3]:
+        if got[0] == "completed":
+            print("  wrong:", got[1], "\n", diagnose_entity(private_pg, client.app_id, job))
     assert not died, workers.stderr()
     assert not failed, failed[:5]
     assert not wrong, wrong[:5]
