@@ -24,6 +24,7 @@ from harness import (
 from hotmesh_core import MemFlow
 
 ROUNDS = 6
+LEASE = 60.0
 
 
 def expected(job: str) -> dict[str, Any]:
@@ -45,6 +46,8 @@ async def fault_scenario(
     faults: list[Callable[[], Awaitable[Any]]],
     pause: float,
 ) -> None:
+    # A long lease: work held up until a lease runs out shows as a stall.
+    workers.lease = LEASE
     began = time.monotonic()
     workers.start(2)
     jobs = [f"w-{i}" for i in range(count)]
@@ -88,7 +91,7 @@ async def fault_scenario(
             + integrity["duplicate_entity_versions"],
             "audit problems": len(problems),
             "workers that died on their own": died,
-            "wall time (s)": round(wall, 1),
+            "wall time (s)": f"{wall:.1f} (lease {LEASE:.0f} s)",
         },
     )
     for job, _got in failed[:3]:
@@ -106,6 +109,7 @@ async def fault_scenario(
     assert integrity["entities_with_version_gaps"] == 0
     assert not problems, problems[:10]
     assert all(finished[key] >= 1 for key in keys)
+    assert wall < LEASE * 0.75, f"a {LEASE:.0f} s lease was waited out: {wall:.1f} s"
 
 
 def restart(private_pg: PrivateServer, mode: str) -> Callable[[], Awaitable[str]]:
