@@ -183,10 +183,11 @@ async def calls(job: str, activity: str, attempts: int, start_to_close: float) -
         return f"ActivityFailed {exc.type_name}: {exc.message}"
 
 
-async def calls_raising(job: str, activity: str) -> Any:
-    """Call one activity once and let its failure fail the workflow."""
+async def calls_raising(job: str, activity: str, attempts: int = 1) -> Any:
+    """Call one activity and let its failure fail the workflow."""
     acts = workflow.proxy_activities(
-        activities=[activity], retry_policy=RetryPolicy(maximum_attempts=1)
+        activities=[activity],
+        retry_policy=RetryPolicy(maximum_attempts=attempts, initial_interval=0.1),
     )
     return await getattr(acts, activity)(job)
 

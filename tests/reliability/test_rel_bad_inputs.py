@@ -74,23 +74,35 @@ async def test_an_activity_raising_system_exit(
     workers.start(1)
     before = await canaries(client, workers, "before")
     handle = await client.workflow.start(
-        "bad", "calls", "sysexit", ["sysexit", "act_system_exit", 2, 10], workers.queue
+        "bad", "calls_raising", "sysexit", ["sysexit", "act_system_exit", 2], workers.queue
+    )
+    caught = await client.workflow.start(
+        "bad",
+        "calls",
+        "sysexit-caught",
+        ["sysexit-caught", "act_system_exit", 2, 10],
+        workers.queue,
     )
     result = await outcome(handle, timeout=60)
+    result_caught = await outcome(caught, timeout=60)
     started, _ = workers.executions()
     report(
         "an activity raising SystemExit (2 attempts)",
         {
             "outcome": result,
-            "executions": started["sysexit"],
+            "outcome when the workflow catches ActivityFailed": result_caught,
+            "executions (each job)": (started["sysexit"], started["sysexit-caught"]),
             "worker exits": workers.dead(),
         },
     )
     assert workers.dead() == [], workers.stderr()
     await still_intact(private_pg, client, workers, before)
-    assert result[0] == "completed"
-    assert str(result[1]).startswith("ActivityFailed SystemExit")
+    assert result[0] == "failed"  # after its 2 attempts
+    assert "SystemExit" in str(result[1])
+    assert result_caught[0] == "completed"
+    assert str(result_caught[1]).startswith("ActivityFailed SystemExit")
     assert started["sysexit"] == 2
+    assert started["sysexit-caught"] == 2
 
 
 async def test_sync_activities_that_never_return_do_not_starve_the_others(
