@@ -215,7 +215,9 @@ class Engine:
         return stored, created
 
     # -- runs ------------------------------------------------------------------
-    async def load_run(self, task: Task) -> RunContext | None:
+    async def load_run(self, task: Task, indexes: list[int] | None = None) -> RunContext | None:
+        """The job, its hook thread and the thread's history; with ``indexes``, only
+        those steps (what a cached run waits for)."""
         async with self.backend.transaction(readonly=True) as tx:
             job = await tx.store.get_job(task.job_id)
             if job is None:
@@ -225,7 +227,7 @@ class Engine:
                 thread = await tx.store.get_thread(task.job_id, task.dimension)
                 if thread is None:
                     return None
-            history = await tx.store.load_steps(task.job_id, task.dimension)
+            history = await tx.store.load_steps(task.job_id, task.dimension, indexes)
         return RunContext(job, thread, history)
 
     async def execute_inline(self, run: Run, command: Command) -> Any:
@@ -355,8 +357,7 @@ class Engine:
             leased = await self._apply_outcome(tx, run, outcome, local)
             waiting = {c.index for c in outcome.commands}
             if outcome.status == "suspended" and any(
-                step.status == "pending" and step.index not in waiting
-                for step in run.known_history()
+                index not in waiting for index in run.awaiting
             ):
                 # Other steps were pending: one may have been answered while this
                 # worker ran its activities, by a run that could not see them.

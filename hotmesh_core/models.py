@@ -70,6 +70,9 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
+    # The last activation of the main thread (hotmesh_core.replay): a worker's
+    # cached run of it is current only while this is the activation it made.
+    activation: int = 0
 
 
 @define
@@ -90,6 +93,7 @@ class Thread:
     error: ErrorInfo | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    activation: int = 0  # the hook's last activation, as Job.activation
 
 
 @define

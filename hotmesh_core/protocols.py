@@ -60,8 +60,12 @@ class Store(Protocol):
 
     async def threads(self, job_id: str) -> list[Thread]: ...
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
-        """The step history of one dimension (or all, ordered by dimension then index)."""
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
+        """The step history of one dimension (or all, ordered by dimension then index);
+        with ``indexes``, only those steps of the dimension (a cached run reads
+        just the answers it waits for: constant cost, however long the history)."""
 
     async def insert_step(self, step: Step) -> bool:
         """Record a step unless (job, dimension, index) exists or the job was interrupted
@@ -83,9 +87,12 @@ class Store(Protocol):
         self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
     ) -> bool:
         """Record that the answered steps ``indexes`` reached the workflow in
-        ``activation``: set it on those whose activation is unset. Returns
-        whether every one of them was set now (False: another run of the
-        thread delivered one of them first, and this run must give way)."""
+        ``activation``, the thread's next: the thread's last delivered
+        activation moves from ``activation - 1`` to ``activation`` (a
+        compare-and-set, so two runs racing to deliver activation n cannot both
+        succeed, whichever steps each delivers) and the steps get it. Returns
+        False, changing nothing, when another run of the thread got there
+        first: this run must give way."""
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

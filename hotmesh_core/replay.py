@@ -313,7 +313,7 @@ class Run:
         self.history = {step.index: step for step in history}
         self.loop = ReplayLoop(now)  # type: ignore[abstract]  # only what asyncio needs
         self.clock = clock
-        self._execute_inline = execute_inline
+        self.execute_inline = execute_inline
         self._next_index = 0
         self.commands: list[Command] = []
         self.inline: list[Command] = []
@@ -322,6 +322,8 @@ class Run:
         self.nondeterminism: NonDeterminismError | None = None
         self._awaiting: dict[int, asyncio.Future[Any]] = {}  # suspending calls, by index
         self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
+        self.root: asyncio.Task[Any] | None = None
+        self.activation = 0  # the last activation this run delivered
 
     # -- used by the workflow API -----------------------------------------
     def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
@@ -393,16 +395,38 @@ class Run:
 
     # -- driving -----------------------------------------------------------
     async def execute(self, fn: Callable[..., Any], args: list[Any]) -> RunOutcome:
+        """Run the function from the top over the history, then deliver what is new."""
         context = contextvars.copy_context()
         context.run(_current_run.set, self)
         # The task copies the current context at creation: create it inside ours.
         root = context.run(self.loop.create_task, _call(fn, args))
+        self.root = root
         await self._settle()
         for activation, steps in self._recorded_activations():
             if self.nondeterminism is not None or root.done():
                 break
             self._deliver(steps, activation)
             await self._settle()
+            self.activation = activation
+        return await self._live()
+
+    async def resume(self, answers: list[Step], now: float) -> RunOutcome:
+        """Continue this suspended run with answers it has not seen: the next
+        activation, without replaying the ones before (a worker's cache of
+        suspended runs keeps the cost of a step constant, however long the
+        history). Only for a run whose last outcome was committed as it was."""
+        assert self.root is not None, "resume() follows execute()"
+        self.history.update(self.recorded)
+        for step in answers:
+            self.history[step.index] = step
+        self.recorded = {}
+        self.commands = []
+        self.loop._now = now
+        return await self._live()
+
+    async def _live(self) -> RunOutcome:
+        root = self.root
+        assert root is not None
         if self.nondeterminism is None and not root.done():
             live = self._new_answers()
             if live:
@@ -412,6 +436,7 @@ class Run:
                     self.recorded[step.index] = evolve(step, activation=activation)
                 self._deliver(live, activation)
                 await self._settle()
+                self.activation = activation
         if self.nondeterminism is not None:
             return RunOutcome(
                 "failed", error=error_info(self.nondeterminism), values=self.take_values()
@@ -424,6 +449,15 @@ class Run:
         for command in self.commands:
             self.recorded[command.index] = command.step(self)
         return RunOutcome("suspended", commands=self.commands, values=self.take_values())
+
+    def step_at(self, index: int) -> Step:
+        """The step this run knows at ``index`` (what it recorded, else its history)."""
+        return self.recorded.get(index) or self.history[index]
+
+    @property
+    def awaiting(self) -> list[int]:
+        """Indexes of the suspending calls the workflow still waits on."""
+        return [index for index, future in self._awaiting.items() if not future.done()]
 
     async def _settle(self) -> None:
         """Run until every branch is blocked on a suspending call (or done): inline
@@ -444,7 +478,7 @@ class Run:
                         command.future.set_result(command.recorded.result)
                     continue
                 try:
-                    result = await self._execute_inline(self, command)
+                    result = await self.execute_inline(self, command)
                 except InlineFailed as failed:  # recorded as a failed step; raised in the workflow
                     self.recorded[command.index] = evolve(
                         command.step(self), status="failed", error=error_info(failed.error)
@@ -462,19 +496,23 @@ class Run:
         return sorted(by_activation.items())
 
     def _live_activation(self) -> int:
-        known = [s.activation for s in self.history.values() if s.activation is not None]
-        return max(known, default=0) + 1
+        # Activations are numbered 1, 2, ... without gaps (mark_delivered's
+        # compare-and-set), and execute() replayed every recorded one.
+        return self.activation + 1
 
     def _new_answers(self) -> list[Step]:
         """Answered steps the workflow has not received yet, in index order."""
-        return [
-            step
-            for index, step in sorted(self.history.items())
-            if step.kind in SUSPENDING_KINDS
-            and step.status != "pending"
-            and step.activation is None
-            and index in self._awaiting
-        ]
+        answers = []
+        for index in sorted(self._awaiting):
+            step = self.history.get(index)
+            if (
+                step is not None
+                and step.kind in SUSPENDING_KINDS
+                and step.status != "pending"
+                and step.activation is None
+            ):
+                answers.append(step)
+        return answers
 
     def _deliver(self, steps: list[Step], activation: int) -> None:
         for step in sorted(steps, key=lambda s: s.index):

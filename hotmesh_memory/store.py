@@ -10,6 +10,7 @@ from attrs import evolve
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
+    MAIN_THREAD,
     TERMINAL_STATUSES,
     EntityChange,
     EntityOp,
@@ -129,9 +130,13 @@ class MemoryStore:
         found = [t for (job, _), t in self.state.threads.items() if job == job_id]
         return clone(sorted(found, key=lambda t: (t.created_at, t.dimension)))
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
         if dimension is not None:
             steps = self.state.steps.get((job_id, dimension), {})
+            if indexes is not None:
+                return clone([steps[i] for i in sorted(set(indexes)) if i in steps])
             return clone(sorted(steps.values(), key=lambda s: s.index))
         found = [
             step
@@ -188,7 +193,17 @@ class MemoryStore:
     async def mark_delivered(
         self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
     ) -> bool:
-        steps = self.state.steps.get((job_id, dimension), {})
+        key = (job_id, dimension)
+        owner: Job | Thread | None = (
+            self.state.jobs.get(job_id) if dimension == MAIN_THREAD else self.state.threads.get(key)
+        )
+        if owner is None or owner.activation != activation - 1:
+            return False  # another run of the thread delivered this activation first
+        if isinstance(owner, Job):
+            self.tx.put(self.state.jobs, job_id, evolve(owner, activation=activation))
+        else:
+            self.tx.put(self.state.threads, key, evolve(owner, activation=activation))
+        steps = self.state.steps.get(key, {})
         marked = 0
         for index in indexes:
             step = steps.get(index)

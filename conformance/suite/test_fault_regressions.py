@@ -118,7 +118,9 @@ async def shifting_argument(key: str) -> str:
 
 async def test_a_changed_argument_is_nondeterminism(hm: Harness) -> None:
     mf = await hm.memflow()
-    await mf.worker("q", workflows=[shifting_argument], activities=[echo])
+    await mf.worker(
+        "q", workflows=[shifting_argument], activities=[echo], max_cached_workflows=0
+    )  # a deploy: a new process
     handle = await mf.workflow.start("t", "shifting_argument", "arg", [mf.app_id], "q")
     with pytest.raises(WorkflowFailed) as caught:
         await handle.result(timeout=10)
@@ -421,3 +423,36 @@ async def test_work_for_a_name_nobody_serves_is_reported(
     warnings = [r.getMessage() for r in caplog.records if "step_then_apend" in r.getMessage()]
     assert len(warnings) == 1, warnings  # once while it lasts, not on every pass
     assert "does not serve" in warnings[0] and "step_then_append" in warnings[0]
+
+
+# -- the delivery contract two racing runs rely on ------------------------------
+
+
+async def test_an_activation_is_delivered_once_whichever_steps(hm: Harness) -> None:
+    from hotmesh_core.models import Job, Step
+
+    mf = await hm.memflow()
+    async with mf.backend.transaction() as tx:
+        await tx.store.create_job(Job(id="acts", entity="t", workflow_name="w", task_queue="q"))
+        for index in range(3):
+            await tx.store.insert_step(
+                Step(
+                    job_id="acts",
+                    dimension="",
+                    index=index,
+                    kind="activity",
+                    name="a",
+                    status="done",
+                    result=index,
+                )
+            )
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.mark_delivered("acts", "", [0], 1)
+    async with mf.backend.transaction() as tx:
+        # A run that saw other answers cannot take activation 1 too, nor skip one.
+        assert not await tx.store.mark_delivered("acts", "", [1], 1)
+        assert not await tx.store.mark_delivered("acts", "", [1], 3)
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.mark_delivered("acts", "", [1, 2], 2)
+        steps = await tx.store.load_steps("acts", "")
+    assert [s.activation for s in steps] == [1, 2, 2]
