@@ -47,6 +47,7 @@ from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
 __all__ = [
     "Command",
+    "ContinueAsNew",
     "InlineFailed",
     "ReplayLoop",
     "Run",
@@ -257,11 +258,22 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 class RunOutcome:
     """How a run ended: returned, raised, or suspended with new commands."""
 
-    status: str  # "completed" | "failed" | "suspended"
+    status: str  # "completed" | "failed" | "suspended" | "continued" (result: the args)
     result: Any = None
     error: ErrorInfo | None = None
     commands: list[Command] = field(factory=list)
     values: list[Step] = field(factory=list)
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``workflow.continue_as_new``: ends this generation of the job.
+
+    A BaseException, so that workflow code catching ``Exception`` around it
+    does not swallow the end of its own generation."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.next_args = args
 
 
 class InlineFailed(Exception):
@@ -475,6 +487,11 @@ class Run:
             )
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
+            if isinstance(raised, ContinueAsNew):
+                if self.thread is not None:
+                    error = HotMeshError("continue_as_new is for a job's main function, not hooks")
+                    return RunOutcome("failed", error=error_info(error), values=self.take_values())
+                return RunOutcome("continued", result=raised.next_args, values=self.take_values())
             if raised is not None:
                 return RunOutcome("failed", error=error_info(raised), values=self.take_values())
             return RunOutcome("completed", result=root.result(), values=self.take_values())
