@@ -85,7 +85,13 @@ class Store(Protocol):
         """Record that the answered steps ``indexes`` reached the workflow in
         ``activation``: set it on those whose activation is unset. Returns
         whether every one of them was set now (False: another run of the
-        thread delivered one of them first, and this run must give way)."""
+        thread delivered one of them first, and this run must give way).
+
+        Also False, marking nothing, when a step of the thread already holds
+        ``activation`` or a later one: that activation was taken by another
+        run (an inline continuation replays a history read before it, so its
+        answers need not overlap with what the other run delivered). Two
+        calls for one thread serialize, so only one of them can take it."""
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

@@ -189,6 +189,8 @@ class MemoryStore:
         self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
     ) -> bool:
         steps = self.state.steps.get((job_id, dimension), {})
+        if any(s.activation is not None and s.activation >= activation for s in steps.values()):
+            return False  # that activation is another run's
         marked = 0
         for index in indexes:
             step = steps.get(index)

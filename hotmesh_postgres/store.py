@@ -310,13 +310,20 @@ class PgStore:
     ) -> bool:
         if not indexes:
             return True
-        # Row locks serialize two runs marking the same step: the second sees
-        # the first's activation once it commits, and marks fewer rows.
+        # Two runs of one thread marking serialize on this lock, so the second
+        # sees (in its next statement) what the first marked once it commits:
+        # its steps, or the activation it took if their steps were others.
+        await self.tx.run(
+            "SELECT pg_advisory_xact_lock(hashtextextended(%s, 17))",
+            [f"{job_id}\x1f{dimension}"],
+        )
         found = await self.tx.all(
             "UPDATE steps SET activation = %s WHERE job_id = %s AND dimension = %s"
             " AND idx = ANY(%s) AND status <> 'pending' AND activation IS NULL"
+            " AND NOT EXISTS (SELECT 1 FROM steps taken WHERE taken.job_id = %s"
+            " AND taken.dimension = %s AND taken.activation >= %s)"
             " RETURNING 1 AS marked",
-            [activation, job_id, dimension, list(indexes)],
+            [activation, job_id, dimension, list(indexes), job_id, dimension, activation],
         )
         return len(found) == len(indexes)
 
