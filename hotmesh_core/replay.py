@@ -37,11 +37,17 @@ from attrs import define, evolve, field
 from .entity_ops import EntityPathError
 from .errors import (
     ActivityFailed,
+    DuplicateWorkflow,
     HotMeshError,
+    InvalidIdentifier,
     NonDeterminismError,
+    SerializationError,
+    UnknownWorkflow,
     WaitTimeout,
+    WorkflowClosed,
     WorkflowFailed,
     WorkflowInterrupted,
+    WorkflowNotFound,
 )
 from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
@@ -128,7 +134,26 @@ def exception_for(step: Step) -> BaseException:
         return WorkflowInterrupted(error.message, traceback=error.traceback)
     if step.kind == "entity":
         return EntityPathError(error.message)
+    if step.kind in INLINE_KINDS and error.type_name in _INLINE_ERRORS:
+        # The engine raised it at the call the first time (a hook on a closed
+        # job, say): a replay raises the same class, or an ``except`` that
+        # caught it then would not catch it now.
+        return _INLINE_ERRORS[error.type_name](error.message)
     return WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
+
+
+_INLINE_ERRORS: dict[str, type[HotMeshError]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkflowClosed,
+        DuplicateWorkflow,
+        InvalidIdentifier,
+        SerializationError,
+        WorkflowNotFound,
+        UnknownWorkflow,
+        HotMeshError,
+    )
+}
 
 
 @define

@@ -8,11 +8,13 @@ documents a defect that is not fixed yet; once fixed it passes and the mark goes
 from __future__ import annotations
 
 import asyncio
+import time
+from typing import Any
 
 import pytest
 
 from conformance.plugin import Harness
-from hotmesh_core import workflow
+from hotmesh_core import WorkflowClosed, workflow
 
 pytestmark = pytest.mark.asyncio
 
@@ -66,3 +68,49 @@ async def test_an_inline_continuation_does_not_reuse_an_activation(hm: Harness) 
             ("echo", "['after-sleep']"),
         ]
     )
+
+
+# -- 2. a recorded inline failure is raised as another class on replay ---------
+
+
+async def hook_target() -> None:
+    return None
+
+
+async def hooks_once_the_job_closed() -> None:
+    await workflow.sleep_for(0.2)  # the main function has returned by now
+    try:
+        await workflow.hook(None, "hook_target", [])
+        caught = "nothing"
+    except WorkflowClosed:
+        caught = "WorkflowClosed"
+    entity = await workflow.entity()
+    await entity.append("caught", caught)
+    await workflow.sleep_for(0.05)  # the next run replays the failed hook call
+    await entity.append("caught", caught)
+
+
+async def returns_at_once() -> str:
+    await workflow.hook(None, "hooks_once_the_job_closed", [])
+    return "main done"
+
+
+async def test_a_recorded_inline_failure_replays_as_the_same_class(hm: Harness) -> None:
+    """The first run raised WorkflowClosed at ``workflow.hook`` (the job had ended) and
+    the hook caught it; the replay rebuilt the recorded failure as WorkflowFailed, which
+    the same ``except WorkflowClosed`` does not catch: the hook failed (before the fix)."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[returns_at_once, hooks_once_the_job_closed, hook_target])
+    handle = await mf.workflow.start("t", "returns_at_once", "closed-hook", [], "q")
+    assert await handle.result(timeout=10) == "main done"
+    deadline = time.monotonic() + 10
+    hooks: list[dict[str, Any]] = []
+    while time.monotonic() < deadline:
+        hooks = (await handle.export()).hooks
+        if hooks and all(h["status"] != "running" for h in hooks):
+            break
+        await asyncio.sleep(0.05)
+    assert [(h["workflow_name"], h["status"]) for h in hooks] == [
+        ("hooks_once_the_job_closed", "completed")
+    ]
+    assert (await handle.entity())["caught"] == ["WorkflowClosed", "WorkflowClosed"]
