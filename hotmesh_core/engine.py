@@ -533,6 +533,10 @@ class Engine:
         if created:
             return
         error: ErrorInfo | None = None
+        awaited_here = (
+            stored.parent_index == step.index
+            and (stored.parent_dimension or MAIN_THREAD) == run.dimension
+        )
         if stored.parent_id != run.job.id:
             error = error_info(
                 DuplicateWorkflow(
@@ -540,7 +544,17 @@ class Engine:
                 )
             )
         elif stored.status not in TERMINAL_STATUSES:
-            return  # our child from an earlier attempt: it will answer
+            if awaited_here:
+                return  # our child from an earlier attempt: it will answer
+            # A running child that answers another call (start_child, or an
+            # exec_child at another index) would never answer this one.
+            error = error_info(
+                DuplicateWorkflow(
+                    f"workflow {stored.id!r} is already a running child of {run.job.id!r},"
+                    " started by another call (start_child, or exec_child at index"
+                    f" {stored.parent_index}); it cannot answer exec_child at index {step.index}"
+                )
+            )
         else:
             error = stored.error
         answered = await tx.store.resolve_step(

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from conformance.plugin import Harness
-from hotmesh_core import WorkflowClosed, workflow
+from hotmesh_core import WorkflowClosed, WorkflowFailed, workflow
 
 pytestmark = pytest.mark.asyncio
 
@@ -114,3 +114,49 @@ async def test_a_recorded_inline_failure_replays_as_the_same_class(hm: Harness) 
         ("hooks_once_the_job_closed", "completed")
     ]
     assert (await handle.entity())["caught"] == ["WorkflowClosed", "WorkflowClosed"]
+
+
+# -- 3. exec_child of a child that another call started --------------------------
+
+
+async def doubles(n: int) -> int:
+    await workflow.sleep_for(0.05)
+    return n * 2
+
+
+async def starts_then_awaits() -> Any:
+    child_id = f"{workflow.info().workflow_id}-kid"
+    await workflow.start_child("c", "doubles", workflow_id=child_id, args=[4])
+    try:
+        return await workflow.exec_child("c", "doubles", workflow_id=child_id, args=[4])
+    except WorkflowFailed as failed:
+        return failed.type_name
+
+
+async def awaits_one_id_twice() -> Any:
+    child_id = f"{workflow.info().workflow_id}-kid"
+    outcomes = await asyncio.gather(
+        workflow.exec_child("c", "doubles", workflow_id=child_id, args=[1]),
+        workflow.exec_child("c", "doubles", workflow_id=child_id, args=[1]),
+        return_exceptions=True,
+    )
+    return [o.type_name if isinstance(o, WorkflowFailed) else o for o in outcomes]
+
+
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    [
+        ("starts_then_awaits", "DuplicateWorkflow"),
+        ("awaits_one_id_twice", [2, "DuplicateWorkflow"]),
+    ],
+)
+async def test_exec_child_of_a_child_another_call_started_does_not_stall(
+    hm: Harness, name: str, expected: Any
+) -> None:
+    """The child row answers the call that created it (parent index), so an exec_child
+    that found it running waited forever for an answer that goes elsewhere (before the
+    fix: both workflows never finished)."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[starts_then_awaits, awaits_one_id_twice, doubles])
+    handle = await mf.workflow.start("t", name, f"{name}-1", [], "q")
+    assert await handle.result(timeout=10) == expected
