@@ -276,6 +276,12 @@ class Engine:
                     f"another run of {run.job.id!r} ({run.dimension or 'main'}) delivered"
                     f" answers of activation {activation} first"
                 )
+            if run.handed_on:
+                # Not to another wait of this run that was cancelled too.
+                for index in run.abandoned_waits(ended=False):
+                    await tx.signal.remove_waiter(run.job.id, run.dimension, index)
+                for signal_id, data in run.handed_on:
+                    await self._deliver(tx, signal_id, data, DEFAULT_SIGNAL_EXPIRE)
 
     async def _recorded(self, tx: Transaction, run: Run, index: int) -> Any:
         for step in await tx.store.load_steps(run.job.id, run.dimension):
@@ -420,6 +426,10 @@ class Engine:
             await self._finish_job(tx, run.job.id, outcome)
         else:
             await self._finish_hook(tx, run, outcome)
+        for index in outcome.abandoned:
+            # A wait whose branch was cancelled (it lost an asyncio.wait race, say),
+            # or that its thread ended without: a signal must not go to it.
+            await tx.signal.remove_waiter(run.job.id, run.dimension, index)
         return leased
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:

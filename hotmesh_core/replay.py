@@ -287,6 +287,9 @@ class RunOutcome:
     error: ErrorInfo | None = None
     commands: list[Command] = field(factory=list)
     values: list[Step] = field(factory=list)
+    # Waits (by index) whose branch was cancelled, or that the run ended without:
+    # their waiters are removed, so that a later signal goes to a live waiter.
+    abandoned: list[int] = field(factory=list)
 
 
 class InlineFailed(Exception):
@@ -347,6 +350,10 @@ class Run:
         self.nondeterminism: NonDeterminismError | None = None
         self._awaiting: dict[int, asyncio.Future[Any]] = {}  # suspending calls, by index
         self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
+        # ``(signal id, data)`` the live activation delivered to waits whose branch
+        # was cancelled: handed on (to the next waiter, or kept) by the transaction
+        # that records the marks, so exactly once.
+        self.handed_on: list[tuple[str, Any]] = []
 
     # -- used by the workflow API -----------------------------------------
     def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
@@ -435,20 +442,46 @@ class Run:
                 self._marks = (activation, [step.index for step in live])
                 for step in live:
                     self.recorded[step.index] = evolve(step, activation=activation)
-                self._deliver(live, activation)
+                self._deliver(live, activation, live=True)
                 await self._settle()
         if self.nondeterminism is not None:
             return RunOutcome(
-                "failed", error=error_info(self.nondeterminism), values=self.take_values()
+                "failed",
+                error=error_info(self.nondeterminism),
+                values=self.take_values(),
+                abandoned=self.abandoned_waits(ended=True),
             )
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
+            abandoned = self.abandoned_waits(ended=True)
             if raised is not None:
-                return RunOutcome("failed", error=error_info(raised), values=self.take_values())
-            return RunOutcome("completed", result=root.result(), values=self.take_values())
+                return RunOutcome(
+                    "failed",
+                    error=error_info(raised),
+                    values=self.take_values(),
+                    abandoned=abandoned,
+                )
+            return RunOutcome(
+                "completed", result=root.result(), values=self.take_values(), abandoned=abandoned
+            )
         for command in self.commands:
             self.recorded[command.index] = command.step(self)
-        return RunOutcome("suspended", commands=self.commands, values=self.take_values())
+        return RunOutcome(
+            "suspended",
+            commands=self.commands,
+            values=self.take_values(),
+            abandoned=self.abandoned_waits(ended=False),
+        )
+
+    def abandoned_waits(self, *, ended: bool) -> list[int]:
+        """The waits nobody will receive: cancelled, or left when the thread ended."""
+        kinds = {c.index: c.kind for c in self.commands}
+        kinds.update({index: step.kind for index, step in self.history.items()})
+        return sorted(
+            index
+            for index, future in self._awaiting.items()
+            if kinds.get(index) == "wait" and (ended or future.cancelled())
+        )
 
     async def _settle(self) -> None:
         """Run until every branch is blocked on a suspending call (or done): inline
@@ -501,7 +534,7 @@ class Run:
             and index in self._awaiting
         ]
 
-    def _deliver(self, steps: list[Step], activation: int) -> None:
+    def _deliver(self, steps: list[Step], activation: int, *, live: bool = False) -> None:
         for step in sorted(steps, key=lambda s: s.index):
             future = self._awaiting.pop(step.index, None)
             if future is None:
@@ -513,7 +546,12 @@ class Run:
                 )
                 return
             if future.done():
-                continue  # its branch was cancelled: the answer goes nowhere, as it did
+                # Its branch was cancelled: the answer goes nowhere, as it did. A
+                # signal that reached the wait before its waiter was removed is
+                # not the workflow's to drop: hand it on (once: with the marks).
+                if live and step.kind == "wait" and step.status == "done":
+                    self.handed_on.append((step.name, step.result))
+                continue
             if step.status == "failed":
                 future.set_exception(exception_for(step))
             else:

@@ -15,6 +15,7 @@ import pytest
 
 from conformance.plugin import Harness
 from hotmesh_core import WorkflowClosed, WorkflowFailed, workflow
+from hotmesh_core.engine import Engine
 
 pytestmark = pytest.mark.asyncio
 
@@ -160,3 +161,79 @@ async def test_exec_child_of_a_child_another_call_started_does_not_stall(
     await mf.worker("q", workflows=[starts_then_awaits, awaits_one_id_twice, doubles])
     handle = await mf.workflow.start("t", name, f"{name}-1", [], "q")
     assert await handle.result(timeout=10) == expected
+
+
+# -- 4. a cancelled wait keeps its waiter ----------------------------------------
+
+
+async def waits_or_ticks(signal_id: str) -> Any:
+    """Wait for a message, doing something every tick: a wait that loses the race is
+    cancelled and a new one issued."""
+    for _ in range(40):
+        message = asyncio.ensure_future(workflow.wait_for(signal_id))
+        tick = asyncio.ensure_future(workflow.sleep_for(0.05))
+        done, pending = await asyncio.wait({message, tick}, return_when=asyncio.FIRST_COMPLETED)
+        for loser in pending:
+            loser.cancel()
+        if message in done:
+            return message.result()
+    return "no message"
+
+
+async def test_a_signal_is_not_swallowed_by_a_cancelled_wait(hm: Harness) -> None:
+    """The signal went to the oldest waiter, the first (cancelled) wait's, and was
+    dropped there; the live wait never got it (before the fix: 'no message')."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[waits_or_ticks])
+    handle = await mf.workflow.start("t", "waits_or_ticks", "ticks", ["ticks-msg"], "q")
+    await asyncio.sleep(0.3)
+    await mf.workflow.signal("ticks-msg", {"hello": 1})
+    assert await handle.result(timeout=20) == {"hello": 1}
+
+
+async def first_of_wait_and_sleep(signal_id: str) -> str:
+    message = asyncio.ensure_future(workflow.wait_for(signal_id))
+    tick = asyncio.ensure_future(workflow.sleep_for(0.01))
+    await asyncio.wait({message, tick}, return_when=asyncio.FIRST_COMPLETED)
+    message.cancel()
+    return "ended"
+
+
+async def waits_a_while(signal_id: str) -> Any:
+    return await workflow.wait_for(signal_id, timeout=5)
+
+
+async def test_a_finished_jobs_wait_does_not_take_a_later_signal(hm: Harness) -> None:
+    """A job that returned while its wait was pending kept the waiter: a later signal
+    with that id went to it, and the job waiting now timed out (before the fix)."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[first_of_wait_and_sleep, waits_a_while])
+    first = await mf.workflow.start("t", "first_of_wait_and_sleep", "gone", ["shared-id"], "q")
+    assert await first.result(timeout=10) == "ended"
+    second = await mf.workflow.start("t", "waits_a_while", "waiting", ["shared-id"], "q")
+    await asyncio.sleep(0.2)
+    await mf.workflow.signal("shared-id", 42)
+    assert await second.result(timeout=10) == 42
+
+
+async def test_a_signal_that_reached_a_cancelled_wait_first_is_handed_on(
+    hm: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The narrow order: the signal takes the cancelled wait's waiter before the run
+    that cancelled it commits (and removes it). The run that then delivers that answer
+    into the cancelled branch hands the signal on to the live wait."""
+    sent: list[str] = []
+    finish_run = Engine.finish_run
+
+    async def signal_first(self: Engine, task: Any, run: Any, outcome: Any, *rest: Any) -> Any:
+        if outcome.abandoned and not sent:
+            sent.append(task.job_id)
+            await self.send_signal("race-msg", "raced", 60.0)
+        return await finish_run(self, task, run, outcome, *rest)
+
+    monkeypatch.setattr(Engine, "finish_run", signal_first)
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[waits_or_ticks])
+    handle = await mf.workflow.start("t", "waits_or_ticks", "race", ["race-msg"], "q")
+    assert await handle.result(timeout=20) == "raced"
+    assert sent == ["race"]
