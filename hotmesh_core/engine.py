@@ -279,7 +279,7 @@ class Engine:
             if run.handed_on:
                 # Not to another wait of this run that was cancelled too.
                 for index in run.abandoned_waits(ended=False):
-                    await tx.signal.remove_waiter(run.job.id, run.dimension, index)
+                    await self._abandon_wait(tx, run, index)
                 for signal_id, data in run.handed_on:
                     await self._deliver(tx, signal_id, data, DEFAULT_SIGNAL_EXPIRE)
 
@@ -427,10 +427,24 @@ class Engine:
         else:
             await self._finish_hook(tx, run, outcome)
         for index in outcome.abandoned:
-            # A wait whose branch was cancelled (it lost an asyncio.wait race, say),
-            # or that its thread ended without: a signal must not go to it.
-            await tx.signal.remove_waiter(run.job.id, run.dimension, index)
+            await self._abandon_wait(tx, run, index)
         return leased
+
+    async def _abandon_wait(self, tx: Transaction, run: Run, index: int) -> None:
+        """A wait whose branch was cancelled (it lost an ``asyncio.wait`` race, say),
+        or that its thread ended without: no signal may go to it any more. Its step
+        is closed too, so that later runs do not abandon it again."""
+        await tx.signal.remove_waiter(run.job.id, run.dimension, index)
+        await tx.store.resolve_step(
+            run.job.id,
+            run.dimension,
+            index,
+            error=ErrorInfo(
+                "CancelledError",
+                "the wait was abandoned (its branch was cancelled, or its thread ended);"
+                " a signal goes to the next waiter",
+            ),
+        )
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:
         status = "completed" if outcome.status == "completed" else "failed"
