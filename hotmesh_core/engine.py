@@ -412,6 +412,7 @@ class Engine:
         self, tx: Transaction, run: Run, outcome: RunOutcome, local: LocalWorker | None
     ) -> list[Task]:
         leased: list[Task] = []
+        ended = False  # this transaction ends the thread
         for value in outcome.values:
             await tx.store.insert_step(value)
         if outcome.status == "suspended":
@@ -423,19 +424,24 @@ class Engine:
                 if task is not None:
                     leased.append(task)
         elif run.dimension == MAIN_THREAD:
-            await self._finish_job(tx, run.job.id, outcome)
+            ended = await self._finish_job(tx, run.job.id, outcome)
         else:
-            await self._finish_hook(tx, run, outcome)
+            ended = await self._finish_hook(tx, run, outcome)
         for index in outcome.abandoned:
-            await self._abandon_wait(tx, run, index)
+            if not await self._abandon_wait(tx, run, index) and ended:
+                # A signal took its waiter after this run read the history: no
+                # later run of the ended thread will hand it on, so do it here
+                # (once: only the transaction that ends the thread gets here).
+                await self._hand_on(tx, run, index)
         return leased
 
-    async def _abandon_wait(self, tx: Transaction, run: Run, index: int) -> None:
+    async def _abandon_wait(self, tx: Transaction, run: Run, index: int) -> bool:
         """A wait whose branch was cancelled (it lost an ``asyncio.wait`` race, say),
         or that its thread ended without: no signal may go to it any more. Its step
-        is closed too, so that later runs do not abandon it again."""
+        is closed too, so that later runs do not abandon it again. False if it was
+        answered already (a signal got there first)."""
         await tx.signal.remove_waiter(run.job.id, run.dimension, index)
-        await tx.store.resolve_step(
+        closed = await tx.store.resolve_step(
             run.job.id,
             run.dimension,
             index,
@@ -445,22 +451,39 @@ class Engine:
                 " a signal goes to the next waiter",
             ),
         )
+        return closed is not None
 
-    async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:
+    async def _hand_on(self, tx: Transaction, run: Run, index: int) -> None:
+        """Deliver again the signal an abandoned wait received and nobody saw."""
+        for step in await tx.store.load_steps(run.job.id, run.dimension):
+            if (
+                step.index == index
+                and step.kind == "wait"
+                and step.status == "done"
+                and step.activation is None
+            ):
+                await self._deliver(tx, step.name, step.result, DEFAULT_SIGNAL_EXPIRE)
+
+    async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> bool:
+        """End the job; False if it had ended already."""
         status = "completed" if outcome.status == "completed" else "failed"
         job = await tx.store.set_job_status(
             job_id, status, result=outcome.result, error=outcome.error
         )
         if job is None:
-            return
+            return False
         await tx.signal.notify_job(job_id)
         await self._answer_parent(tx, job, result=outcome.result, error=outcome.error)
+        return True
 
-    async def _finish_hook(self, tx: Transaction, run: Run, outcome: RunOutcome) -> None:
+    async def _finish_hook(self, tx: Transaction, run: Run, outcome: RunOutcome) -> bool:
+        """End the hook thread; False if it had ended already."""
         status = "completed" if outcome.status == "completed" else "failed"
         thread = await tx.store.finish_thread(run.job.id, run.dimension, status, outcome.error)
-        if thread is None or thread.signal_id is None:
-            return
+        if thread is None:
+            return False
+        if thread.signal_id is None:
+            return True
         # A hook that ends without signalling releases its exec_hook caller
         # (with None, or with its error) instead of leaving it blocked forever.
         waiter = await tx.signal.take_waiter(thread.signal_id)
@@ -470,6 +493,7 @@ class Engine:
             )
             if step is not None:
                 await self._wake(tx, step)
+        return True
 
     async def _persist(
         self, tx: Transaction, run: Run, command: Command, local: LocalWorker | None = None

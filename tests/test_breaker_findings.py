@@ -237,3 +237,28 @@ async def test_a_signal_that_reached_a_cancelled_wait_first_is_handed_on(
     handle = await mf.workflow.start("t", "waits_or_ticks", "race", ["race-msg"], "q")
     assert await handle.result(timeout=20) == "raced"
     assert sent == ["race"]
+
+
+async def test_a_signal_that_reached_an_ended_threads_wait_first_is_handed_on(
+    hm: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same order at the end: the signal takes the waiter of a wait the job then
+    returns without. No run of the finished job follows to hand it on, so the run that
+    ends the job does, and the next job waiting on the id gets it."""
+    sent: list[str] = []
+    finish_run = Engine.finish_run
+
+    async def signal_first(self: Engine, task: Any, run: Any, outcome: Any, *rest: Any) -> Any:
+        if outcome.status == "completed" and outcome.abandoned and not sent:
+            sent.append(task.job_id)
+            await self.send_signal("ended-id", "raced", 60.0)
+        return await finish_run(self, task, run, outcome, *rest)
+
+    monkeypatch.setattr(Engine, "finish_run", signal_first)
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[first_of_wait_and_sleep, waits_a_while])
+    first = await mf.workflow.start("t", "first_of_wait_and_sleep", "ends", ["ended-id"], "q")
+    assert await first.result(timeout=10) == "ended"
+    assert sent == ["ends"]
+    second = await mf.workflow.start("t", "waits_a_while", "next", ["ended-id"], "q")
+    assert await second.result(timeout=10) == "raced"
