@@ -37,11 +37,17 @@ from attrs import define, evolve, field
 from .entity_ops import EntityPathError
 from .errors import (
     ActivityFailed,
+    DuplicateWorkflow,
     HotMeshError,
+    InvalidIdentifier,
     NonDeterminismError,
+    SerializationError,
+    UnknownWorkflow,
     WaitTimeout,
+    WorkflowClosed,
     WorkflowFailed,
     WorkflowInterrupted,
+    WorkflowNotFound,
 )
 from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
@@ -129,7 +135,26 @@ def exception_for(step: Step) -> BaseException:
         return WorkflowInterrupted(error.message, traceback=error.traceback)
     if step.kind == "entity":
         return EntityPathError(error.message)
+    if step.kind in INLINE_KINDS and error.type_name in _INLINE_ERRORS:
+        # The engine raised it at the call the first time (a hook on a closed
+        # job, say): a replay raises the same class, or an ``except`` that
+        # caught it then would not catch it now.
+        return _INLINE_ERRORS[error.type_name](error.message)
     return WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
+
+
+_INLINE_ERRORS: dict[str, type[HotMeshError]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkflowClosed,
+        DuplicateWorkflow,
+        InvalidIdentifier,
+        SerializationError,
+        WorkflowNotFound,
+        UnknownWorkflow,
+        HotMeshError,
+    )
+}
 
 
 @define
@@ -263,6 +288,9 @@ class RunOutcome:
     error: ErrorInfo | None = None
     commands: list[Command] = field(factory=list)
     values: list[Step] = field(factory=list)
+    # Waits (by index) whose branch was cancelled, or that the run ended without:
+    # their waiters are removed, so that a later signal goes to a live waiter.
+    abandoned: list[int] = field(factory=list)
 
 
 class ContinueAsNew(BaseException):
@@ -336,7 +364,12 @@ class Run:
         self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
         self.root: asyncio.Task[Any] | None = None
         self._patches: dict[str, bool] = {}  # patched() decisions, fixed for the run
+        self._abandoned: set[int] = set()  # cancelled waits already given up
         self.activation = 0  # the last activation this run delivered
+        # ``(signal id, data)`` the live activation delivered to waits whose branch
+        # was cancelled: handed on (to the next waiter, or kept) by the transaction
+        # that records the marks, so exactly once.
+        self.handed_on: list[tuple[str, Any]] = []
 
     # -- used by the workflow API -----------------------------------------
     def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
@@ -465,6 +498,7 @@ class Run:
             self.history[step.index] = step
         self.recorded = {}
         self.commands = []
+        self.handed_on = []
         self.loop._now = now
         return await self._live()
 
@@ -478,12 +512,15 @@ class Run:
                 self._marks = (activation, [step.index for step in live])
                 for step in live:
                     self.recorded[step.index] = evolve(step, activation=activation)
-                self._deliver(live, activation)
+                self._deliver(live, activation, live=True)
                 await self._settle()
                 self.activation = activation
         if self.nondeterminism is not None:
             return RunOutcome(
-                "failed", error=error_info(self.nondeterminism), values=self.take_values()
+                "failed",
+                error=error_info(self.nondeterminism),
+                values=self.take_values(),
+                abandoned=self.abandoned_waits(ended=True),
             )
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
@@ -492,16 +529,56 @@ class Run:
                     error = HotMeshError("continue_as_new is for a job's main function, not hooks")
                     return RunOutcome("failed", error=error_info(error), values=self.take_values())
                 return RunOutcome("continued", result=raised.next_args, values=self.take_values())
+            abandoned = self.abandoned_waits(ended=True)
             if raised is not None:
-                return RunOutcome("failed", error=error_info(raised), values=self.take_values())
-            return RunOutcome("completed", result=root.result(), values=self.take_values())
+                return RunOutcome(
+                    "failed",
+                    error=error_info(raised),
+                    values=self.take_values(),
+                    abandoned=abandoned,
+                )
+            return RunOutcome(
+                "completed", result=root.result(), values=self.take_values(), abandoned=abandoned
+            )
         for command in self.commands:
             self.recorded[command.index] = command.step(self)
-        return RunOutcome("suspended", commands=self.commands, values=self.take_values())
+        return RunOutcome(
+            "suspended",
+            commands=self.commands,
+            values=self.take_values(),
+            abandoned=self.abandoned_waits(ended=False),
+        )
+
+    def abandoned_waits(self, *, ended: bool) -> list[int]:
+        """The waits nobody will receive: cancelled, or left when the thread ended."""
+        kinds = {c.index: c.kind for c in self.commands}
+
+        def kind(index: int) -> str | None:
+            step = self.history.get(index)
+            return kinds.get(index) if step is None else step.kind
+
+        abandoned = sorted(
+            index
+            for index, future in self._awaiting.items()
+            if (ended or (future.cancelled() and index not in self._abandoned))
+            and kind(index) == "wait"
+        )
+        # Abandoned once, by the transaction this is for: a resumed run must not
+        # abandon them again at every later step (its answer, should a signal
+        # have got there first, is still delivered to the cancelled future and
+        # handed on).
+        self._abandoned.update(abandoned)
+        return abandoned
 
     def step_at(self, index: int) -> Step:
         """The step this run knows at ``index`` (what it recorded, else its history)."""
         return self.recorded.get(index) or self.history[index]
+
+    @property
+    def undelivered(self) -> list[int]:
+        """Indexes whose answer this run has not been handed yet, cancelled branches'
+        included (a signal may have reached one: it is handed on when it comes)."""
+        return list(self._awaiting)
 
     @property
     def awaiting(self) -> list[int]:
@@ -563,7 +640,7 @@ class Run:
                 answers.append(step)
         return answers
 
-    def _deliver(self, steps: list[Step], activation: int) -> None:
+    def _deliver(self, steps: list[Step], activation: int, *, live: bool = False) -> None:
         for step in sorted(steps, key=lambda s: s.index):
             future = self._awaiting.pop(step.index, None)
             if future is None:
@@ -575,7 +652,12 @@ class Run:
                 )
                 return
             if future.done():
-                continue  # its branch was cancelled: the answer goes nowhere, as it did
+                # Its branch was cancelled: the answer goes nowhere, as it did. A
+                # signal that reached the wait before its waiter was removed is
+                # not the workflow's to drop: hand it on (once: with the marks).
+                if live and step.kind == "wait" and step.status == "done":
+                    self.handed_on.append((step.name, step.result))
+                continue
             if step.status == "failed":
                 future.set_exception(exception_for(step))
             else:

@@ -316,7 +316,9 @@ class Worker:
         # A run of this thread we hold suspended needs only the answers it waits
         # for; anything else (a miss, a run advanced elsewhere) replays history.
         cached = self._cache.take(task.job_id, task.dimension)
-        context = await self.engine.load_run(task, None if cached is None else cached.run.awaiting)
+        context = await self.engine.load_run(
+            task, None if cached is None else cached.run.undelivered
+        )
         if context is None:
             await self.engine.drop_task(task)
             return
