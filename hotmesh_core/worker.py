@@ -164,7 +164,15 @@ class Worker:
                 await asyncio.sleep(self.poll_interval)
                 continue
             if not tasks:
-                await self.backend.wait_for_tasks([self.task_queue], self.poll_interval)
+                try:
+                    await self.backend.wait_for_tasks([self.task_queue], self.poll_interval)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as error:
+                    # A wake-up is only a shortcut: losing one (its connection was
+                    # cut) must never stop the loop; poll instead.
+                    log.warning("waiting for tasks on %r: %s; polling", self.task_queue, error)
+                    await asyncio.sleep(self.poll_interval)
                 continue
             for task in tasks:
                 handler = asyncio.create_task(self._handle(task))

@@ -144,18 +144,26 @@ class PgStream:
         await self.tx.run("DELETE FROM tasks WHERE id = %s", [int(task_id)])
 
     async def retry(self, task_id: str, *, delay: float) -> None:
+        # A run task is moved (deleted and queued again, "unless an unclaimed run
+        # of its thread is queued": that one will do). An UPDATE guarded by NOT
+        # EXISTS raced a run queued concurrently and broke the unique index of
+        # unclaimed runs; ON CONFLICT waits for it and gives way.
         row = await self.tx.one(
-            "UPDATE tasks t SET lease_owner = NULL,"
-            " visible_at = clock_timestamp() + make_interval(secs => %s)"
-            " WHERE t.id = %s AND NOT (t.kind = 'run' AND EXISTS ("
-            "   SELECT 1 FROM tasks o WHERE o.job_id = t.job_id AND o.dimension = t.dimension"
-            "   AND o.kind = 'run' AND o.lease_owner IS NULL))"
-            " RETURNING t.queue",
-            [delay, int(task_id)],
+            "WITH gone AS (DELETE FROM tasks WHERE id = %s AND kind = 'run'"
+            "  RETURNING queue, kind, job_id, dimension, name, idx, payload, attempts),"
+            " moved AS (INSERT INTO tasks (queue, kind, job_id, dimension, name, idx, payload,"
+            "  visible_at, lease_owner, attempts)"
+            "  SELECT queue, kind, job_id, dimension, name, idx, payload,"
+            "  clock_timestamp() + make_interval(secs => %s), NULL, attempts FROM gone"
+            "  ON CONFLICT (job_id, dimension) WHERE kind = 'run' AND lease_owner IS NULL"
+            "  DO NOTHING RETURNING queue),"
+            " kept AS (UPDATE tasks SET lease_owner = NULL,"
+            "  visible_at = clock_timestamp() + make_interval(secs => %s)"
+            "  WHERE id = %s AND kind <> 'run' RETURNING queue)"
+            " SELECT queue FROM moved UNION ALL SELECT queue FROM kept",
+            [int(task_id), delay, delay, int(task_id)],
         )
-        if row is None:  # an unclaimed run of the same thread exists: it will do
-            await self.ack(task_id)
-        else:
+        if row is not None:
             self.tx.notify_queue(row["queue"])
 
     async def dead_letter(self, task_id: str, error: ErrorInfo) -> None:
