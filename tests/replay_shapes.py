@@ -262,6 +262,7 @@ class Scenario:
     crashes: list[Crash] = field(factory=list)
     signal_delays_ms: list[int] = field(factory=lambda: [0])  # cycled over outside signals
     gates: bool = False  # every thread ends waiting for a signal (a final replay from the store)
+    cached: bool = True  # workers keep suspended runs (resume); False: every run replays
 
     def to_json(self) -> str:
         return json.dumps(
@@ -273,6 +274,7 @@ class Scenario:
                 "crashes": [[c.after_ms, c.worker, c.same_id, c.busy] for c in self.crashes],
                 "signal_delays_ms": self.signal_delays_ms,
                 "gates": self.gates,
+                "cached": self.cached,
             }
         )
 
@@ -311,6 +313,7 @@ def scenarios(
         crashes=crash_list,
         signal_delays_ms=draw(st.lists(st.integers(0, 200), min_size=1, max_size=6)),
         gates=draw(st.booleans()),
+        cached=draw(st.booleans()),
     )
 
 
@@ -491,6 +494,10 @@ class WorkerPool:
 
     def _new(self, slot: int, worker_id: str) -> Worker:
         queue, functions = self.slots[slot]
+        if not self.scenario.cached:
+            # Workers that cache suspended runs resume them; without a cache (and
+            # after every crash) each run replays its history from the store.
+            functions = {**functions, "max_cached_workflows": 0}
         return Worker(
             self.backend,
             queue,
