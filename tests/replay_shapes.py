@@ -264,6 +264,23 @@ class Scenario:
     gates: bool = False  # every thread ends waiting for a signal (a final replay from the store)
     cached: bool = True  # workers keep suspended runs (resume); False: every run replays
 
+    @classmethod
+    def from_json(cls, text: str) -> Scenario:
+        """The scenario a failure printed (``scenario: {...}``), to run it again."""
+        data = json.loads(text)
+        if "id" not in json.dumps(data["body"]):
+            number_nodes(data["body"])
+        return cls(
+            body=data["body"],
+            mode=data.get("mode", "inline"),
+            workers=data.get("workers", 1),
+            concurrency=data.get("concurrency", 2),
+            crashes=[Crash(*crash) for crash in data.get("crashes", [])],
+            signal_delays_ms=data.get("signal_delays_ms", [0]),
+            gates=data.get("gates", False),
+            cached=data.get("cached", True),
+        )
+
     def to_json(self) -> str:
         return json.dumps(
             {
@@ -925,3 +942,37 @@ def describe(report: RunReport, problems: list[str]) -> str:
                 f"{canon(step.args)[:80]} -> {canon(step.result)[:80]} (activation {activation})"
             )
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/replay_shapes.py SCENARIO_JSON [RUNS] [BACKEND]``: run a printed
+    scenario again (timing is real: a failure may need several runs)."""
+    import sys
+
+    if not argv:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    text = argv[0]
+    if not text.lstrip().startswith("{"):
+        with open(text) as file:
+            text = file.read()
+    scenario = Scenario.from_json(text)
+    runs = int(argv[1]) if len(argv) > 1 else 10
+    backend = argv[2] if len(argv) > 2 else "memory"
+    failed = 0
+    for number in range(runs):
+        report = asyncio.run(run_scenario(scenario, backend))
+        problems = check(report)
+        if problems:
+            failed += 1
+            if failed == 1:
+                print(describe(report, problems))
+        print(f"run {number}: {len(problems)} problems ({report.seconds:.2f} s)")
+    print(f"{failed} of {runs} runs broke a property")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

@@ -17,7 +17,8 @@ crash at random moments.  Whatever happens, replay must be correct:
 longer search; ``HOTMESH_PROPERTY_BACKEND=postgres`` runs it against PostgreSQL.
 A failure prints the scenario as JSON (shape, workers, crashes, signal delays)
 and the recorded histories; hypothesis prints the ``@reproduce_failure`` blob.
-Timing is real, so a failing scenario may need a few runs to fail again.
+Timing is real, so a failing scenario may need a few runs to fail again:
+``python tests/replay_shapes.py '<scenario json>' 20 [postgres]`` runs it 20 times.
 """
 
 from __future__ import annotations
