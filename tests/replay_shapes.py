@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from hotmesh_core import MemFlow, workflow
 from hotmesh_core.client import WorkflowExport
+from hotmesh_core.memflow import Client
 from hotmesh_core.models import MAIN_THREAD, Job, Step, Thread
 from hotmesh_core.plugins import backend_test_options
 from hotmesh_core.protocols import Backend
@@ -493,10 +494,20 @@ class RunReport:
 
 
 class WorkerPool:
-    """The scenario's workers; ``crash`` kills one like a dying process and starts another."""
+    """The scenario's workers; ``crash`` kills one like a dying process and starts another.
 
-    def __init__(self, backend: Backend, scenario: Scenario) -> None:
-        self.backend = backend
+    Each worker has a backend (a connection pool) of its own, as a process would: a
+    crash stops the worker without draining and closes its backend, and the new
+    worker opens a new one; the test's client keeps its own.
+    """
+
+    def __init__(self, app_id: str, backend: str, scenario: Scenario) -> None:
+        self.app_id = app_id
+        self.backend_name = backend
+        # The client's backend drops the app's schema at the end; the workers' must not.
+        self.options = {
+            k: v for k, v in backend_test_options(backend).items() if k != "drop_on_close"
+        }
         self.scenario = scenario
         self.slots: list[tuple[str, dict[str, Any]]] = []
         for _ in range(scenario.workers):
@@ -506,17 +517,23 @@ class WorkerPool:
                 self.slots.append((WORKFLOW_QUEUE, {"workflows": WORKFLOWS}))
                 self.slots.append((ACTIVITY_QUEUE, {"activities": [echo]}))
         self.workers: list[Worker] = []
+        self.clients: list[Client] = []  # the backend of each worker, by slot
         self.generation = 0
         self.cancelled = 0  # tasks in hand when their worker crashed
 
-    def _new(self, slot: int, worker_id: str) -> Worker:
+    async def _new(self, slot: int, worker_id: str) -> Worker:
+        client = await MemFlow.Client(app_id=self.app_id, backend=self.backend_name, **self.options)
+        if slot < len(self.clients):
+            self.clients[slot] = client
+        else:
+            self.clients.append(client)
         queue, functions = self.slots[slot]
         if not self.scenario.cached:
             # Workers that cache suspended runs resume them; without a cache (and
             # after every crash) each run replays its history from the store.
             functions = {**functions, "max_cached_workflows": 0}
-        return Worker(
-            self.backend,
+        worker = Worker(
+            client.backend,
             queue,
             concurrency=self.scenario.concurrency,
             lease=LEASE,
@@ -524,10 +541,11 @@ class WorkerPool:
             worker_id=worker_id,
             **functions,
         )
+        return await worker.start()
 
     async def start(self) -> None:
         for slot in range(len(self.slots)):
-            self.workers.append(await self._new(slot, f"w{slot}").start())
+            self.workers.append(await self._new(slot, f"w{slot}"))
 
     async def until_busy(self, which: int, finished: asyncio.Event, timeout: float = 0.3) -> int:
         """Wait (a while at most) until a worker has tasks in hand; which one (from ``which``)."""
@@ -546,13 +564,16 @@ class WorkerPool:
         old = self.workers[slot]
         self.cancelled += len(old._inflight)
         await old.stop(drain=False)  # in-flight work is cancelled, nothing is acked
+        await self.clients[slot].shutdown()  # and the process's connections go with it
         self.generation += 1
         worker_id = old.id if same_id else f"w{slot}-g{self.generation}"
-        self.workers[slot] = await self._new(slot, worker_id).start()
+        self.workers[slot] = await self._new(slot, worker_id)
 
     async def stop(self) -> None:
         for worker in self.workers:
             await worker.stop(drain=False)
+        for client in self.clients:
+            await client.shutdown()
 
 
 def root_spec(scenario: Scenario, root: str) -> dict[str, Any]:
@@ -567,10 +588,9 @@ async def run_scenario(scenario: Scenario, backend: str = "memory") -> RunReport
     root = "root"
     spec = root_spec(scenario, root)
     report = RunReport(scenario, spec)
-    mf = await MemFlow.init(
-        app_id=f"p{uuid.uuid4().hex[:16]}", backend=backend, **backend_test_options(backend)
-    )
-    pool = WorkerPool(mf.backend, scenario)
+    app_id = f"p{uuid.uuid4().hex[:16]}"
+    mf = await MemFlow.init(app_id=app_id, backend=backend, **backend_test_options(backend))
+    pool = WorkerPool(app_id, backend, scenario)
     finished = asyncio.Event()
     try:
         await pool.start()
