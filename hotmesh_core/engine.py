@@ -417,11 +417,26 @@ class Engine:
                 task = await self._persist(tx, run, command, local)
                 if task is not None:
                     leased.append(task)
+        elif outcome.status == "continued":
+            await self._continue_job(tx, run, outcome.result)
         elif run.dimension == MAIN_THREAD:
             await self._finish_job(tx, run.job.id, outcome)
         else:
             await self._finish_hook(tx, run, outcome)
         return leased
+
+    async def _continue_job(self, tx: Transaction, run: Run, args: list[Any]) -> None:
+        """The next generation: a fresh history and a run of it, in this transaction.
+        What the old one still waited on goes: its tasks (activities, timers), its
+        waiters (a signal for them is kept for the new generation)."""
+        job = await tx.store.continue_job(run.job.id, args)
+        if job is None:
+            return  # interrupted meanwhile
+        await tx.stream.remove_job_tasks(job.id, MAIN_THREAD)
+        for index in run.awaiting:
+            await tx.signal.remove_waiter(job.id, MAIN_THREAD, index)
+        await tx.stream.enqueue(_run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name))
+        await tx.signal.notify_job(job.id)
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:
         status = "completed" if outcome.status == "completed" else "failed"

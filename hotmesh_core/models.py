@@ -73,6 +73,8 @@ class Job:
     # The last activation of the main thread (hotmesh_core.replay): a worker's
     # cached run of it is current only while this is the activation it made.
     activation: int = 0
+    # How many generations came before this one (workflow.continue_as_new).
+    generation: int = 0
 
 
 @define

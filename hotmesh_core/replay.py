@@ -47,6 +47,7 @@ from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
 __all__ = [
     "Command",
+    "ContinueAsNew",
     "InlineFailed",
     "ReplayLoop",
     "Run",
@@ -64,7 +65,7 @@ class RunAborted(Exception):
 
 INLINE_KINDS = frozenset({"entity", "signal", "start_child", "hook"})
 SUSPENDING_KINDS = frozenset({"activity", "sleep", "wait", "child", "exec_hook"})
-VALUE_KINDS = frozenset({"now", "random", "uuid4"})
+VALUE_KINDS = frozenset({"now", "random", "uuid4", "patch"})
 
 _current_run: contextvars.ContextVar[Run] = contextvars.ContextVar("hotmesh_run")
 
@@ -257,11 +258,22 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 class RunOutcome:
     """How a run ended: returned, raised, or suspended with new commands."""
 
-    status: str  # "completed" | "failed" | "suspended"
+    status: str  # "completed" | "failed" | "suspended" | "continued" (result: the args)
     result: Any = None
     error: ErrorInfo | None = None
     commands: list[Command] = field(factory=list)
     values: list[Step] = field(factory=list)
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``workflow.continue_as_new``: ends this generation of the job.
+
+    A BaseException, so that workflow code catching ``Exception`` around it
+    does not swallow the end of its own generation."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.next_args = args
 
 
 class InlineFailed(Exception):
@@ -323,6 +335,7 @@ class Run:
         self._awaiting: dict[int, asyncio.Future[Any]] = {}  # suspending calls, by index
         self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
         self.root: asyncio.Task[Any] | None = None
+        self._patches: dict[str, bool] = {}  # patched() decisions, fixed for the run
         self.activation = 0  # the last activation this run delivered
 
     # -- used by the workflow API -----------------------------------------
@@ -377,6 +390,37 @@ class Run:
         self.values.append(step)
         self.recorded[index] = step
         return generated
+
+    def patched(self, change_id: str, *, deprecated: bool = False) -> bool:
+        """Whether this run takes the new code path of ``change_id``.
+
+        A run that reaches the call where its history has nothing yet (a new
+        run, or one that got here after the deploy) records a marker and takes
+        the new path. A history recorded before the change holds another call
+        at this index: the old path, and no index is taken, so the old calls
+        keep theirs. ``deprecated`` (``workflow.deprecate_patch``): the new path
+        always; a marker in the history is accepted, none is recorded.
+        """
+        known = self._patches.get(change_id)
+        if known is not None:
+            return known
+        index = self._next_index
+        recorded = self.history.get(index)
+        if recorded is not None and (recorded.kind, recorded.name) == ("patch", change_id):
+            self._next_index += 1
+            decision = True
+        elif deprecated:
+            decision = True
+        elif recorded is not None or index in self.recorded:
+            decision = False
+        else:
+            self._next_index += 1
+            step = Command(index, "patch", change_id).step(self, status="done", result=True)
+            self.values.append(step)
+            self.recorded[index] = step
+            decision = True
+        self._patches[change_id] = decision
+        return decision
 
     def take_values(self) -> list[Step]:
         values, self.values = self.values, []
@@ -443,6 +487,11 @@ class Run:
             )
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
+            if isinstance(raised, ContinueAsNew):
+                if self.thread is not None:
+                    error = HotMeshError("continue_as_new is for a job's main function, not hooks")
+                    return RunOutcome("failed", error=error_info(error), values=self.take_values())
+                return RunOutcome("continued", result=raised.next_args, values=self.take_values())
             if raised is not None:
                 return RunOutcome("failed", error=error_info(raised), values=self.take_values())
             return RunOutcome("completed", result=root.result(), values=self.take_values())

@@ -97,6 +97,23 @@ class MemoryStore:
         self.tx.put(self.state.jobs, job_id, updated)
         return clone(updated)
 
+    async def continue_job(self, job_id: str, args: list[Any]) -> Job | None:
+        job = self.state.jobs.get(job_id)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return None
+        updated = evolve(
+            job,
+            args=clone(args),
+            status="running",
+            activation=0,
+            generation=job.generation + 1,
+            updated_at=self.tx.now(),
+        )
+        self.tx.put(self.state.jobs, job_id, updated)
+        if (job_id, MAIN_THREAD) in self.state.steps:
+            self.tx.pop(self.state.steps, (job_id, MAIN_THREAD))
+        return clone(updated)
+
     async def active_children(self, job_id: str) -> list[str]:
         return [
             child

@@ -73,6 +73,7 @@ JOB_COLUMNS = ", ".join(
         epoch("updated_at"),
         epoch("finished_at"),
         "activation",
+        "generation",
     ]
 )
 THREAD_COLUMNS = ", ".join(
