@@ -39,6 +39,7 @@ from hypothesis import strategies as st
 
 from hotmesh_core import MemFlow, workflow
 from hotmesh_core.client import WorkflowExport
+from hotmesh_core.memflow import Client
 from hotmesh_core.models import MAIN_THREAD, Job, Step, Thread
 from hotmesh_core.plugins import backend_test_options
 from hotmesh_core.protocols import Backend
@@ -262,6 +263,24 @@ class Scenario:
     crashes: list[Crash] = field(factory=list)
     signal_delays_ms: list[int] = field(factory=lambda: [0])  # cycled over outside signals
     gates: bool = False  # every thread ends waiting for a signal (a final replay from the store)
+    cached: bool = True  # workers keep suspended runs (resume); False: every run replays
+
+    @classmethod
+    def from_json(cls, text: str) -> Scenario:
+        """The scenario a failure printed (``scenario: {...}``), to run it again."""
+        data = json.loads(text)
+        if "id" not in json.dumps(data["body"]):
+            number_nodes(data["body"])
+        return cls(
+            body=data["body"],
+            mode=data.get("mode", "inline"),
+            workers=data.get("workers", 1),
+            concurrency=data.get("concurrency", 2),
+            crashes=[Crash(*crash) for crash in data.get("crashes", [])],
+            signal_delays_ms=data.get("signal_delays_ms", [0]),
+            gates=data.get("gates", False),
+            cached=data.get("cached", True),
+        )
 
     def to_json(self) -> str:
         return json.dumps(
@@ -273,6 +292,7 @@ class Scenario:
                 "crashes": [[c.after_ms, c.worker, c.same_id, c.busy] for c in self.crashes],
                 "signal_delays_ms": self.signal_delays_ms,
                 "gates": self.gates,
+                "cached": self.cached,
             }
         )
 
@@ -311,6 +331,7 @@ def scenarios(
         crashes=crash_list,
         signal_delays_ms=draw(st.lists(st.integers(0, 200), min_size=1, max_size=6)),
         gates=draw(st.booleans()),
+        cached=draw(st.booleans()),
     )
 
 
@@ -473,10 +494,20 @@ class RunReport:
 
 
 class WorkerPool:
-    """The scenario's workers; ``crash`` kills one like a dying process and starts another."""
+    """The scenario's workers; ``crash`` kills one like a dying process and starts another.
 
-    def __init__(self, backend: Backend, scenario: Scenario) -> None:
-        self.backend = backend
+    Each worker has a backend (a connection pool) of its own, as a process would: a
+    crash stops the worker without draining and closes its backend, and the new
+    worker opens a new one; the test's client keeps its own.
+    """
+
+    def __init__(self, app_id: str, backend: str, scenario: Scenario) -> None:
+        self.app_id = app_id
+        self.backend_name = backend
+        # The client's backend drops the app's schema at the end; the workers' must not.
+        self.options = {
+            k: v for k, v in backend_test_options(backend).items() if k != "drop_on_close"
+        }
         self.scenario = scenario
         self.slots: list[tuple[str, dict[str, Any]]] = []
         for _ in range(scenario.workers):
@@ -486,13 +517,23 @@ class WorkerPool:
                 self.slots.append((WORKFLOW_QUEUE, {"workflows": WORKFLOWS}))
                 self.slots.append((ACTIVITY_QUEUE, {"activities": [echo]}))
         self.workers: list[Worker] = []
+        self.clients: list[Client] = []  # the backend of each worker, by slot
         self.generation = 0
         self.cancelled = 0  # tasks in hand when their worker crashed
 
-    def _new(self, slot: int, worker_id: str) -> Worker:
+    async def _new(self, slot: int, worker_id: str) -> Worker:
+        client = await MemFlow.Client(app_id=self.app_id, backend=self.backend_name, **self.options)
+        if slot < len(self.clients):
+            self.clients[slot] = client
+        else:
+            self.clients.append(client)
         queue, functions = self.slots[slot]
-        return Worker(
-            self.backend,
+        if not self.scenario.cached:
+            # Workers that cache suspended runs resume them; without a cache (and
+            # after every crash) each run replays its history from the store.
+            functions = {**functions, "max_cached_workflows": 0}
+        worker = Worker(
+            client.backend,
             queue,
             concurrency=self.scenario.concurrency,
             lease=LEASE,
@@ -500,10 +541,11 @@ class WorkerPool:
             worker_id=worker_id,
             **functions,
         )
+        return await worker.start()
 
     async def start(self) -> None:
         for slot in range(len(self.slots)):
-            self.workers.append(await self._new(slot, f"w{slot}").start())
+            self.workers.append(await self._new(slot, f"w{slot}"))
 
     async def until_busy(self, which: int, finished: asyncio.Event, timeout: float = 0.3) -> int:
         """Wait (a while at most) until a worker has tasks in hand; which one (from ``which``)."""
@@ -522,13 +564,16 @@ class WorkerPool:
         old = self.workers[slot]
         self.cancelled += len(old._inflight)
         await old.stop(drain=False)  # in-flight work is cancelled, nothing is acked
+        await self.clients[slot].shutdown()  # and the process's connections go with it
         self.generation += 1
         worker_id = old.id if same_id else f"w{slot}-g{self.generation}"
-        self.workers[slot] = await self._new(slot, worker_id).start()
+        self.workers[slot] = await self._new(slot, worker_id)
 
     async def stop(self) -> None:
         for worker in self.workers:
             await worker.stop(drain=False)
+        for client in self.clients:
+            await client.shutdown()
 
 
 def root_spec(scenario: Scenario, root: str) -> dict[str, Any]:
@@ -543,10 +588,9 @@ async def run_scenario(scenario: Scenario, backend: str = "memory") -> RunReport
     root = "root"
     spec = root_spec(scenario, root)
     report = RunReport(scenario, spec)
-    mf = await MemFlow.init(
-        app_id=f"p{uuid.uuid4().hex[:16]}", backend=backend, **backend_test_options(backend)
-    )
-    pool = WorkerPool(mf.backend, scenario)
+    app_id = f"p{uuid.uuid4().hex[:16]}"
+    mf = await MemFlow.init(app_id=app_id, backend=backend, **backend_test_options(backend))
+    pool = WorkerPool(app_id, backend, scenario)
     finished = asyncio.Event()
     try:
         await pool.start()
@@ -918,3 +962,37 @@ def describe(report: RunReport, problems: list[str]) -> str:
                 f"{canon(step.args)[:80]} -> {canon(step.result)[:80]} (activation {activation})"
             )
     return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """``python tests/replay_shapes.py SCENARIO_JSON [RUNS] [BACKEND]``: run a printed
+    scenario again (timing is real: a failure may need several runs)."""
+    import sys
+
+    if not argv:
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    text = argv[0]
+    if not text.lstrip().startswith("{"):
+        with open(text) as file:
+            text = file.read()
+    scenario = Scenario.from_json(text)
+    runs = int(argv[1]) if len(argv) > 1 else 10
+    backend = argv[2] if len(argv) > 2 else "memory"
+    failed = 0
+    for number in range(runs):
+        report = asyncio.run(run_scenario(scenario, backend))
+        problems = check(report)
+        if problems:
+            failed += 1
+            if failed == 1:
+                print(describe(report, problems))
+        print(f"run {number}: {len(problems)} problems ({report.seconds:.2f} s)")
+    print(f"{failed} of {runs} runs broke a property")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main(sys.argv[1:]))

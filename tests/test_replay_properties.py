@@ -8,14 +8,17 @@ crash at random moments.  Whatever happens, replay must be correct:
 2. each recorded step holds the answer of its own call (never another call's);
 3. every call of the shape is recorded exactly once, in the thread that made it;
    within a sequence, later calls take later indexes;
-4. every thread replays over its final history issuing exactly the recorded calls;
+4. every thread replays over its final history issuing exactly the recorded calls
+   (with gates, a last run replays or resumes each thread; without the run cache,
+   every run replays);
 5. each entity ends as the shape's operations make it (counters count 1..N).
 
 ``HOTMESH_PROPERTY_EXAMPLES=500 pytest tests/test_replay_properties.py`` runs a
 longer search; ``HOTMESH_PROPERTY_BACKEND=postgres`` runs it against PostgreSQL.
 A failure prints the scenario as JSON (shape, workers, crashes, signal delays)
 and the recorded histories; hypothesis prints the ``@reproduce_failure`` blob.
-Timing is real, so a failing scenario may need a few runs to fail again.
+Timing is real, so a failing scenario may need a few runs to fail again:
+``python tests/replay_shapes.py '<scenario json>' 20 [postgres]`` runs it 20 times.
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ def _note_statistics(scenario: Scenario, report: RunReport) -> None:
     event("crashes", str(report.crashes_done))
     event("crashes cancelled tasks", str(report.tasks_cancelled > 0))
     event("gates", str(scenario.gates))
+    event("cached runs", str(scenario.cached))
     event("nodes", f"{len(list(walk(scenario.body))) // 5 * 5}+")
 
 
@@ -106,7 +110,8 @@ TIMER_RACES_INLINE_ACTIVITY = Scenario(
                 ],
             }
         ]
-    )
+    ),
+    cached=False,
 )
 
 # And an inline command given another call's answer: the signal is delivered by one run
@@ -123,7 +128,8 @@ SIGNAL_RACES_INLINE_ACTIVITY = Scenario(
                 ],
             }
         ]
-    )
+    ),
+    cached=False,
 )
 
 ONLY_GATHERS = shapes(leaf_kinds=("act",), composite_kinds=("gather",), max_nodes=14)
@@ -184,12 +190,14 @@ EVERY_KIND_IN_SEQUENCE = [
 ]
 
 
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "replaying"])
 @pytest.mark.parametrize("gates", [False, True], ids=["no-gates", "gates"])
 @pytest.mark.parametrize("mode", ["inline", "remote"])
-def test_every_kind_in_sequence_replays_correctly(mode: str, gates: bool) -> None:
+def test_every_kind_in_sequence_replays_correctly(mode: str, gates: bool, cached: bool) -> None:
     """The harness itself: without gathers, one call at a time, every property holds."""
     body = number_nodes(json.loads(json.dumps(EVERY_KIND_IN_SEQUENCE)))
-    assert_replay_correct(Scenario(body=body, mode=mode, workers=2, gates=gates))
+    scenario = Scenario(body=body, mode=mode, workers=2, gates=gates, cached=cached)
+    assert_replay_correct(scenario)
 
 
 @SETTINGS
