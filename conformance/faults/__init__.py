@@ -6,6 +6,6 @@ runs the standard workflow shapes through it under supervised, crashing
 workers and checks every invariant; ``python -m conformance.faults`` is its CLI.
 """
 
-from .backend import CrashScope, FaultConfig, FaultsBackend, InjectedCrash, crash_scope
+from .backend import CrashScope, FaultConfig, FaultsBackend, InjectedCrash, in_scope
 
-__all__ = ["CrashScope", "FaultConfig", "FaultsBackend", "InjectedCrash", "crash_scope"]
+__all__ = ["CrashScope", "FaultConfig", "FaultsBackend", "InjectedCrash", "in_scope"]

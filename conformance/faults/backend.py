@@ -67,9 +67,9 @@ import logging
 import random
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from attrs import define, field
 
@@ -83,7 +83,7 @@ __all__ = [
     "FaultConfig",
     "FaultsBackend",
     "InjectedCrash",
-    "crash_scope",
+    "in_scope",
 ]
 
 log = logging.getLogger("hotmesh.faults")
@@ -100,6 +100,8 @@ FAULT_OPTIONS = (
     "client_faults",
 )
 
+T = TypeVar("T")
+
 #: The most a "late" wake-up adds to a wait (seconds): late, not stuck.
 LATE_WAKE_MAX = 0.25
 
@@ -115,7 +117,7 @@ class InjectedCrash(BaseException):
 class CrashScope:
     """One supervised worker "process": dies once, then every call it makes fails.
 
-    Enter it with :func:`crash_scope` around the worker's start; the worker's
+    Run the worker's start with :func:`in_scope` around the worker's start; the worker's
     background tasks and handlers inherit it.  The supervisor awaits
     :attr:`died` and then replaces the worker.
     """
@@ -143,12 +145,12 @@ _SCOPE: contextvars.ContextVar[CrashScope | None] = contextvars.ContextVar(
 )
 
 
-def crash_scope(scope: CrashScope, start: Callable[[], Any]) -> Any:
-    """Call ``start()`` (creating the worker's tasks) with ``scope`` current, so
-    that every task it creates belongs to the scope."""
+def in_scope(scope: CrashScope, coroutine: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``coroutine`` (a worker's ``start()``) as a task of ``scope``: the
+    tasks it creates copy its context, so they all belong to the scope."""
     context = contextvars.copy_context()
     context.run(_SCOPE.set, scope)
-    return context.run(start)
+    return context.run(asyncio.create_task, coroutine)
 
 
 @define
@@ -291,6 +293,13 @@ class FaultsBackend:
         self.log.events.append(Injected(kind, where, who))
         log.info("injected %s at %s (%s)", kind, where, who)
 
+    def spend(self, kind: str, where: str, role: Role) -> bool:
+        """Count a fault injected from outside (the soak's random kills), within the budget."""
+        if self.remaining <= 0:
+            return False
+        self._record(kind, where, role)
+        return True
+
     @staticmethod
     def _alive(role: Role) -> None:
         if isinstance(role, CrashScope):
@@ -325,11 +334,7 @@ class FaultsBackend:
             # Still inside the inner transaction: raising here rolls it back.
             self._alive(role)  # a dead process commits nothing
             self._lose_before(role, f"COMMIT ({kind})")
-            after = (
-                not readonly
-                and self._may_lose(role)
-                and self._roll(self.config.p_lose_after)
-            )
+            after = not readonly and self._may_lose(role) and self._roll(self.config.p_lose_after)
         if after:
             self._record("lose_after", f"COMMIT ({kind})", role)
             raise BackendUnavailable(
