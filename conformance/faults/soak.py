@@ -317,6 +317,15 @@ async def _drive(
         await _retry(lambda: mf.workflow.signal(signal_id, data), deadline)
     finished, _ = await _result(handle, deadline)
     export = await _export(mf, shape.workflow_id, deadline)
+    # A hook may still finish after its job (its signal released the job first,
+    # then its worker died): it must get there by the deadline too.
+    while (
+        export is not None
+        and any(hook["status"] == "running" for hook in export.hooks)
+        and time.monotonic() < deadline
+    ):
+        await asyncio.sleep(0.1)
+        export = await _export(mf, shape.workflow_id, deadline)
     if not finished:
         report.lost.append(f"{shape.workflow_id}: not finished within the deadline")
         report.details.append(f"export of lost {shape.workflow_id}:\n{_dump(export)}")
