@@ -8,7 +8,6 @@ prints every failing seed with the command that replays it.  Budgets: about
 
 from __future__ import annotations
 
-import asyncio
 import os
 
 import pytest
