@@ -125,13 +125,14 @@ class SupervisedWorker(Worker):
         with contextlib.suppress(InjectedCrash):
             await super()._expire_loop()
 
-    async def _handle(self, task: Any) -> None:
+    # Signatures left open: these private methods may change under us.
+    async def _handle(self, *args: Any, **kwargs: Any) -> None:
         with contextlib.suppress(InjectedCrash):
-            await super()._handle(task)
+            await super()._handle(*args, **kwargs)
 
-    async def _heartbeat(self, task: Any) -> None:
+    async def _heartbeat(self, *args: Any, **kwargs: Any) -> None:
         with contextlib.suppress(InjectedCrash):
-            await super()._heartbeat(task)
+            await super()._heartbeat(*args, **kwargs)
 
 
 @define
