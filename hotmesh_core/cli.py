@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime, timezone
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import click
 
@@ -278,7 +278,7 @@ def db() -> None:
 @click.pass_obj
 @run_async
 async def migrate(settings: Settings) -> None:
-    """Create or migrate the app's schema (also done by every init)."""
+    """Create or migrate the app's schema (also done by every init, if its role may)."""
     async with settings.client() as client:
         name = client.backend.name
     click.echo(f"app {settings.app!r} is provisioned and up to date on {name!r}")
@@ -288,7 +288,43 @@ async def migrate(settings: Settings) -> None:
 @click.pass_obj
 @run_async
 async def maintain(settings: Settings) -> None:
-    """Run one maintenance pass now: remove expired finished jobs (workers do it each minute)."""
+    """Run one maintenance pass now: remove expired finished jobs (workers do it each minute).
+
+    Only the app's owner may make and drop partitions: with least-privilege
+    worker roles, run this with the owner's DSN on a schedule (hourly).
+    """
     async with settings.client() as client:
         removed = await client.backend.maintain()
     click.echo(f"removed {removed} expired job{'' if removed == 1 else 's'}")
+
+
+@runtime_checkable
+class GrantsRoles(Protocol):
+    """A backend with database roles (PostgreSQL); the memory backend has none."""
+
+    async def grant(self, role: str, *, read_only: bool = False) -> list[str]: ...
+
+
+@db.command()
+@click.option("--role", required=True, help="The role to give access to this app.")
+@click.option(
+    "--read-only", is_flag=True, help="Only reading (runs list/show/export), not a worker."
+)
+@click.option("--show", is_flag=True, help="Print the statements run.")
+@click.pass_obj
+@run_async
+async def grant(settings: Settings, role: str, read_only: bool, show: bool) -> None:
+    """Give ROLE what a worker of this app needs, and nothing on other apps.
+
+    Run with the owner's DSN. Covers the tables that later migrations and
+    maintenance create (default privileges); see docs/least-privilege.md.
+    """
+    async with settings.client() as client:
+        backend = client.backend
+        if not isinstance(backend, GrantsRoles):
+            raise HotMeshError(f"backend {backend.name!r} has no database roles to grant")
+        statements = await backend.grant(role, read_only=read_only)
+    if show:
+        click.echo(";\n".join(statements) + ";")
+    kind = "read-only" if read_only else "worker"
+    click.echo(f"role {role!r} has {kind} access to app {settings.app!r}")

@@ -217,8 +217,10 @@ class WorkflowClient:
         Starting an id that exists returns a handle to that job (idempotent);
         with ``strict=True`` it raises ``DuplicateWorkflow`` instead.
         """
+        if workflow_id is None:  # only None means "pick one": "" is refused, not replaced
+            workflow_id = f"{entity}-{uuid.uuid4().hex}"
         job = Job(
-            id=validate_workflow_id(workflow_id or f"{entity}-{uuid.uuid4().hex}"),
+            id=validate_workflow_id(workflow_id),
             entity=validate_name(entity, "entity"),
             workflow_name=validate_name(workflow_name, "workflow_name"),
             task_queue=validate_name(task_queue, "task_queue"),

@@ -14,7 +14,13 @@ from typing import Any
 
 from attrs import define, evolve
 
-from .errors import DuplicateWorkflow, HotMeshError, WorkflowClosed, WorkflowNotFound
+from .errors import (
+    BackendUnavailable,
+    DuplicateWorkflow,
+    HotMeshError,
+    WorkflowClosed,
+    WorkflowNotFound,
+)
 from .models import (
     MAIN_THREAD,
     TERMINAL_STATUSES,
@@ -27,7 +33,15 @@ from .models import (
     Waiter,
 )
 from .protocols import Backend, Transaction
-from .replay import Command, Run, RunAborted, RunOutcome, error_info, exception_for
+from .replay import (
+    Command,
+    InlineFailed,
+    Run,
+    RunAborted,
+    RunOutcome,
+    error_info,
+    exception_for,
+)
 
 __all__ = ["Engine", "RunContext"]
 
@@ -85,6 +99,9 @@ class Engine:
         job = await tx.store.set_job_status(job_id, "interrupted", error=error)
         if job is None:
             return False
+        # Nothing of an interrupted job runs any more: not its queued activities,
+        # timers and runs, nor an activity whose lease runs out mid-interrupt.
+        await tx.stream.remove_job_tasks(job_id)
         await tx.signal.remove_job_waiters(job_id)
         await tx.signal.notify_job(job_id)
         for child_id in await tx.store.active_children(job_id):
@@ -212,30 +229,59 @@ class Engine:
         return RunContext(job, thread, history)
 
     async def execute_inline(self, run: Run, command: Command) -> Any:
+        """Execute an inline command in one transaction with its step record (and
+        the run's pending values and deliveries).
+
+        An error that is the command's *outcome* (an entity path that does not
+        hold, a hook on a closed job) is recorded as the step's failure, so a
+        replay raises the very same error there, and raised as
+        :class:`InlineFailed`. A lost connection is not an outcome: it is raised
+        as it is, the run is abandoned, and its task is run again once the
+        database is back; nothing of it was recorded.
+        """
         values = run.take_values()
+        marks = run.take_marks()
         try:
             async with self.backend.transaction() as tx:
-                for value in values:
-                    await tx.store.insert_step(value)
+                await self._record_progress(tx, run, values, marks)
                 if not await tx.store.insert_step(command.step(run)):
                     return await self._recorded(tx, run, command.index)
                 result = await self._apply_inline(tx, run, command)
                 await tx.store.resolve_step(run.job.id, run.dimension, command.index, result=result)
                 return result
+        except (BackendUnavailable, RunAborted):
+            raise
         except HotMeshError as exc:
-            # Recorded, so that a replay raises the very same error at this index.
             failed = evolve(command.step(run), status="failed", error=error_info(exc))
             async with self.backend.transaction() as tx:
-                for value in values:
-                    await tx.store.insert_step(value)
+                await self._record_progress(tx, run, values, marks)
                 await tx.store.insert_step(failed)
-            raise
+            raise InlineFailed(exc) from exc
+
+    async def _record_progress(
+        self,
+        tx: Transaction,
+        run: Run,
+        values: list[Step],
+        marks: tuple[int, list[int]] | None,
+    ) -> None:
+        """What a run learnt before its first durable effect rides with it: the
+        values it drew and the answers its live activation delivered."""
+        for value in values:
+            await tx.store.insert_step(value)
+        if marks is not None:
+            activation, indexes = marks
+            if not await tx.store.mark_delivered(run.job.id, run.dimension, indexes, activation):
+                raise Superseded(
+                    f"another run of {run.job.id!r} ({run.dimension or 'main'}) delivered"
+                    f" answers of activation {activation} first"
+                )
 
     async def _recorded(self, tx: Transaction, run: Run, index: int) -> Any:
         for step in await tx.store.load_steps(run.job.id, run.dimension):
             if step.index == index:
                 if step.status == "failed":
-                    raise exception_for(step)
+                    raise InlineFailed(exception_for(step))
                 return step.result
         return None
 
@@ -280,6 +326,7 @@ class Engine:
         """Commit a run's outcome and ack its task; return the activity tasks leased to
         ``local`` (activities the finishing worker will run itself)."""
         async with self.backend.transaction() as tx:
+            await self._record_progress(tx, run, [], run.take_marks())
             leased = await self._apply_outcome(tx, run, outcome, local)
             await tx.stream.ack(task.id)
         return leased
@@ -290,6 +337,7 @@ class Engine:
         answers: list[tuple[Task, Any, ErrorInfo | None]],
         outcome: RunOutcome,
         local: LocalWorker,
+        run_task: Task | None = None,
     ) -> list[Task]:
         """Record inline-run activities and the run they led to, in one transaction.
 
@@ -298,9 +346,11 @@ class Engine:
         run did next (new commands, or the job's end) commit together: one
         commit per step.  If any answer was recorded by someone else meanwhile
         (a lease ran out), nothing is written and :class:`Superseded` is raised.
+        ``run_task`` is the run task :meth:`record_answers` leased, acked here.
         """
         async with self.backend.transaction() as tx:
             await self._record_answers(tx, answers)
+            await self._record_progress(tx, run, [], run.take_marks())
             # An interrupted job takes no new step, so nothing more is dispatched.
             leased = await self._apply_outcome(tx, run, outcome, local)
             waiting = {c.index for c in outcome.commands}
@@ -312,13 +362,28 @@ class Engine:
                 # worker ran its activities, by a run that could not see them.
                 # A fresh run sees both (the queue holds at most one such run).
                 await self._wake(tx, Command(0, "", "").step(run))
+            if run_task is not None:
+                await tx.stream.ack(run_task.id)
         return leased
 
-    async def record_answers(self, answers: list[tuple[Task, Any, ErrorInfo | None]]) -> None:
+    async def record_answers(
+        self, run: Run, answers: list[tuple[Task, Any, ErrorInfo | None]], local: LocalWorker
+    ) -> Task:
         """Record inline-run activity results on their own (before a durable side effect
-        of the replay that used them); :class:`Superseded` if one was answered elsewhere."""
+        of the replay that used them); :class:`Superseded` if one was answered elsewhere.
+
+        The activity tasks are acked here, so a run task leased to ``local`` is
+        added in the same transaction and returned: until the continuation
+        commits, that lease is the job's way forward. Should the worker die, it
+        runs out and any worker runs the thread.
+        """
         async with self.backend.transaction() as tx:
             await self._record_answers(tx, answers)
+            await self._record_progress(tx, run, run.take_values(), run.take_marks())
+            task = _run_task(run.task_queue, run.job.id, run.dimension, run.workflow_name)
+            task.id = await tx.stream.enqueue(task, owner=local.owner, lease=local.lease) or ""
+            task.attempts, task.lease_owner = 1, local.owner
+        return task
 
     async def _record_answers(
         self, tx: Transaction, answers: list[tuple[Task, Any, ErrorInfo | None]]

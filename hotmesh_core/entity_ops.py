@@ -45,10 +45,27 @@ class EntityPathError(HotMeshError, TypeError):
 
 
 def split_path(path: str) -> list[str]:
+    """A dotted path's keys. Keys are JSON object keys, so a path holds only what
+    a stored key can (no NUL, no lone surrogate): refused here, the same on every
+    backend, rather than by one database's text type."""
+    if not isinstance(path, str):
+        raise EntityPathError(f"invalid entity path {path!r}: a path is a string like 'a.b.c'")
     parts = path.split(".")
     if not path or any(part == "" for part in parts):
         raise EntityPathError(f"invalid entity path {path!r}: use dotted keys like 'a.b.c'")
+    if "\x00" in path or (not path.isprintable() and _unstorable(path)):
+        raise EntityPathError(
+            f"invalid entity path {path!r}: NUL and lone surrogates cannot be stored"
+        )
     return parts
+
+
+def _unstorable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def deep_merge(base: Any, patch: Any) -> Any:

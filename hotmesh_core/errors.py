@@ -13,9 +13,13 @@ __all__ = [
     "BackendNotFound",
     "BackendUnavailable",
     "DuplicateWorkflow",
+    "HookDepthExceeded",
     "HotMeshError",
+    "InvalidDuration",
     "InvalidIdentifier",
+    "MigrationRequired",
     "NonDeterminismError",
+    "PermissionDenied",
     "SerializationError",
     "UnknownWorkflow",
     "WaitTimeout",
@@ -103,3 +107,38 @@ class WorkflowFailed(RemoteError):
 
 class WorkflowInterrupted(RemoteError):
     """The job was interrupted (cancelled) before it finished."""
+
+
+class InvalidDuration(HotMeshError, ValueError):
+    """A duration (sleep, timeout, expire, retry interval) is not one HotMesh reads:
+    bad text, a negative or non-finite number, or longer than 100 years.  Also a
+    ``ValueError``, which is what durations raised before this class existed."""
+
+
+class HookDepthExceeded(HotMeshError):
+    """A hook started a hook nested deeper than ``workflow.MAX_HOOK_DEPTH``.
+
+    Raised inside the workflow at the ``hook``/``exec_hook`` call, before anything
+    is stored; uncaught, it fails that hook like any error in workflow code.  It
+    stops a hook that starts itself from spawning threads without end.
+    """
+
+
+class PermissionDenied(HotMeshError, PermissionError):
+    """The connected role may not do this on the app's schema (SQLSTATE 42501).
+
+    Raised instead of psycopg's ``InsufficientPrivilege`` so that a worker or
+    client of one app that reaches for another app (or lacks a grant) gets a
+    HotMesh error that names the role, the app and who can fix it, and so that
+    callers catching ``HotMeshError`` see it. ``role`` and ``app`` say which.
+    """
+
+    def __init__(self, message: str, *, role: str, app: str) -> None:
+        self.role = role
+        self.app = app
+        super().__init__(message)
+
+
+class MigrationRequired(PermissionDenied):
+    """The app's schema is missing or behind this HotMesh, and the connected
+    role may not provision it: the owner must run ``hotmesh db migrate``."""

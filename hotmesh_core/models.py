@@ -14,6 +14,7 @@ from attrs import define, field
 __all__ = [
     "MAIN_THREAD",
     "TERMINAL_STATUSES",
+    "Backlog",
     "DeadLetter",
     "EntityChange",
     "EntityOp",
@@ -114,6 +115,10 @@ class Step:
     wake_name: str = ""
     started_at: float = 0.0
     finished_at: float | None = None
+    # The activation (the run of its thread) in which the workflow received this
+    # step's answer; None until it has (see hotmesh_core.replay). Replay hands
+    # answers back activation by activation, so branches interleave as they did.
+    activation: int | None = None
 
 
 @define
@@ -177,3 +182,15 @@ class DeadLetter:
     task: Task
     error: ErrorInfo
     created_at: float
+
+
+@define(frozen=True)
+class Backlog:
+    """Ready, unclaimed tasks of one kind and name on a queue: how many, and since
+    when the oldest has been ready (POSIX seconds). What a worker reports when
+    work waits for a name that no worker seems to serve."""
+
+    kind: str
+    name: str
+    count: int
+    oldest: float

@@ -17,6 +17,7 @@ from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from .models import (
+    Backlog,
     DeadLetter,
     EntityChange,
     EntityOp,
@@ -77,6 +78,17 @@ class Store(Protocol):
         attempts: int | None = None,
     ) -> Step | None:
         """Answer a *pending* step (done, or failed when ``error``); None if it was not pending."""
+
+    async def mark_delivered(
+        self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
+    ) -> bool:
+        """Record that the answered steps ``indexes`` reached the workflow in
+        ``activation``, the thread's next: the thread's last delivered
+        activation moves from ``activation - 1`` to ``activation`` (a
+        compare-and-set, so two runs racing to deliver activation n cannot both
+        succeed, whichever steps each delivers) and the steps get it. Returns
+        False, changing nothing, when another run of the thread got there
+        first: this run must give way."""
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
@@ -147,9 +159,19 @@ class Stream(Protocol):
         """Tasks set aside by ``dead_letter``, newest first (of one job if given)."""
 
     async def release_leases(self, queue: str, *, owner: str) -> int:
-        """End now every lease ``owner`` holds on ``queue``: a worker restarted
-        under the same id takes back its own work without waiting the leases
-        out. Returns how many tasks it released."""
+        """End now every lease ``owner`` holds on ``queue``, and those of its
+        claims (owners ``owner + "#" + anything``; no name holds ``#``): a
+        worker restarted under the same id takes back its own work without
+        waiting the leases out, and a claim whose answer was lost with its
+        connection is handed back. Returns how many tasks it released."""
+
+    async def backlog(self, queue: str) -> list[Backlog]:
+        """The ready, unleased tasks of ``queue`` by kind and name (timers left out:
+        any worker fires them)."""
+
+    async def remove_job_tasks(self, job_id: str) -> int:
+        """Delete every task of ``job_id`` (queued or leased): an interrupted job
+        runs nothing more. Returns how many went."""
 
     async def ack(self, task_id: str) -> None:
         """Remove a finished task."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import asyncio.events
+import contextlib
 import contextvars
 import traceback
 from collections import deque
@@ -46,12 +47,14 @@ from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
 __all__ = [
     "Command",
+    "InlineFailed",
     "ReplayLoop",
     "Run",
     "RunOutcome",
     "current_run",
     "error_info",
     "exception_for",
+    "storable_text",
 ]
 
 
@@ -77,12 +80,41 @@ def current_run() -> Run:
 
 
 def error_info(exc: BaseException) -> ErrorInfo:
+    """An error as it is stored: always storable, whatever the exception holds.
+
+    A message with NUL or a lone surrogate (which no database text holds), or an
+    exception whose ``__str__`` raises, must still leave a readable error, not
+    make recording it fail over and over.
+    """
     if isinstance(exc, (ActivityFailed, WorkflowFailed)):
         type_name, message = exc.type_name, exc.message
     else:
-        type_name, message = type(exc).__name__, str(exc)
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return ErrorInfo(type_name=type_name, message=message, traceback=text)
+        type_name = type(exc).__name__
+        try:
+            message = str(exc)
+        except Exception as broken:
+            message = f"<the message could not be read: str() raised {type(broken).__name__}>"
+    try:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:
+        text = ""
+    return ErrorInfo(
+        type_name=storable_text(type_name),
+        message=storable_text(message),
+        traceback=storable_text(text),
+    )
+
+
+def storable_text(text: str) -> str:
+    """``text`` with what no JSON column can hold (NUL, lone surrogates) escaped."""
+    if not isinstance(text, str):
+        text = repr(text)
+    text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def exception_for(step: Step) -> BaseException:
@@ -109,6 +141,7 @@ class Command:
     args: Any = None
     options: dict[str, Any] = field(factory=dict)
     future: asyncio.Future[Any] | None = None
+    recorded: Step | None = None  # an inline command's answer, from history
 
     def step(self, run: Run, *, status: str = "pending", result: Any = None) -> Step:
         return Step(
@@ -211,7 +244,11 @@ class ReplayLoop(asyncio.AbstractEventLoop):
             while self._ready:
                 handle = self._ready.popleft()
                 if not handle._cancelled:
-                    handle._run()
+                    # asyncio re-raises these out of a task's step after failing
+                    # the task with them: that failure is the workflow's outcome,
+                    # and must not end (or silence) the worker that runs it.
+                    with contextlib.suppress(SystemExit, KeyboardInterrupt):
+                        handle._run()
         finally:
             asyncio.events._set_running_loop(previous)
 
@@ -227,11 +264,36 @@ class RunOutcome:
     values: list[Step] = field(factory=list)
 
 
+class InlineFailed(Exception):
+    """An inline command failed with an outcome to record (an entity path error,
+    a hook on a closed job...): raised in the workflow at its call, like a
+    recorded failure on replay. Anything else an inline executor raises (a lost
+    connection, a lost race) aborts the run instead: it is not an outcome."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 InlineExecutor = Callable[["Run", Command], Awaitable[Any]]
 
 
 class Run:
-    """One execution of one thread (main function or hook) of a job, from the top."""
+    """One execution of one thread (main function or hook) of a job, from the top.
+
+    **Activations.** A thread advances in *activations*: the first execution
+    is activation 0, and each later run that hands the workflow answers it had
+    not seen is the next one. A step records the activation in which its answer
+    reached the workflow. Replay re-creates every activation in turn: it runs
+    the code until every branch is blocked, hands back the answers of the next
+    recorded activation (in index order), and so on; only then does it hand the
+    answers that are new (the *live* activation, whose number this run records
+    with the first thing it commits). So the branches of an ``asyncio.gather``
+    interleave, and take indexes, exactly as they did the first time, whatever
+    order the answers came in across runs. Inline commands (entity operations,
+    signals, starts) answer within their activation, once every branch is
+    blocked, as they did when they ran.
+    """
 
     def __init__(
         self,
@@ -258,34 +320,49 @@ class Run:
         self.values: list[Step] = []
         self.recorded: dict[int, Step] = {}  # what this run learned or issued, by index
         self.nondeterminism: NonDeterminismError | None = None
+        self._awaiting: dict[int, asyncio.Future[Any]] = {}  # suspending calls, by index
+        self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
 
     # -- used by the workflow API -----------------------------------------
-    def _take_index(self, kind: str, name: str) -> tuple[int, Step | None]:
+    def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
         index = self._next_index
         self._next_index += 1
         recorded = self.history.get(index)
-        if recorded is not None and (recorded.kind, recorded.name) != (kind, name):
-            error = NonDeterminismError(
+        if recorded is None:
+            return index, None
+        if (recorded.kind, recorded.name) != (kind, name):
+            self._nondeterministic(
                 f"workflow {self.workflow_name!r} issued {kind} {name!r} at index {index}, "
                 f"but its history holds {recorded.kind} {recorded.name!r} there: "
                 "the code changed or is not deterministic"
             )
-            self.nondeterminism = self.nondeterminism or error
-            raise error
+        if kind not in VALUE_KINDS and not same_json(recorded.args, args):
+            self._nondeterministic(
+                f"workflow {self.workflow_name!r} issued {kind} {name!r} at index {index} "
+                f"with arguments {args!r}, but its history holds {recorded.args!r} there: "
+                "the code changed or is not deterministic"
+            )
         return index, recorded
 
+    def _nondeterministic(self, message: str) -> None:
+        error = NonDeterminismError(message)
+        self.nondeterminism = self.nondeterminism or error
+        raise error
+
     async def call(self, kind: str, name: str, args: Any = None, **options: Any) -> Any:
-        """A durable call: the recorded answer, or a command and a wait."""
-        index, recorded = self._take_index(kind, name)
-        if recorded is not None and recorded.status != "pending":
-            if recorded.status == "failed":
-                raise exception_for(recorded)
-            return recorded.result
+        """A durable call: a command, or its recorded answer when replay reaches the
+        point where the workflow received it."""
+        index, recorded = self._take_index(kind, name, args)
         future = self.loop.create_future()
-        if recorded is None:
-            command = Command(index, kind, name, args, options, future)
-            (self.inline if kind in INLINE_KINDS else self.commands).append(command)
-        # A pending step (issued by an earlier run) is answered by a later run.
+        command = Command(index, kind, name, args, options, future)
+        if kind in INLINE_KINDS:
+            if recorded is not None and recorded.status != "pending":
+                command.recorded = recorded
+            self.inline.append(command)
+        else:
+            if recorded is None:
+                self.commands.append(command)
+            self._awaiting[index] = future
         return await future
 
     def value(self, kind: str, generate: Callable[[], Any]) -> Any:
@@ -303,35 +380,42 @@ class Run:
         values, self.values = self.values, []
         return values
 
+    def take_marks(self) -> tuple[int, list[int]] | None:
+        """The live activation's deliveries, once: the first transaction this run
+        commits records them (``Store.mark_delivered``) with its other writes."""
+        marks, self._marks = self._marks, None
+        return marks
+
+    def restore_marks(self, marks: tuple[int, list[int]] | None) -> None:
+        """Give back marks whose transaction rolled back, for the next one to record."""
+        if marks is not None and self._marks is None:
+            self._marks = marks
+
     # -- driving -----------------------------------------------------------
     async def execute(self, fn: Callable[..., Any], args: list[Any]) -> RunOutcome:
         context = contextvars.copy_context()
         context.run(_current_run.set, self)
         # The task copies the current context at creation: create it inside ours.
         root = context.run(self.loop.create_task, _call(fn, args))
-        while True:
-            self.loop.run_ready()
-            if self.nondeterminism is not None:
-                return RunOutcome(
-                    "failed", error=error_info(self.nondeterminism), values=self.take_values()
-                )
-            if not self.inline:
+        await self._settle()
+        for activation, steps in self._recorded_activations():
+            if self.nondeterminism is not None or root.done():
                 break
-            batch, self.inline = self.inline, []
-            for command in batch:
-                assert command.future is not None
-                try:
-                    result = await self._execute_inline(self, command)
-                except RunAborted:
-                    raise
-                except Exception as exc:  # recorded as a failed step; raised in the workflow
-                    self.recorded[command.index] = evolve(
-                        command.step(self), status="failed", error=error_info(exc)
-                    )
-                    command.future.set_exception(exc)
-                else:
-                    self.recorded[command.index] = command.step(self, status="done", result=result)
-                    command.future.set_result(result)
+            self._deliver(steps, activation)
+            await self._settle()
+        if self.nondeterminism is None and not root.done():
+            live = self._new_answers()
+            if live:
+                activation = self._live_activation()
+                self._marks = (activation, [step.index for step in live])
+                for step in live:
+                    self.recorded[step.index] = evolve(step, activation=activation)
+                self._deliver(live, activation)
+                await self._settle()
+        if self.nondeterminism is not None:
+            return RunOutcome(
+                "failed", error=error_info(self.nondeterminism), values=self.take_values()
+            )
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
             if raised is not None:
@@ -341,9 +425,96 @@ class Run:
             self.recorded[command.index] = command.step(self)
         return RunOutcome("suspended", commands=self.commands, values=self.take_values())
 
+    async def _settle(self) -> None:
+        """Run until every branch is blocked on a suspending call (or done): inline
+        commands answer in batches, recorded ones from history, new ones executed."""
+        while True:
+            self.loop.run_ready()
+            if self.nondeterminism is not None or not self.inline:
+                return
+            batch, self.inline = self.inline, []
+            for command in batch:
+                assert command.future is not None
+                if command.future.done():
+                    continue  # its branch was cancelled meanwhile
+                if command.recorded is not None:
+                    if command.recorded.status == "failed":
+                        command.future.set_exception(exception_for(command.recorded))
+                    else:
+                        command.future.set_result(command.recorded.result)
+                    continue
+                try:
+                    result = await self._execute_inline(self, command)
+                except InlineFailed as failed:  # recorded as a failed step; raised in the workflow
+                    self.recorded[command.index] = evolve(
+                        command.step(self), status="failed", error=error_info(failed.error)
+                    )
+                    command.future.set_exception(failed.error)
+                else:
+                    self.recorded[command.index] = command.step(self, status="done", result=result)
+                    command.future.set_result(result)
+
+    def _recorded_activations(self) -> list[tuple[int, list[Step]]]:
+        by_activation: dict[int, list[Step]] = {}
+        for step in self.history.values():
+            if step.activation is not None and step.kind in SUSPENDING_KINDS:
+                by_activation.setdefault(step.activation, []).append(step)
+        return sorted(by_activation.items())
+
+    def _live_activation(self) -> int:
+        known = [s.activation for s in self.history.values() if s.activation is not None]
+        return max(known, default=0) + 1
+
+    def _new_answers(self) -> list[Step]:
+        """Answered steps the workflow has not received yet, in index order."""
+        return [
+            step
+            for index, step in sorted(self.history.items())
+            if step.kind in SUSPENDING_KINDS
+            and step.status != "pending"
+            and step.activation is None
+            and index in self._awaiting
+        ]
+
+    def _deliver(self, steps: list[Step], activation: int) -> None:
+        for step in sorted(steps, key=lambda s: s.index):
+            future = self._awaiting.pop(step.index, None)
+            if future is None:
+                self.nondeterminism = self.nondeterminism or NonDeterminismError(
+                    f"the history of workflow {self.workflow_name!r} answers a"
+                    f" {step.kind} {step.name!r} at index {step.index} in activation"
+                    f" {activation}, but the code had not issued it by then: the code"
+                    " changed or is not deterministic"
+                )
+                return
+            if future.done():
+                continue  # its branch was cancelled: the answer goes nowhere, as it did
+            if step.status == "failed":
+                future.set_exception(exception_for(step))
+            else:
+                future.set_result(step.result)
+
     def known_history(self) -> list[Step]:
         """The history as this run left it: what it loaded plus what it recorded."""
         return list({**self.history, **self.recorded}.values())
+
+
+def same_json(recorded: Any, issued: Any) -> bool:
+    """Whether two JSON values are equal as stored values: numbers compare by value
+    (a database may hand back 1e300 as an integer, or 2.0 as 2)."""
+    if isinstance(recorded, bool) or isinstance(issued, bool):
+        return recorded is issued or (type(recorded) is type(issued) and recorded == issued)
+    if isinstance(recorded, (int, float)) and isinstance(issued, (int, float)):
+        return recorded == issued or float(recorded) == float(issued)
+    if isinstance(recorded, dict) and isinstance(issued, dict):
+        return recorded.keys() == issued.keys() and all(
+            same_json(recorded[key], issued[key]) for key in recorded
+        )
+    if isinstance(recorded, list) and isinstance(issued, list):
+        return len(recorded) == len(issued) and all(
+            same_json(a, b) for a, b in zip(recorded, issued, strict=True)
+        )
+    return bool(recorded == issued)
 
 
 async def _call(fn: Callable[..., Any], args: list[Any]) -> Any:

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -21,7 +23,7 @@ from attrs import define, evolve
 from .config import validate_name
 from .engine import Engine, LocalWorker, Superseded
 from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
-from .models import MAIN_THREAD, TERMINAL_STATUSES, ErrorInfo, Job, Step, Task, Thread
+from .models import MAIN_THREAD, TERMINAL_STATUSES, Backlog, ErrorInfo, Job, Step, Task, Thread
 from .protocols import Backend
 from .replay import Command, Run, RunOutcome, error_info
 from .retry import retry_delay
@@ -85,6 +87,9 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._claims = 0
+        self._lost_claims: list[str] = []  # claim owners whose answer a cut connection lost
+        self._reported: set[tuple[str, str]] = set()  # unserved names already logged
         # Activities this worker serves are run by the worker that dispatches them.
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
 
@@ -125,11 +130,19 @@ class Worker:
             if free <= 0:
                 await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 continue
+            if self._lost_claims and not await self._release_lost_claims():
+                await asyncio.sleep(self.poll_interval)
+                continue
+            # Each claim leases under its own owner name, so a claim that committed
+            # but whose rows were lost with the connection can be handed back at
+            # once (release_leases) instead of sitting out a whole lease.
+            self._claims += 1
+            claim_owner = f"{self.id}#{self._claims}"
             try:
                 async with self.backend.transaction(single=True) as tx:
                     tasks = await tx.stream.claim(
                         self.task_queue,
-                        owner=self.id,
+                        owner=claim_owner,
                         lease=self.lease,
                         workflow_names=workflow_names,
                         activity_names=activity_names,
@@ -137,10 +150,12 @@ class Worker:
                     )
             except BackendUnavailable as error:
                 log.warning("claim on queue %r: %s; retrying", self.task_queue, error)
+                self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
             except Exception:
                 log.exception("claim failed on queue %r; retrying", self.task_queue)
+                self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
             if not tasks:
@@ -151,14 +166,69 @@ class Worker:
                 self._inflight.add(handler)
                 handler.add_done_callback(self._inflight.discard)
 
+    async def _release_lost_claims(self) -> bool:
+        """Hand back what claims lost with their connection may have leased."""
+        try:
+            async with self.backend.transaction() as tx:
+                for owner in self._lost_claims:
+                    await tx.stream.release_leases(self.task_queue, owner=owner)
+        except BackendUnavailable as error:
+            log.info("handing back lost claims on %r: %s; later", self.task_queue, error)
+            return False
+        except Exception:
+            log.exception("handing back lost claims on %r failed; later", self.task_queue)
+            return False
+        self._lost_claims.clear()
+        return True
+
     async def _expire_loop(self) -> None:
-        """Remove finished jobs past their ``expire`` (every worker helps; idempotent)."""
+        """Remove finished jobs past their ``expire`` (every worker helps; idempotent),
+        and say so when work on this queue waits for names nobody serves."""
         while not self._stopping:
             await asyncio.sleep(self.expire_interval)
             try:
                 await self.backend.maintain()
             except Exception:
                 log.exception("expiring finished jobs failed")
+            try:
+                await self.report_unserved()
+            except Exception:
+                log.exception("reading the backlog of queue %r failed", self.task_queue)
+
+    async def report_unserved(self, older_than: float = 30.0) -> list[Backlog]:
+        """Log (WARNING, once per name while it lasts) the ready tasks of this queue
+        that have waited ``older_than`` seconds for a workflow or activity this
+        worker does not serve: an unknown or misspelt name, or a worker that is
+        not running, would otherwise leave jobs waiting in silence."""
+        async with self.backend.transaction(readonly=True) as tx:
+            backlog = await tx.stream.backlog(self.task_queue)
+        now = self.backend.now()
+        served = {"run": self.workflows, "activity": self.activities}
+        unserved = [
+            entry
+            for entry in backlog
+            if entry.name not in served.get(entry.kind, {}) and now - entry.oldest >= older_than
+        ]
+        current = {(entry.kind, entry.name) for entry in unserved}
+        for entry in unserved:
+            if (entry.kind, entry.name) in self._reported:
+                continue
+            what = "workflow" if entry.kind == "run" else "activity"
+            log.warning(
+                "queue %r: %d task(s) have waited %.0f s for %s %r, which this worker (%s)"
+                " does not serve (workflows: %s; activities: %s); is a worker for it running,"
+                " or is the name misspelt?",
+                self.task_queue,
+                entry.count,
+                now - entry.oldest,
+                what,
+                entry.name,
+                self.id,
+                ", ".join(sorted(self.workflows)) or "none",
+                ", ".join(sorted(self.activities)) or "none",
+            )
+        self._reported = current
+        return unserved
 
     async def _handle(self, task: Task) -> None:
         # Activities keep their own lease alive while they run (_activity_outcome).
@@ -170,6 +240,10 @@ class Worker:
                 await self._while_backend_returns(lambda: self._handle_engine_task(task))
         except asyncio.CancelledError:
             raise
+        except Superseded as exc:
+            # Another run of the thread got there first: run again, on what it left.
+            log.debug("run %s gives way: %s", task.id, exc)
+            await self._release(task)
         except BackendUnavailable as exc:
             log.warning("task %s is left to its lease: %s", task.id, exc)
         except Exception as exc:
@@ -208,16 +282,29 @@ class Worker:
                 log.info("%s; trying again in %.1f s", error, pause)
                 await asyncio.sleep(pause)
 
-    async def _heartbeat(self, task: Task) -> None:
+    async def _release(self, task: Task) -> None:
+        """Make a task this worker holds visible again now (or let its lease run out)."""
+        try:
+            async with self.backend.transaction() as tx:
+                await tx.stream.retry(task.id, delay=0.0)
+        except Exception as exc:
+            log.warning("task %s is left to its lease: %s", task.id, exc)
+
+    async def _heartbeat(self, task: Task, lost: Callable[[], None] | None = None) -> None:
+        """Keep ``task``'s lease; once it is lost (the task was interrupted, or
+        the lease ran out and someone else has it) call ``lost`` and stop."""
+        owner = task.lease_owner or self.id
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
                 async with self.backend.transaction(single=True) as tx:
-                    kept = await tx.stream.extend_lease(task.id, owner=self.id, lease=self.lease)
+                    kept = await tx.stream.extend_lease(task.id, owner=owner, lease=self.lease)
             except Exception:
                 log.exception("could not extend the lease of task %s", task.id)
                 continue
             if not kept:
+                if lost is not None:
+                    lost()
                 return
 
     async def _run_workflow(self, task: Task) -> None:
@@ -281,10 +368,17 @@ class Worker:
         self, run: Run, fn: Callable[..., Any], args: list[Any], name: str, leased: list[Task]
     ) -> tuple[Run, list[Task]]:
         """Run the activities this worker leased to itself, then replay the workflow with
-        their results and commit both together: one commit per step on the hot path."""
+        their results and commit both together: one commit per step on the hot path.
+
+        The job's way forward is always a lease this worker holds: first the
+        activity tasks', then (once their answers are recorded, before a side
+        effect of the replay) a run task's. Should anything go wrong here, the
+        answers go the ordinary way, or that run task is handed back, and the
+        chain of inline steps ends; nothing is lost.
+        """
         outcomes = await asyncio.gather(*(self._activity_outcome(task) for task in leased))
         if any(outcome.retry_in is not None for outcome in outcomes):
-            await self._answer_normally(outcomes)  # a retry waits in the queue as usual
+            await self._while_backend_returns(lambda: self._answer_normally(outcomes))
             return run, []
         answers = [(o.task, o.result, o.error) for o in outcomes]
         history = {step.index: step for step in run.known_history()}
@@ -296,27 +390,38 @@ class Worker:
                 result=result,
                 error=error,
                 attempts=task.attempts,
+                activation=None,
             )
-        recorded = False
+        run_task: Task | None = None
+        heartbeat: asyncio.Task[None] | None = None
 
         async def record_then_execute(replaying: Run, command: Command) -> Any:
             # A durable side effect may depend on the answers: record them first.
-            nonlocal recorded
-            if not recorded:
-                await self.engine.record_answers(answers)
-                recorded = True
+            nonlocal run_task, heartbeat
+            if run_task is None:
+                run_task = await self.engine.record_answers(replaying, answers, self._local)
+                heartbeat = asyncio.create_task(self._heartbeat(run_task))
             return await self.engine.execute_inline(replaying, command)
 
         replay = self._new_run(run.job, run.thread, list(history.values()), record_then_execute)
         try:
             outcome = await self._execute(replay, fn, args, name)
             return replay, await self.engine.continue_inline(
-                replay, [] if recorded else answers, outcome, self._local
+                replay, [] if run_task is not None else answers, outcome, self._local, run_task
             )
-        except Superseded:
-            if not recorded:
-                await self._answer_normally(outcomes)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if not isinstance(exc, (Superseded, BackendUnavailable)):
+                log.exception("continuing %r inline failed; it goes the ordinary way", run.job.id)
+            if run_task is None:
+                await self._while_backend_returns(lambda: self._answer_normally(outcomes))
+            else:
+                await self._release(run_task)
             return replay, []
+        finally:
+            if heartbeat is not None:
+                heartbeat.cancel()
 
     async def _answer_normally(self, outcomes: list[ActivityOutcome]) -> None:
         for outcome in outcomes:
@@ -338,7 +443,16 @@ class Worker:
         """Execute an activity (keeping its lease alive); what happened, not yet recorded."""
         fn = self.activities[task.name]
         payload = task.payload
-        heartbeat = asyncio.create_task(self._heartbeat(task))
+        running = asyncio.current_task()
+
+        def lease_lost() -> None:
+            # Interrupted (its task was removed) or taken over after a lapse:
+            # its outcome can no longer count, so stop waiting for it.
+            log.warning("activity %s of %r lost its lease; abandoning it", task.name, task.job_id)
+            if running is not None:
+                running.cancel()
+
+        heartbeat = asyncio.create_task(self._heartbeat(task, lease_lost))
         try:
             result = await asyncio.wait_for(
                 _invoke(fn, payload.get("args", [])), payload.get("start_to_close") or None
@@ -348,7 +462,8 @@ class Worker:
             )
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as raised:
+            exc = raised.error if isinstance(raised, _Escaped) else raised
             error = error_info(exc)
             if isinstance(exc, asyncio.TimeoutError):
                 error = ErrorInfo(
@@ -375,10 +490,54 @@ class ActivityOutcome:
     retry_in: float | None = None  # set when the activity will be tried again later
 
 
+class _Escaped(Exception):
+    """Carries a SystemExit or KeyboardInterrupt out of an activity as an ordinary
+    error: raised bare inside an asyncio task, asyncio would re-raise it out of
+    the event loop and end the worker process (on every retry, forever)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(repr(error))
+        self.error = error
+
+
 async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
-    if asyncio.iscoroutinefunction(fn):
-        return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
-    if asyncio.iscoroutine(result):
-        result = await result
-    return result
+    try:
+        if asyncio.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await _in_own_thread(fn, args)
+        if asyncio.iscoroutine(result):
+            result = await result
+        return result
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Escaped(exc) from None
+
+
+def _in_own_thread(fn: Callable[..., Any], args: list[Any]) -> asyncio.Future[Any]:
+    """Run a sync activity in a thread of its own (a daemon).
+
+    Not in the loop's shared pool: a sync activity that never returns would
+    keep a pool thread past its ``start_to_close``, and once the pool is full
+    every later sync activity would "time out" without having started. A hung
+    thread here costs only itself.
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[Any] = loop.create_future()
+    context = contextvars.copy_context()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def target() -> None:
+        try:
+            result = context.run(fn, *args)
+        except BaseException as exc:  # handed to the awaiting coroutine, whatever it is
+            error = exc
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                loop.call_soon_threadsafe(settle, lambda: future.set_exception(error))
+        else:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle, lambda: future.set_result(result))
+
+    threading.Thread(target=target, name=f"hotmesh-activity-{fn.__name__}", daemon=True).start()
+    return future

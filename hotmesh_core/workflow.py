@@ -21,11 +21,13 @@ from .config import validate_name, validate_signal_id, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE
 from .entity import WorkflowEntity
+from .errors import HookDepthExceeded
 from .replay import current_run
 from .retry import RetryPolicy
 from .serde import ensure_json
 
 __all__ = [
+    "MAX_HOOK_DEPTH",
     "ActivityProxy",
     "WorkflowInfo",
     "entity",
@@ -190,7 +192,9 @@ def _child_options(
     return {
         "entity": validate_name(entity, "entity"),
         "workflow_id": validate_workflow_id(child_id),
-        "task_queue": validate_name(task_queue or run.task_queue, "task_queue"),
+        "task_queue": validate_name(
+            run.task_queue if task_queue is None else task_queue, "task_queue"
+        ),
         "expire": None if expire is None else parse_duration(expire),
         "persistent": persistent,
     }
@@ -237,12 +241,35 @@ async def start_child(
     return child_id
 
 
+# How deeply hooks may nest: a hook started by a hook started by ... the job.  A
+# hook that starts itself would otherwise spawn threads without end.  Each level
+# adds a segment to the dotted dimension (the job is "", its hook "g3", that
+# hook's hook "gg3.5"), and the dimension is part of every exec_hook signal id
+# (at most 255 characters), so the limit also keeps those ids short.
+MAX_HOOK_DEPTH = 32
+
+
+def _hook_depth(dimension: str) -> int:
+    """How many hooks deep a dimension is: 0 for the job, 1 for its hooks, ..."""
+    return dimension.count(".") + 1 if dimension else 0
+
+
 def _hook_options(task_queue: str | None, prefix: str) -> dict[str, Any]:
     run = current_run()
+    depth = _hook_depth(run.dimension) + 1
+    if depth > MAX_HOOK_DEPTH:
+        # Raised before anything is recorded, and raised again at the same call on
+        # every replay (the depth depends only on the dimension): deterministic.
+        raise HookDepthExceeded(
+            f"hooks may nest at most {MAX_HOOK_DEPTH} deep: this hook ({run.dimension!r} "
+            f"of {run.job.id!r}) is {depth - 1} deep and cannot start another"
+        )
     dimension = f"{prefix}{run.dimension and run.dimension + '.'}{run._next_index}"
     return {
         "dimension": dimension,
-        "task_queue": validate_name(task_queue or run.task_queue, "task_queue"),
+        "task_queue": validate_name(
+            run.task_queue if task_queue is None else task_queue, "task_queue"
+        ),
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from attrs import evolve
@@ -184,6 +185,22 @@ class MemoryStore:
         self._replace_step(resolved)
         return clone(resolved)
 
+    async def mark_delivered(
+        self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
+    ) -> bool:
+        key = (job_id, dimension)
+        if self.state.activations.get(key, 0) != activation - 1:
+            return False  # another run of the thread delivered this activation first
+        self.tx.put(self.state.activations, key, activation)
+        steps = self.state.steps.get(key, {})
+        marked = 0
+        for index in indexes:
+            step = steps.get(index)
+            if step is not None and step.status != "pending" and step.activation is None:
+                self._replace_step(evolve(step, activation=activation))
+                marked += 1
+        return marked == len(indexes)
+
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
     ) -> None:
@@ -275,6 +292,7 @@ class MemoryStore:
             self.tx.pop(self.state.changes, job_id)
             for key in [k for k in self.state.steps if k[0] == job_id]:
                 self.tx.pop(self.state.steps, key)
+                self.tx.pop(self.state.activations, key)
             for key in [k for k in self.state.threads if k[0] == job_id]:
                 self.tx.pop(self.state.threads, key)
         self._expire_dead_letters(now)

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from attrs import evolve
 
-from hotmesh_core.models import DeadLetter, ErrorInfo, Task
+from hotmesh_core.models import Backlog, DeadLetter, ErrorInfo, Task
 
 from .state import MemoryTx, clone
 
@@ -109,7 +109,10 @@ class MemoryStream:
         held = [
             task
             for task in self._queue(queue).values()
-            if task.lease_owner == owner and task.lease_until is not None and task.lease_until > now
+            if task.lease_owner is not None
+            and (task.lease_owner == owner or task.lease_owner.startswith(owner + "#"))
+            and task.lease_until is not None
+            and task.lease_until > now
         ]
         for task in held:
             self._put(evolve(task, lease_until=now))
@@ -117,9 +120,36 @@ class MemoryStream:
             self.tx.queues_to_wake.add(queue)
         return len(held)
 
+    async def backlog(self, queue: str) -> list[Backlog]:
+        now = self.tx.now()
+        found: dict[tuple[str, str], tuple[int, float]] = {}
+        for task in self._queue(queue).values():
+            if task.kind == "timer" or task.visible_at > now:
+                continue
+            if task.lease_until is not None and task.lease_until > now:
+                continue
+            ready_since = task.visible_at if task.lease_until is None else task.lease_until
+            count, oldest = found.get((task.kind, task.name), (0, ready_since))
+            found[(task.kind, task.name)] = (count + 1, min(oldest, ready_since))
+        return [Backlog(kind, name, n, first) for (kind, name), (n, first) in sorted(found.items())]
+
+    async def remove_job_tasks(self, job_id: str) -> int:
+        doomed = [
+            task
+            for queue in self.state.queues.values()
+            for task in queue.values()
+            if task.job_id == job_id
+        ]
+        for task in doomed:
+            self._remove(task)
+        return len(doomed)
+
     def _remove(self, task: Task) -> None:
         self.tx.pop(self._queue(task.queue), task.id)
         self.tx.pop(self.state.task_queue_of, task.id)
+        run_key = (task.job_id, task.dimension)
+        if task.kind == "run" and self.state.unclaimed_runs.get(run_key) == task.id:
+            self.tx.pop(self.state.unclaimed_runs, run_key)
 
     async def ack(self, task_id: str) -> None:
         task = self._find(task_id)
@@ -130,6 +160,12 @@ class MemoryStream:
         task = self._find(task_id)
         if task is None:
             return
+        run_key = (task.job_id, task.dimension)
+        if task.kind == "run":
+            if self.state.unclaimed_runs.get(run_key, task.id) != task.id:
+                self._remove(task)  # an unclaimed run of the same thread exists: it will do
+                return
+            self.tx.put(self.state.unclaimed_runs, run_key, task.id)
         self._put(
             evolve(task, visible_at=self.tx.now() + delay, lease_owner=None, lease_until=None)
         )

@@ -24,8 +24,9 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.errors import BackendUnavailable
 
-from .connection import check_server_version, resolve_dsn
+from .connection import check_server_version, permission_denied, resolve_dsn
 from .migrations import apply_migrations
+from .roles import grant_role
 from .signal import PgSignal
 from .store import PgStore
 from .stream import PgStream
@@ -149,6 +150,8 @@ class PostgresBackend:
         self._queue_events: dict[str, asyncio.Event] = {}
         self._job_watchers: dict[str, set[asyncio.Event]] = {}
         self.buckets: dict[str, str] = {}  # job id -> bucket (PgStore's hint)
+        self._told_not_maintaining = False  # said once: this role skips maintenance
+        self._warned_unmaintained = False  # warned once: nobody has maintained for a day
 
     def remember_bucket(self, job_id: str, bucket: str) -> None:
         if len(self.buckets) >= BUCKET_HINTS:
@@ -219,11 +222,23 @@ class PostgresBackend:
         ``CONCURRENTLY`` (no lock that stops the workload; it cannot run in a
         transaction) and dropped. ``now`` runs the pass as of another time
         (tests, operators catching up).
+
+        Making and dropping partitions is DDL, so only the schema's owner may
+        run the pass; a member of the owner role (a superuser, say) runs it as
+        the owner, so that every partition keeps the one owner that can drop it
+        later. Any other role (a least-privilege worker) skips it, saying so
+        once: the owner runs ``hotmesh db maintain`` on a schedule instead
+        (docs/least-privilege.md explains why this is not a SECURITY DEFINER
+        function).
         """
+        allowed, role = await self._maintainer(now)
+        if not allowed:
+            return 0
         async with self.transaction() as tx:
+            if role is not None:
+                await tx.run(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(role)), [])
             removed = await tx.store.expire_jobs(now)
-        assert self.pool is not None
-        async with self.pool.connection() as conn:
+        async with self._owner_connection(role) as conn:
             # The very lock hm_maintain tries (session-scoped here): a drop and
             # another process's pass never overlap, so an ATTACH there cannot
             # wait on a DETACH ... CONCURRENTLY here that waits on it.
@@ -247,6 +262,79 @@ class PostgresBackend:
             finally:
                 await conn.execute("SELECT pg_advisory_unlock(hashtextextended(%s, 7))", lock)
         return removed
+
+    async def _maintainer(self, now: datetime | None) -> tuple[bool, str | None]:
+        """Whether this role may run the maintenance pass, and the owner role to
+        act as when it is a member of the owner rather than the owner itself.
+
+        A role that may not is told once per process, and warned once if no
+        pass has run for a day (tomorrow's signals partition, made by every
+        pass, is missing), since then expired work is piling up.
+        """
+        async with self.transaction(readonly=True) as tx:
+            row = await tx.one(
+                "SELECT current_user AS me, pg_get_userbyid(nspowner) AS owner,"
+                " pg_has_role(nspowner, 'MEMBER') AS member,"
+                " to_regclass(quote_ident('signals_' || hm_day_bucket("
+                "coalesce(%s::timestamptz, clock_timestamp()) + interval '1 day'))) IS NOT NULL"
+                " AS maintained FROM pg_namespace WHERE nspname = %s",
+                [now, self.schema],
+            )
+        if row is None:
+            return False, None  # the schema is gone: nothing to maintain
+        if row["member"]:
+            return True, None if row["owner"] == row["me"] else str(row["owner"])
+        if not self._told_not_maintaining:
+            self._told_not_maintaining = True
+            log.info(
+                "role %r does not own app %r (%r does): this process skips the maintenance"
+                " pass (expiry, partitions); the owner runs it: `hotmesh --app %s db"
+                " maintain` with the owner's DSN, on a schedule (hourly is plenty)",
+                row["me"],
+                self.app_id,
+                row["owner"],
+                self.app_id,
+            )
+        if not row["maintained"] and not self._warned_unmaintained:
+            self._warned_unmaintained = True
+            log.warning(
+                "app %r has had no maintenance pass for a day (no partitions ahead):"
+                " expired work is not removed; schedule `hotmesh --app %s db maintain`"
+                " with the owner's (%r) DSN",
+                self.app_id,
+                self.app_id,
+                row["owner"],
+            )
+        return False, None
+
+    @asynccontextmanager
+    async def _owner_connection(self, role: str | None) -> AsyncIterator[Connection]:
+        """A connection acting as the schema's owner: a pooled one when this role
+        is the owner, else one of its own after ``SET ROLE``, so that no pooled
+        connection (which the workload reuses) ever acts as the owner."""
+        assert self.pool is not None
+        if role is None:
+            async with self.pool.connection() as pooled:
+                yield pooled
+            return
+        async with await psycopg.AsyncConnection.connect(
+            self.dsn,
+            autocommit=True,
+            row_factory=dict_row,
+            application_name=self.application_name,
+        ) as conn:
+            await self._configure(conn)
+            await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
+            yield conn
+
+    async def grant(self, role: str, *, read_only: bool = False) -> list[str]:
+        """Give ``role`` what a worker (``read_only``: an inspecting client) of
+        this app needs; run with the owner's DSN (``hotmesh db grant``)."""
+        if self.pool is None:
+            await self.open()
+        assert self.pool is not None
+        async with self.pool.connection() as conn:
+            return await grant_role(conn, self.schema, role, read_only=read_only)
 
     async def _drop_partition(self, conn: Connection, parent: str, child: str) -> None:
         cursor = await conn.execute(
@@ -298,6 +386,10 @@ class PostgresBackend:
                 raise BackendUnavailable(
                     f"the connection to PostgreSQL was lost mid-transaction ({error}); try again"
                 ) from error
+            if isinstance(error, psycopg.errors.InsufficientPrivilege):
+                # A role without a grant it needs (docs/least-privilege.md):
+                # a HotMesh error naming the role and the app, not psycopg's.
+                raise permission_denied(error, role=tx.conn.info.user, app=self.app_id) from error
             raise
         finally:
             await self.pool.putconn(tx.conn)

@@ -19,9 +19,16 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from hotmesh_core.errors import HotMeshError
+from hotmesh_core.errors import HotMeshError, PermissionDenied
 
-__all__ = ["InvalidDsn", "data_dir", "embedded_dsn", "resolve_dsn"]
+__all__ = [
+    "InvalidDsn",
+    "PermissionDenied",
+    "data_dir",
+    "embedded_dsn",
+    "permission_denied",
+    "resolve_dsn",
+]
 
 
 def configured_dsn(options: Mapping[str, Any], env: Mapping[str, str] | None = None) -> str | None:
@@ -58,6 +65,18 @@ def libpq_dsn(dsn: str) -> str:
     except psycopg.ProgrammingError as error:
         raise InvalidDsn(f"not a PostgreSQL connection string: {error}") from None
     return dsn
+
+
+def permission_denied(error: psycopg.Error, *, role: str, app: str) -> PermissionDenied:
+    """The typed error for a refused statement, with the server's own words."""
+    said = " ".join(str(error).split())
+    return PermissionDenied(
+        f"role {role!r} may not do this on app {app!r} ({said}); if it should, the app's"
+        f" owner grants it with `hotmesh --app {app} db grant --role {role}`"
+        " (see docs/least-privilege.md)",
+        role=role,
+        app=app,
+    )
 
 
 def data_dir(env: Mapping[str, str] | None = None) -> Path:

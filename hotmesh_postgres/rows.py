@@ -104,6 +104,7 @@ STEP_COLUMNS = ", ".join(
         "wake_name",
         epoch("started_at"),
         epoch("finished_at"),
+        "activation",
     ]
 )
 CHANGE_COLUMNS = ", ".join(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ from hotmesh_core.entity_ops import EntityPathError, split_path
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
+    MAIN_THREAD,
     TERMINAL_STATUSES,
     EntityChange,
     EntityOp,
@@ -303,6 +305,47 @@ class PgStore:
             [dimension, index],
         )
         return None if row is None else rows.step(row)
+
+    async def mark_delivered(
+        self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
+    ) -> bool:
+        # One statement: the compare-and-set of the thread's activation, then the
+        # steps, only if it succeeded. A racing run waits for the job (or
+        # thread) row's lock, then finds the activation taken: no row.
+        bucket = self._hint(job_id)
+        for hint in [bucket, None] if bucket is not None else [None]:
+            in_bucket = "" if hint is None else " AND bucket = %s"
+            hinted = [] if hint is None else [hint]
+            if dimension == MAIN_THREAD:
+                claim = f"UPDATE jobs SET activation = %s WHERE id = %s{in_bucket}"
+                claim_params: list[Any] = [activation, job_id, *hinted]
+            else:
+                claim = (
+                    f"UPDATE threads SET activation = %s"
+                    f" WHERE job_id = %s{in_bucket} AND dimension = %s"
+                )
+                claim_params = [activation, job_id, *hinted, dimension]
+            row = await self.tx.one(
+                f"WITH claimed AS ({claim} AND activation = %s RETURNING bucket),"
+                " marked AS (UPDATE steps SET activation = %s"
+                f" WHERE job_id = %s{in_bucket} AND dimension = %s AND idx = ANY(%s)"
+                " AND status <> 'pending' AND activation IS NULL"
+                " AND bucket = (SELECT bucket FROM claimed) RETURNING 1)"
+                " SELECT (SELECT count(*) FROM marked)::int AS marked"
+                " WHERE EXISTS (SELECT 1 FROM claimed)",
+                [
+                    *claim_params,
+                    activation - 1,
+                    activation,
+                    job_id,
+                    *hinted,
+                    dimension,
+                    list(indexes),
+                ],
+            )
+            if row is not None:
+                return bool(row["marked"] == len(indexes))
+        return False
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from hotmesh_core.models import DEAD_LETTER_KEEP, DeadLetter, ErrorInfo, Task
+from hotmesh_core.models import DEAD_LETTER_KEEP, Backlog, DeadLetter, ErrorInfo, Task
 
 from . import rows
 from .rows import error_param, jsonb, task_columns
@@ -113,12 +113,29 @@ class PgStream:
     async def release_leases(self, queue: str, *, owner: str) -> int:
         found = await self.tx.all(
             "UPDATE tasks SET visible_at = clock_timestamp()"
-            " WHERE queue = %s AND lease_owner = %s AND visible_at > clock_timestamp()"
+            " WHERE queue = %s AND visible_at > clock_timestamp()"
+            " AND (lease_owner = %s OR left(lease_owner, length(%s) + 1) = %s || '#')"
             " RETURNING 1 AS released",
-            [queue, owner],
+            [queue, owner, owner, owner],
         )
         if found:
             self.tx.notify_queue(queue)
+        return len(found)
+
+    async def backlog(self, queue: str) -> list[Backlog]:
+        found = await self.tx.all(
+            "SELECT kind, name, count(*)::int AS count,"
+            " extract(epoch FROM min(visible_at))::float8 AS oldest FROM tasks"
+            " WHERE queue = %s AND kind <> 'timer' AND visible_at <= clock_timestamp()"
+            " GROUP BY kind, name ORDER BY kind, name",
+            [queue],
+        )
+        return [Backlog(**row) for row in found]
+
+    async def remove_job_tasks(self, job_id: str) -> int:
+        found = await self.tx.all(
+            "DELETE FROM tasks WHERE job_id = %s RETURNING 1 AS removed", [job_id]
+        )
         return len(found)
 
     async def ack(self, task_id: str) -> None:

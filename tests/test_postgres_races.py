@@ -44,3 +44,60 @@ async def test_an_answer_is_never_lost_to_a_run_claimed_before_it_commits(
             assert await handle.result(timeout=30) == 40
     finally:
         await mf.shutdown()
+
+
+async def test_two_runs_delivering_one_activation_cannot_both_succeed() -> None:
+    """Two runs of a thread that saw different answers (disjoint sets: an inline
+    continuation does not reload its history) race to deliver activation 1. The
+    first holds its transaction open; the second waits on the job row, then
+    finds the activation taken, and gives way, though it marks other steps."""
+    from hotmesh_core.models import Job, Step
+
+    mf = await MemFlow.init(
+        app_id=f"race{uuid.uuid4().hex[:10]}",
+        backend="postgres",
+        dsn=test_dsn(),
+        drop_on_close=True,
+    )
+    try:
+        async with mf.backend.transaction() as tx:
+            await tx.store.create_job(Job(id="j", entity="t", workflow_name="w", task_queue="q"))
+            for index in range(2):
+                await tx.store.insert_step(
+                    Step(
+                        job_id="j",
+                        dimension="",
+                        index=index,
+                        kind="activity",
+                        name="a",
+                        status="done",
+                        result=index,
+                    )
+                )
+        first_marked = asyncio.Event()
+        release = asyncio.Event()
+
+        async def first() -> bool:
+            async with mf.backend.transaction() as tx:
+                marked = await tx.store.mark_delivered("j", "", [0], 1)
+                first_marked.set()
+                await release.wait()
+            return marked
+
+        async def second() -> bool:
+            await first_marked.wait()
+            async with mf.backend.transaction() as tx:
+                return await tx.store.mark_delivered("j", "", [1], 1)
+
+        one = asyncio.create_task(first())
+        two = asyncio.create_task(second())
+        await asyncio.sleep(0.3)
+        assert not two.done()  # waiting on the row lock
+        release.set()
+        assert await one is True
+        assert await two is False
+        async with mf.backend.transaction() as tx:
+            steps = await tx.store.load_steps("j", "")
+        assert [s.activation for s in steps] == [1, None]
+    finally:
+        await mf.shutdown()
