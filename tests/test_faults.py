@@ -8,6 +8,8 @@ prints every failing seed with the command that replays it.  Budgets: about
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 
 import pytest
@@ -135,8 +137,35 @@ def _assert_clean(report_text: str, lost: int, wrong: int) -> None:
     assert (lost, wrong) == (0, 0), report_text
 
 
+# Lost waits (p_lose_wait) are left to the focused test below while the claim
+# loop does not survive them: every seed would otherwise fail on that one defect.
+CI_CONFIG = {"p_lose_wait": 0.0}
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="defect: Worker._claim_loop does not guard wait_for_tasks; a BackendUnavailable"
+    " there (PostgreSQL's wait_for_tasks reads the next due time) kills the loop and the"
+    " worker silently stops claiming. Remove this mark once it is fixed.",
+)
+async def test_a_failed_wait_does_not_stop_the_worker() -> None:
+    mf = await faults(p_lose_wait=1.0, budget=1)
+    await mf.worker(
+        "q", workflows=WORKFLOWS, activities=Activities().functions(), poll_interval=0.05
+    )
+    await asyncio.sleep(0.3)  # idle: the first wait_for_tasks is the one fault
+    assert mf.backend.injected == {"lose_wait": 1}
+    handle = await mf.workflow.start("e", "seq3", "after-wait", ["w", 1], "q")
+    try:
+        assert await handle.result(timeout=5) == 4
+    finally:
+        with contextlib.suppress(BaseException):
+            await mf.shutdown()
+
+
 async def test_soak_on_memory() -> None:
-    report = await soak(range(100_000), SoakConfig(inner="memory"), time_limit=MEMORY_SECONDS)
+    config = SoakConfig(inner="memory", **CI_CONFIG)
+    report = await soak(range(100_000), config, time_limit=MEMORY_SECONDS)
     totals = report.totals()
     print(report.summary(details=False))
     assert totals["seeds"] >= 5
@@ -145,7 +174,7 @@ async def test_soak_on_memory() -> None:
 
 async def test_soak_on_postgres() -> None:
     options = backend_test_options("postgres")
-    config = SoakConfig(inner="postgres", inner_options=options)
+    config = SoakConfig(inner="postgres", inner_options=options, **CI_CONFIG)
     report = await soak(range(100_000), config, time_limit=POSTGRES_SECONDS)
     totals = report.totals()
     print(report.summary(details=False))
@@ -155,7 +184,7 @@ async def test_soak_on_postgres() -> None:
 @pytest.mark.skipif(not LONG_SECONDS, reason="set HOTMESH_SOAK_SECONDS for the long soak")
 @pytest.mark.parametrize("inner", ["memory", "postgres"])
 async def test_long_soak(inner: str) -> None:
-    config = SoakConfig(inner=inner, inner_options=backend_test_options(inner))
+    config = SoakConfig(inner=inner, inner_options=backend_test_options(inner), **CI_CONFIG)
     report = await soak(range(100_000), config, time_limit=LONG_SECONDS)
     totals = report.totals()
     print(report.summary(details=False))
