@@ -81,6 +81,9 @@ class WorkflowExport:
     timeline: list[TimelineEntry] = field(factory=list)
     entity_changes: list[dict[str, Any]] = field(factory=list)
     hooks: list[dict[str, Any]] = field(factory=list)
+    # The generation shown (continue_as_new): how many came before it. Its
+    # timeline is this generation's; the entity and its changes span them all.
+    generation: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = unstructure(self)
@@ -180,6 +183,7 @@ class WorkflowHandle:
             timeline=timeline,
             entity_changes=[unstructure(c) for c in changes],
             hooks=[unstructure(t) for t in threads],
+            generation=job.generation,
         )
 
 

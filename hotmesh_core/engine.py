@@ -215,7 +215,9 @@ class Engine:
         return stored, created
 
     # -- runs ------------------------------------------------------------------
-    async def load_run(self, task: Task) -> RunContext | None:
+    async def load_run(self, task: Task, indexes: list[int] | None = None) -> RunContext | None:
+        """The job, its hook thread and the thread's history; with ``indexes``, only
+        those steps (what a cached run waits for)."""
         async with self.backend.transaction(readonly=True) as tx:
             job = await tx.store.get_job(task.job_id)
             if job is None:
@@ -225,7 +227,7 @@ class Engine:
                 thread = await tx.store.get_thread(task.job_id, task.dimension)
                 if thread is None:
                     return None
-            history = await tx.store.load_steps(task.job_id, task.dimension)
+            history = await tx.store.load_steps(task.job_id, task.dimension, indexes)
         return RunContext(job, thread, history)
 
     async def execute_inline(self, run: Run, command: Command) -> Any:
@@ -276,6 +278,13 @@ class Engine:
                     f"another run of {run.job.id!r} ({run.dimension or 'main'}) delivered"
                     f" answers of activation {activation} first"
                 )
+            if run.handed_on:
+                # Not to another wait of this run that was cancelled too.
+                for index in run.abandoned_waits(ended=False):
+                    await self._abandon_wait(tx, run, index)
+                handed_on, run.handed_on = run.handed_on, []
+                for signal_id, data in handed_on:
+                    await self._deliver(tx, signal_id, data, DEFAULT_SIGNAL_EXPIRE)
 
     async def _recorded(self, tx: Transaction, run: Run, index: int) -> Any:
         for step in await tx.store.load_steps(run.job.id, run.dimension):
@@ -355,8 +364,7 @@ class Engine:
             leased = await self._apply_outcome(tx, run, outcome, local)
             waiting = {c.index for c in outcome.commands}
             if outcome.status == "suspended" and any(
-                step.status == "pending" and step.index not in waiting
-                for step in run.known_history()
+                index not in waiting for index in run.awaiting
             ):
                 # Other steps were pending: one may have been answered while this
                 # worker ran its activities, by a run that could not see them.
@@ -406,6 +414,7 @@ class Engine:
         self, tx: Transaction, run: Run, outcome: RunOutcome, local: LocalWorker | None
     ) -> list[Task]:
         leased: list[Task] = []
+        ended = False  # this transaction ends the thread
         for value in outcome.values:
             await tx.store.insert_step(value)
         if outcome.status == "suspended":
@@ -416,27 +425,82 @@ class Engine:
                 task = await self._persist(tx, run, command, local)
                 if task is not None:
                     leased.append(task)
+        elif outcome.status == "continued":
+            await self._continue_job(tx, run, outcome.result)
         elif run.dimension == MAIN_THREAD:
-            await self._finish_job(tx, run.job.id, outcome)
+            ended = await self._finish_job(tx, run.job.id, outcome)
         else:
-            await self._finish_hook(tx, run, outcome)
+            ended = await self._finish_hook(tx, run, outcome)
+        for index in outcome.abandoned:
+            if not await self._abandon_wait(tx, run, index) and ended:
+                # A signal took its waiter after this run read the history: no
+                # later run of the ended thread will hand it on, so do it here
+                # (once: only the transaction that ends the thread gets here).
+                await self._hand_on(tx, run, index)
         return leased
 
-    async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> None:
+    async def _continue_job(self, tx: Transaction, run: Run, args: list[Any]) -> None:
+        """The next generation: a fresh history and a run of it, in this transaction.
+        What the old one still waited on goes: its tasks (activities, timers), its
+        waiters (a signal for them is kept for the new generation)."""
+        job = await tx.store.continue_job(run.job.id, args)
+        if job is None:
+            return  # interrupted meanwhile
+        await tx.stream.remove_job_tasks(job.id, MAIN_THREAD)
+        for index in run.awaiting:
+            await tx.signal.remove_waiter(job.id, MAIN_THREAD, index)
+        await tx.stream.enqueue(_run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name))
+        await tx.signal.notify_job(job.id)
+
+    async def _abandon_wait(self, tx: Transaction, run: Run, index: int) -> bool:
+        """A wait whose branch was cancelled (it lost an ``asyncio.wait`` race, say),
+        or that its thread ended without: no signal may go to it any more. Its step
+        is closed too, so that later runs do not abandon it again. False if it was
+        answered already (a signal got there first)."""
+        await tx.signal.remove_waiter(run.job.id, run.dimension, index)
+        closed = await tx.store.resolve_step(
+            run.job.id,
+            run.dimension,
+            index,
+            error=ErrorInfo(
+                "CancelledError",
+                "the wait was abandoned (its branch was cancelled, or its thread ended);"
+                " a signal goes to the next waiter",
+            ),
+        )
+        return closed is not None
+
+    async def _hand_on(self, tx: Transaction, run: Run, index: int) -> None:
+        """Deliver again the signal an abandoned wait received and nobody saw."""
+        for step in await tx.store.load_steps(run.job.id, run.dimension):
+            if (
+                step.index == index
+                and step.kind == "wait"
+                and step.status == "done"
+                and step.activation is None
+            ):
+                await self._deliver(tx, step.name, step.result, DEFAULT_SIGNAL_EXPIRE)
+
+    async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> bool:
+        """End the job; False if it had ended already."""
         status = "completed" if outcome.status == "completed" else "failed"
         job = await tx.store.set_job_status(
             job_id, status, result=outcome.result, error=outcome.error
         )
         if job is None:
-            return
+            return False
         await tx.signal.notify_job(job_id)
         await self._answer_parent(tx, job, result=outcome.result, error=outcome.error)
+        return True
 
-    async def _finish_hook(self, tx: Transaction, run: Run, outcome: RunOutcome) -> None:
+    async def _finish_hook(self, tx: Transaction, run: Run, outcome: RunOutcome) -> bool:
+        """End the hook thread; False if it had ended already."""
         status = "completed" if outcome.status == "completed" else "failed"
         thread = await tx.store.finish_thread(run.job.id, run.dimension, status, outcome.error)
-        if thread is None or thread.signal_id is None:
-            return
+        if thread is None:
+            return False
+        if thread.signal_id is None:
+            return True
         # A hook that ends without signalling releases its exec_hook caller
         # (with None, or with its error) instead of leaving it blocked forever.
         waiter = await tx.signal.take_waiter(thread.signal_id)
@@ -446,6 +510,7 @@ class Engine:
             )
             if step is not None:
                 await self._wake(tx, step)
+        return True
 
     async def _persist(
         self, tx: Transaction, run: Run, command: Command, local: LocalWorker | None = None
@@ -533,6 +598,10 @@ class Engine:
         if created:
             return
         error: ErrorInfo | None = None
+        awaited_here = (
+            stored.parent_index == step.index
+            and (stored.parent_dimension or MAIN_THREAD) == run.dimension
+        )
         if stored.parent_id != run.job.id:
             error = error_info(
                 DuplicateWorkflow(
@@ -540,7 +609,17 @@ class Engine:
                 )
             )
         elif stored.status not in TERMINAL_STATUSES:
-            return  # our child from an earlier attempt: it will answer
+            if awaited_here:
+                return  # our child from an earlier attempt: it will answer
+            # A running child that answers another call (start_child, or an
+            # exec_child at another index) would never answer this one.
+            error = error_info(
+                DuplicateWorkflow(
+                    f"workflow {stored.id!r} is already a running child of {run.job.id!r},"
+                    " started by another call (start_child, or exec_child at index"
+                    f" {stored.parent_index}); it cannot answer exec_child at index {step.index}"
+                )
+            )
         else:
             error = stored.error
         answered = await tx.store.resolve_step(

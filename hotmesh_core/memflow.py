@@ -6,6 +6,7 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from .cache import DEFAULT_MAX_CACHED_WORKFLOWS
 from .client import WorkflowClient
 from .config import choose_backend, validate_app_id, validate_name
 from .entity import EntityClient
@@ -70,6 +71,7 @@ class MemFlow(Client):
         lease: float = 30.0,
         poll_interval: float = 1.0,
         worker_id: str | None = None,
+        max_cached_workflows: int = DEFAULT_MAX_CACHED_WORKFLOWS,
     ) -> Worker:
         """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``).
 
@@ -77,6 +79,10 @@ class MemFlow(Client):
         (a pod or host name, say). A worker started again under the same id
         takes back at once the tasks it held when it died, instead of waiting
         for their leases to run out. Without it, every start is a new worker.
+
+        ``max_cached_workflows``: how many suspended workflow runs the worker
+        keeps in memory to resume with their next answers instead of replaying
+        their history (constant cost per step); 0 replays every time.
         """
         worker = Worker(
             self.backend,
@@ -87,6 +93,7 @@ class MemFlow(Client):
             lease=lease,
             poll_interval=poll_interval,
             worker_id=None if worker_id is None else validate_name(worker_id, "worker_id"),
+            max_cached_workflows=max_cached_workflows,
         )
         await worker.start()
         self.workers.append(worker)

@@ -70,6 +70,11 @@ class Job:
     created_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
+    # The last activation of the main thread (hotmesh_core.replay): a worker's
+    # cached run of it is current only while this is the activation it made.
+    activation: int = 0
+    # How many generations came before this one (workflow.continue_as_new).
+    generation: int = 0
 
 
 @define
@@ -90,6 +95,7 @@ class Thread:
     error: ErrorInfo | None = None
     created_at: float = 0.0
     finished_at: float | None = None
+    activation: int = 0  # the hook's last activation, as Job.activation
 
 
 @define

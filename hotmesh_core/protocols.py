@@ -45,6 +45,12 @@ class Store(Protocol):
     ) -> Job | None:
         """Move a job that is not finished to ``status``; return it, or None if it was finished."""
 
+    async def continue_job(self, job_id: str, args: list[Any]) -> Job | None:
+        """Start the next generation of a running job (``continue_as_new``): delete
+        its main thread's steps, set ``args``, reset its activation, count the
+        generation. Its entity, hooks and their histories stay. None if the job
+        is not running (interrupted meanwhile)."""
+
     async def active_children(self, job_id: str) -> list[str]:
         """Ids of the job's child jobs that have not finished."""
 
@@ -60,8 +66,12 @@ class Store(Protocol):
 
     async def threads(self, job_id: str) -> list[Thread]: ...
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
-        """The step history of one dimension (or all, ordered by dimension then index)."""
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
+        """The step history of one dimension (or all, ordered by dimension then index);
+        with ``indexes``, only those steps of the dimension (a cached run reads
+        just the answers it waits for: constant cost, however long the history)."""
 
     async def insert_step(self, step: Step) -> bool:
         """Record a step unless (job, dimension, index) exists or the job was interrupted
@@ -169,9 +179,10 @@ class Stream(Protocol):
         """The ready, unleased tasks of ``queue`` by kind and name (timers left out:
         any worker fires them)."""
 
-    async def remove_job_tasks(self, job_id: str) -> int:
-        """Delete every task of ``job_id`` (queued or leased): an interrupted job
-        runs nothing more. Returns how many went."""
+    async def remove_job_tasks(self, job_id: str, dimension: str | None = None) -> int:
+        """Delete every task of ``job_id`` (of one ``dimension`` if given), queued or
+        leased: an interrupted job (a finished generation) runs nothing more.
+        Returns how many went."""
 
     async def ack(self, task_id: str) -> None:
         """Remove a finished task."""

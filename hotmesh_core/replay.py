@@ -37,16 +37,23 @@ from attrs import define, evolve, field
 from .entity_ops import EntityPathError
 from .errors import (
     ActivityFailed,
+    DuplicateWorkflow,
     HotMeshError,
+    InvalidIdentifier,
     NonDeterminismError,
+    SerializationError,
+    UnknownWorkflow,
     WaitTimeout,
+    WorkflowClosed,
     WorkflowFailed,
     WorkflowInterrupted,
+    WorkflowNotFound,
 )
 from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
 __all__ = [
     "Command",
+    "ContinueAsNew",
     "InlineFailed",
     "ReplayLoop",
     "Run",
@@ -64,7 +71,7 @@ class RunAborted(Exception):
 
 INLINE_KINDS = frozenset({"entity", "signal", "start_child", "hook"})
 SUSPENDING_KINDS = frozenset({"activity", "sleep", "wait", "child", "exec_hook"})
-VALUE_KINDS = frozenset({"now", "random", "uuid4"})
+VALUE_KINDS = frozenset({"now", "random", "uuid4", "patch"})
 
 _current_run: contextvars.ContextVar[Run] = contextvars.ContextVar("hotmesh_run")
 
@@ -128,7 +135,26 @@ def exception_for(step: Step) -> BaseException:
         return WorkflowInterrupted(error.message, traceback=error.traceback)
     if step.kind == "entity":
         return EntityPathError(error.message)
+    if step.kind in INLINE_KINDS and error.type_name in _INLINE_ERRORS:
+        # The engine raised it at the call the first time (a hook on a closed
+        # job, say): a replay raises the same class, or an ``except`` that
+        # caught it then would not catch it now.
+        return _INLINE_ERRORS[error.type_name](error.message)
     return WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
+
+
+_INLINE_ERRORS: dict[str, type[HotMeshError]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkflowClosed,
+        DuplicateWorkflow,
+        InvalidIdentifier,
+        SerializationError,
+        WorkflowNotFound,
+        UnknownWorkflow,
+        HotMeshError,
+    )
+}
 
 
 @define
@@ -257,11 +283,25 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 class RunOutcome:
     """How a run ended: returned, raised, or suspended with new commands."""
 
-    status: str  # "completed" | "failed" | "suspended"
+    status: str  # "completed" | "failed" | "suspended" | "continued" (result: the args)
     result: Any = None
     error: ErrorInfo | None = None
     commands: list[Command] = field(factory=list)
     values: list[Step] = field(factory=list)
+    # Waits (by index) whose branch was cancelled, or that the run ended without:
+    # their waiters are removed, so that a later signal goes to a live waiter.
+    abandoned: list[int] = field(factory=list)
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``workflow.continue_as_new``: ends this generation of the job.
+
+    A BaseException, so that workflow code catching ``Exception`` around it
+    does not swallow the end of its own generation."""
+
+    def __init__(self, args: list[Any]) -> None:
+        super().__init__("continue as new")
+        self.next_args = args
 
 
 class InlineFailed(Exception):
@@ -313,7 +353,7 @@ class Run:
         self.history = {step.index: step for step in history}
         self.loop = ReplayLoop(now)  # type: ignore[abstract]  # only what asyncio needs
         self.clock = clock
-        self._execute_inline = execute_inline
+        self.execute_inline = execute_inline
         self._next_index = 0
         self.commands: list[Command] = []
         self.inline: list[Command] = []
@@ -322,6 +362,14 @@ class Run:
         self.nondeterminism: NonDeterminismError | None = None
         self._awaiting: dict[int, asyncio.Future[Any]] = {}  # suspending calls, by index
         self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
+        self.root: asyncio.Task[Any] | None = None
+        self._patches: dict[str, bool] = {}  # patched() decisions, fixed for the run
+        self._abandoned: set[int] = set()  # cancelled waits already given up
+        self.activation = 0  # the last activation this run delivered
+        # ``(signal id, data)`` the live activation delivered to waits whose branch
+        # was cancelled: handed on (to the next waiter, or kept) by the transaction
+        # that records the marks, so exactly once.
+        self.handed_on: list[tuple[str, Any]] = []
 
     # -- used by the workflow API -----------------------------------------
     def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
@@ -376,6 +424,37 @@ class Run:
         self.recorded[index] = step
         return generated
 
+    def patched(self, change_id: str, *, deprecated: bool = False) -> bool:
+        """Whether this run takes the new code path of ``change_id``.
+
+        A run that reaches the call where its history has nothing yet (a new
+        run, or one that got here after the deploy) records a marker and takes
+        the new path. A history recorded before the change holds another call
+        at this index: the old path, and no index is taken, so the old calls
+        keep theirs. ``deprecated`` (``workflow.deprecate_patch``): the new path
+        always; a marker in the history is accepted, none is recorded.
+        """
+        known = self._patches.get(change_id)
+        if known is not None:
+            return known
+        index = self._next_index
+        recorded = self.history.get(index)
+        if recorded is not None and (recorded.kind, recorded.name) == ("patch", change_id):
+            self._next_index += 1
+            decision = True
+        elif deprecated:
+            decision = True
+        elif recorded is not None or index in self.recorded:
+            decision = False
+        else:
+            self._next_index += 1
+            step = Command(index, "patch", change_id).step(self, status="done", result=True)
+            self.values.append(step)
+            self.recorded[index] = step
+            decision = True
+        self._patches[change_id] = decision
+        return decision
+
     def take_values(self) -> list[Step]:
         values, self.values = self.values, []
         return values
@@ -393,16 +472,39 @@ class Run:
 
     # -- driving -----------------------------------------------------------
     async def execute(self, fn: Callable[..., Any], args: list[Any]) -> RunOutcome:
+        """Run the function from the top over the history, then deliver what is new."""
         context = contextvars.copy_context()
         context.run(_current_run.set, self)
         # The task copies the current context at creation: create it inside ours.
         root = context.run(self.loop.create_task, _call(fn, args))
+        self.root = root
         await self._settle()
         for activation, steps in self._recorded_activations():
             if self.nondeterminism is not None or root.done():
                 break
             self._deliver(steps, activation)
             await self._settle()
+            self.activation = activation
+        return await self._live()
+
+    async def resume(self, answers: list[Step], now: float) -> RunOutcome:
+        """Continue this suspended run with answers it has not seen: the next
+        activation, without replaying the ones before (a worker's cache of
+        suspended runs keeps the cost of a step constant, however long the
+        history). Only for a run whose last outcome was committed as it was."""
+        assert self.root is not None, "resume() follows execute()"
+        self.history.update(self.recorded)
+        for step in answers:
+            self.history[step.index] = step
+        self.recorded = {}
+        self.commands = []
+        self.handed_on = []
+        self.loop._now = now
+        return await self._live()
+
+    async def _live(self) -> RunOutcome:
+        root = self.root
+        assert root is not None
         if self.nondeterminism is None and not root.done():
             live = self._new_answers()
             if live:
@@ -410,20 +512,78 @@ class Run:
                 self._marks = (activation, [step.index for step in live])
                 for step in live:
                     self.recorded[step.index] = evolve(step, activation=activation)
-                self._deliver(live, activation)
+                self._deliver(live, activation, live=True)
                 await self._settle()
+                self.activation = activation
         if self.nondeterminism is not None:
             return RunOutcome(
-                "failed", error=error_info(self.nondeterminism), values=self.take_values()
+                "failed",
+                error=error_info(self.nondeterminism),
+                values=self.take_values(),
+                abandoned=self.abandoned_waits(ended=True),
             )
         if root.done():
             raised = root.exception() if not root.cancelled() else asyncio.CancelledError()
+            if isinstance(raised, ContinueAsNew):
+                if self.thread is not None:
+                    error = HotMeshError("continue_as_new is for a job's main function, not hooks")
+                    return RunOutcome("failed", error=error_info(error), values=self.take_values())
+                return RunOutcome("continued", result=raised.next_args, values=self.take_values())
+            abandoned = self.abandoned_waits(ended=True)
             if raised is not None:
-                return RunOutcome("failed", error=error_info(raised), values=self.take_values())
-            return RunOutcome("completed", result=root.result(), values=self.take_values())
+                return RunOutcome(
+                    "failed",
+                    error=error_info(raised),
+                    values=self.take_values(),
+                    abandoned=abandoned,
+                )
+            return RunOutcome(
+                "completed", result=root.result(), values=self.take_values(), abandoned=abandoned
+            )
         for command in self.commands:
             self.recorded[command.index] = command.step(self)
-        return RunOutcome("suspended", commands=self.commands, values=self.take_values())
+        return RunOutcome(
+            "suspended",
+            commands=self.commands,
+            values=self.take_values(),
+            abandoned=self.abandoned_waits(ended=False),
+        )
+
+    def abandoned_waits(self, *, ended: bool) -> list[int]:
+        """The waits nobody will receive: cancelled, or left when the thread ended."""
+        kinds = {c.index: c.kind for c in self.commands}
+
+        def kind(index: int) -> str | None:
+            step = self.history.get(index)
+            return kinds.get(index) if step is None else step.kind
+
+        abandoned = sorted(
+            index
+            for index, future in self._awaiting.items()
+            if (ended or (future.cancelled() and index not in self._abandoned))
+            and kind(index) == "wait"
+        )
+        # Abandoned once, by the transaction this is for: a resumed run must not
+        # abandon them again at every later step (its answer, should a signal
+        # have got there first, is still delivered to the cancelled future and
+        # handed on).
+        self._abandoned.update(abandoned)
+        return abandoned
+
+    def step_at(self, index: int) -> Step:
+        """The step this run knows at ``index`` (what it recorded, else its history)."""
+        return self.recorded.get(index) or self.history[index]
+
+    @property
+    def undelivered(self) -> list[int]:
+        """Indexes whose answer this run has not been handed yet, cancelled branches'
+        included (a signal may have reached one: it is handed on when it comes)."""
+        return list(self._awaiting)
+
+    @property
+    def awaiting(self) -> list[int]:
+        """Indexes of the suspending calls the workflow still waits on."""
+        return [index for index, future in self._awaiting.items() if not future.done()]
 
     async def _settle(self) -> None:
         """Run until every branch is blocked on a suspending call (or done): inline
@@ -444,7 +604,7 @@ class Run:
                         command.future.set_result(command.recorded.result)
                     continue
                 try:
-                    result = await self._execute_inline(self, command)
+                    result = await self.execute_inline(self, command)
                 except InlineFailed as failed:  # recorded as a failed step; raised in the workflow
                     self.recorded[command.index] = evolve(
                         command.step(self), status="failed", error=error_info(failed.error)
@@ -462,21 +622,25 @@ class Run:
         return sorted(by_activation.items())
 
     def _live_activation(self) -> int:
-        known = [s.activation for s in self.history.values() if s.activation is not None]
-        return max(known, default=0) + 1
+        # Activations are numbered 1, 2, ... without gaps (mark_delivered's
+        # compare-and-set), and execute() replayed every recorded one.
+        return self.activation + 1
 
     def _new_answers(self) -> list[Step]:
         """Answered steps the workflow has not received yet, in index order."""
-        return [
-            step
-            for index, step in sorted(self.history.items())
-            if step.kind in SUSPENDING_KINDS
-            and step.status != "pending"
-            and step.activation is None
-            and index in self._awaiting
-        ]
+        answers = []
+        for index in sorted(self._awaiting):
+            step = self.history.get(index)
+            if (
+                step is not None
+                and step.kind in SUSPENDING_KINDS
+                and step.status != "pending"
+                and step.activation is None
+            ):
+                answers.append(step)
+        return answers
 
-    def _deliver(self, steps: list[Step], activation: int) -> None:
+    def _deliver(self, steps: list[Step], activation: int, *, live: bool = False) -> None:
         for step in sorted(steps, key=lambda s: s.index):
             future = self._awaiting.pop(step.index, None)
             if future is None:
@@ -488,7 +652,12 @@ class Run:
                 )
                 return
             if future.done():
-                continue  # its branch was cancelled: the answer goes nowhere, as it did
+                # Its branch was cancelled: the answer goes nowhere, as it did. A
+                # signal that reached the wait before its waiter was removed is
+                # not the workflow's to drop: hand it on (once: with the marks).
+                if live and step.kind == "wait" and step.status == "done":
+                    self.handed_on.append((step.name, step.result))
+                continue
             if step.status == "failed":
                 future.set_exception(exception_for(step))
             else:

@@ -20,6 +20,7 @@ from typing import Any
 
 from attrs import define, evolve
 
+from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, Suspended, WorkflowCache
 from .config import validate_name
 from .engine import Engine, LocalWorker, Superseded
 from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
@@ -68,6 +69,7 @@ class Worker:
         expire_interval: float = 60.0,
         max_task_attempts: int = 10,
         worker_id: str | None = None,
+        max_cached_workflows: int = DEFAULT_MAX_CACHED_WORKFLOWS,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -90,10 +92,13 @@ class Worker:
         self._claims = 0
         self._lost_claims: list[str] = []  # claim owners whose answer a cut connection lost
         self._reported: set[tuple[str, str]] = set()  # unserved names already logged
+        self._cache = WorkflowCache(max_cached_workflows)
         # Activities this worker serves are run by the worker that dispatches them.
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
 
     async def start(self) -> Worker:
+        """Start claiming (again, after :meth:`stop`: the same worker, its cache kept)."""
+        self._stopping = False
         if self._stable_id:
             # The same id as before a crash or restart: what this worker held
             # then is its own, and nobody else holds it; take it back now.
@@ -308,7 +313,12 @@ class Worker:
                 return
 
     async def _run_workflow(self, task: Task) -> None:
-        context = await self.engine.load_run(task)
+        # A run of this thread we hold suspended needs only the answers it waits
+        # for; anything else (a miss, a run advanced elsewhere) replays history.
+        cached = self._cache.take(task.job_id, task.dimension)
+        context = await self.engine.load_run(
+            task, None if cached is None else cached.run.undelivered
+        )
         if context is None:
             await self.engine.drop_task(task)
             return
@@ -331,11 +341,31 @@ class Worker:
                 await tx.stream.retry(task.id, delay=self.poll_interval)
             return
         args = list(thread.args if thread is not None else job.args)
-        run = self._new_run(job, thread, context.history, self.engine.execute_inline)
-        outcome = await self._execute(run, fn, args, name)
+        stored_activation = (thread or job).activation
+        if cached is not None and cached.fn is fn and cached.run.activation == stored_activation:
+            run = cached.run
+            run.job, run.thread = job, thread
+            run.execute_inline = self.engine.execute_inline
+            outcome = await self._execute(run, fn, args, name, resume=context.history)
+        else:
+            if cached is not None:  # advanced by another worker, or the code was reloaded
+                self._cache.stale += 1
+                context = await self.engine.load_run(task)
+                if context is None:
+                    await self.engine.drop_task(task)
+                    return
+            run = self._new_run(
+                context.job, context.thread, context.history, self.engine.execute_inline
+            )
+            outcome = await self._execute(run, fn, args, name)
         leased = await self.engine.finish_run(task, run, outcome, self._local)
         while leased:
-            run, leased = await self._continue_inline(run, fn, args, name, leased)
+            run, next_outcome, leased = await self._continue_inline(run, fn, args, name, leased)
+            if next_outcome is None:
+                return  # the chain broke off: this run is no longer what is stored
+            outcome = next_outcome
+        if outcome.status == "suspended":
+            self._cache.put(Suspended(run, fn, args, name))
 
     def _new_run(
         self,
@@ -354,9 +384,19 @@ class Worker:
         )
 
     async def _execute(
-        self, run: Run, fn: Callable[..., Any], args: list[Any], name: str
+        self,
+        run: Run,
+        fn: Callable[..., Any],
+        args: list[Any],
+        name: str,
+        resume: list[Step] | None = None,
     ) -> RunOutcome:
-        outcome = await run.execute(fn, args)
+        """Run ``fn`` from the top, or (``resume``) continue the suspended ``run``
+        with those steps."""
+        if resume is None:
+            outcome = await run.execute(fn, args)
+        else:
+            outcome = await run.resume(resume, self.backend.now())
         if outcome.status == "completed":
             try:
                 outcome.result = ensure_json(outcome.result, what=f"the result of {name!r}")
@@ -366,49 +406,63 @@ class Worker:
 
     async def _continue_inline(
         self, run: Run, fn: Callable[..., Any], args: list[Any], name: str, leased: list[Task]
-    ) -> tuple[Run, list[Task]]:
-        """Run the activities this worker leased to itself, then replay the workflow with
-        their results and commit both together: one commit per step on the hot path.
+    ) -> tuple[Run, RunOutcome | None, list[Task]]:
+        """Run the activities this worker leased to itself, then resume the workflow
+        with their results and commit both together: one commit per step on the hot
+        path, at a cost that does not grow with the history.
 
         The job's way forward is always a lease this worker holds: first the
         activity tasks', then (once their answers are recorded, before a side
-        effect of the replay) a run task's. Should anything go wrong here, the
-        answers go the ordinary way, or that run task is handed back, and the
-        chain of inline steps ends; nothing is lost.
+        effect of the resumed run) a run task's. Should anything go wrong here,
+        the answers go the ordinary way, or that run task is handed back, and the
+        chain of inline steps ends (None: ``run`` is no longer what is stored);
+        nothing is lost. With ``max_cached_workflows=0`` the workflow is replayed
+        from the top instead of resumed, as on every other path.
         """
         outcomes = await asyncio.gather(*(self._activity_outcome(task) for task in leased))
         if any(outcome.retry_in is not None for outcome in outcomes):
             await self._while_backend_returns(lambda: self._answer_normally(outcomes))
-            return run, []
+            return run, None, []
         answers = [(o.task, o.result, o.error) for o in outcomes]
-        history = {step.index: step for step in run.known_history()}
+        answered: list[Step] = []
         for task, result, error in answers:
             assert task.index is not None
-            history[task.index] = evolve(
-                history[task.index],
-                status="done" if error is None else "failed",
-                result=result,
-                error=error,
-                attempts=task.attempts,
-                activation=None,
+            answered.append(
+                evolve(
+                    run.step_at(task.index),
+                    status="done" if error is None else "failed",
+                    result=result,
+                    error=error,
+                    attempts=task.attempts,
+                    activation=None,
+                )
             )
         run_task: Task | None = None
         heartbeat: asyncio.Task[None] | None = None
 
-        async def record_then_execute(replaying: Run, command: Command) -> Any:
+        async def record_then_execute(resumed: Run, command: Command) -> Any:
             # A durable side effect may depend on the answers: record them first.
             nonlocal run_task, heartbeat
             if run_task is None:
-                run_task = await self.engine.record_answers(replaying, answers, self._local)
+                run_task = await self.engine.record_answers(resumed, answers, self._local)
                 heartbeat = asyncio.create_task(self._heartbeat(run_task))
-            return await self.engine.execute_inline(replaying, command)
+            return await self.engine.execute_inline(resumed, command)
 
-        replay = self._new_run(run.job, run.thread, list(history.values()), record_then_execute)
+        if self._cache.size == 0:
+            history = {step.index: step for step in run.known_history()}
+            history.update({step.index: step for step in answered})
+            run = self._new_run(run.job, run.thread, list(history.values()), record_then_execute)
+        else:
+            run.execute_inline = record_then_execute
         try:
-            outcome = await self._execute(replay, fn, args, name)
-            return replay, await self.engine.continue_inline(
-                replay, [] if run_task is not None else answers, outcome, self._local, run_task
+            if self._cache.size == 0:
+                outcome = await self._execute(run, fn, args, name)
+            else:
+                outcome = await self._execute(run, fn, args, name, resume=answered)
+            leased_next = await self.engine.continue_inline(
+                run, [] if run_task is not None else answers, outcome, self._local, run_task
             )
+            return run, outcome, leased_next
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -418,8 +472,9 @@ class Worker:
                 await self._while_backend_returns(lambda: self._answer_normally(outcomes))
             else:
                 await self._release(run_task)
-            return replay, []
+            return run, None, []
         finally:
+            run.execute_inline = self.engine.execute_inline
             if heartbeat is not None:
                 heartbeat.cancel()
 

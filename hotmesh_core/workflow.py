@@ -13,7 +13,7 @@ import random as _random
 import uuid as _uuid
 from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, NoReturn
 
 from attrs import define
 
@@ -22,7 +22,7 @@ from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE
 from .entity import WorkflowEntity
 from .errors import HookDepthExceeded
-from .replay import current_run
+from .replay import ContinueAsNew, current_run
 from .retry import RetryPolicy
 from .serde import ensure_json
 
@@ -30,12 +30,15 @@ __all__ = [
     "MAX_HOOK_DEPTH",
     "ActivityProxy",
     "WorkflowInfo",
+    "continue_as_new",
+    "deprecate_patch",
     "entity",
     "exec_child",
     "exec_hook",
     "hook",
     "info",
     "now",
+    "patched",
     "proxy_activities",
     "random",
     "signal",
@@ -313,6 +316,40 @@ async def hook(
         **options,
     )
     return hook_id
+
+
+async def continue_as_new(*args: Any) -> NoReturn:
+    """End this generation and start the workflow again, same id, with ``args``.
+
+    The main thread's history is deleted (it stays bounded however long the
+    workflow lives); the entity, its change log, hooks and children stay, and
+    buffered signals wait for the next generation. ``handle.result()`` waits
+    for the last generation; ``export()`` says which one it shows. Never
+    returns; steps still pending in other branches are abandoned.
+    """
+    current_run()  # only inside a workflow
+    raise ContinueAsNew(_args(args, "the arguments of continue_as_new"))
+
+
+def patched(change_id: str) -> bool:
+    """Guard a code change so running workflows keep replaying: ``True`` for runs
+    that reach this point with the new code (new runs, and older runs that get
+    here after the deploy), ``False`` when replaying a history recorded before
+    the change. Keep both paths until no run from before the change remains::
+
+        if workflow.patched("v2-score"):
+            score = await acts.score_v2(text)
+        else:
+            score = await acts.score(text)
+    """
+    return current_run().patched(validate_name(change_id, "change_id"))
+
+
+def deprecate_patch(change_id: str) -> None:
+    """The second step of removing a patch: once no run from before the change
+    remains, keep only the new path and call this where ``patched`` was; runs
+    that recorded the marker still replay. Remove it once those are gone too."""
+    current_run().patched(validate_name(change_id, "change_id"), deprecated=True)
 
 
 def now() -> datetime:

@@ -60,8 +60,6 @@ class MemoryState:
         self.children: dict[str, dict[str, None]] = {}
         self.threads: dict[tuple[str, str], Thread] = {}
         self.steps: dict[tuple[str, str], dict[int, Step]] = {}
-        # The last activation each thread delivered (Store.mark_delivered).
-        self.activations: dict[tuple[str, str], int] = {}
         self.changes: dict[str, list[EntityChange]] = {}
         self.queues: dict[str, dict[str, Task]] = {}
         self.task_queue_of: dict[str, str] = {}

@@ -10,6 +10,7 @@ from attrs import evolve
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
+    MAIN_THREAD,
     TERMINAL_STATUSES,
     EntityChange,
     EntityOp,
@@ -96,6 +97,23 @@ class MemoryStore:
         self.tx.put(self.state.jobs, job_id, updated)
         return clone(updated)
 
+    async def continue_job(self, job_id: str, args: list[Any]) -> Job | None:
+        job = self.state.jobs.get(job_id)
+        if job is None or job.status in TERMINAL_STATUSES:
+            return None
+        updated = evolve(
+            job,
+            args=clone(args),
+            status="running",
+            activation=0,
+            generation=job.generation + 1,
+            updated_at=self.tx.now(),
+        )
+        self.tx.put(self.state.jobs, job_id, updated)
+        if (job_id, MAIN_THREAD) in self.state.steps:
+            self.tx.pop(self.state.steps, (job_id, MAIN_THREAD))
+        return clone(updated)
+
     async def active_children(self, job_id: str) -> list[str]:
         return [
             child
@@ -129,9 +147,13 @@ class MemoryStore:
         found = [t for (job, _), t in self.state.threads.items() if job == job_id]
         return clone(sorted(found, key=lambda t: (t.created_at, t.dimension)))
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
         if dimension is not None:
             steps = self.state.steps.get((job_id, dimension), {})
+            if indexes is not None:
+                return clone([steps[i] for i in sorted(set(indexes)) if i in steps])
             return clone(sorted(steps.values(), key=lambda s: s.index))
         found = [
             step
@@ -189,9 +211,15 @@ class MemoryStore:
         self, job_id: str, dimension: str, indexes: Sequence[int], activation: int
     ) -> bool:
         key = (job_id, dimension)
-        if self.state.activations.get(key, 0) != activation - 1:
+        owner: Job | Thread | None = (
+            self.state.jobs.get(job_id) if dimension == MAIN_THREAD else self.state.threads.get(key)
+        )
+        if owner is None or owner.activation != activation - 1:
             return False  # another run of the thread delivered this activation first
-        self.tx.put(self.state.activations, key, activation)
+        if isinstance(owner, Job):
+            self.tx.put(self.state.jobs, job_id, evolve(owner, activation=activation))
+        else:
+            self.tx.put(self.state.threads, key, evolve(owner, activation=activation))
         steps = self.state.steps.get(key, {})
         marked = 0
         for index in indexes:
@@ -292,7 +320,6 @@ class MemoryStore:
             self.tx.pop(self.state.changes, job_id)
             for key in [k for k in self.state.steps if k[0] == job_id]:
                 self.tx.pop(self.state.steps, key)
-                self.tx.pop(self.state.activations, key)
             for key in [k for k in self.state.threads if k[0] == job_id]:
                 self.tx.pop(self.state.threads, key)
         self._expire_dead_letters(now)

@@ -133,12 +133,12 @@ class MemoryStream:
             found[(task.kind, task.name)] = (count + 1, min(oldest, ready_since))
         return [Backlog(kind, name, n, first) for (kind, name), (n, first) in sorted(found.items())]
 
-    async def remove_job_tasks(self, job_id: str) -> int:
+    async def remove_job_tasks(self, job_id: str, dimension: str | None = None) -> int:
         doomed = [
             task
             for queue in self.state.queues.values()
             for task in queue.values()
-            if task.job_id == job_id
+            if task.job_id == job_id and (dimension is None or task.dimension == dimension)
         ]
         for task in doomed:
             self._remove(task)

@@ -72,6 +72,8 @@ JOB_COLUMNS = ", ".join(
         epoch("created_at"),
         epoch("updated_at"),
         epoch("finished_at"),
+        "activation",
+        "generation",
     ]
 )
 THREAD_COLUMNS = ", ".join(
@@ -86,6 +88,7 @@ THREAD_COLUMNS = ", ".join(
         "error",
         epoch("created_at"),
         epoch("finished_at"),
+        "activation",
     ]
 )
 STEP_COLUMNS = ", ".join(

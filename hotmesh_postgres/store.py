@@ -176,6 +176,25 @@ class PgStore:
         )
         return None if row is None else rows.job(row)
 
+    async def continue_job(self, job_id: str, args: list[Any]) -> Job | None:
+        row = await self._one_for_job(
+            f"UPDATE jobs SET args = %s, status = 'running', activation = 0,"
+            f" generation = generation + 1, updated_at = clock_timestamp()"
+            f" WHERE {{job}} AND status <> ALL(%s) RETURNING {JOB_COLUMNS}, bucket",
+            "id",
+            job_id,
+            [jsonb(args)],
+            [TERMINAL],
+        )
+        if row is None:
+            return None
+        job = self._learn(row)
+        await self.tx.run(
+            "DELETE FROM steps WHERE job_id = %s AND bucket = %s AND dimension = %s",
+            [job_id, self._hint(job_id), MAIN_THREAD],
+        )
+        return job
+
     async def active_children(self, job_id: str) -> list[str]:
         found = await self.tx.all(
             "SELECT id FROM jobs WHERE parent_id = %s AND status <> ALL(%s) ORDER BY created_at",
@@ -234,12 +253,21 @@ class PgStore:
         )
         return [rows.thread(row) for row in found]
 
-    async def load_steps(self, job_id: str, dimension: str | None = None) -> list[Step]:
+    async def load_steps(
+        self, job_id: str, dimension: str | None = None, indexes: Sequence[int] | None = None
+    ) -> list[Step]:
         if dimension is None:
             found = await self._all_for_job(
                 f"SELECT {STEP_COLUMNS} FROM steps WHERE {{job}} ORDER BY dimension, idx",
                 job_id,
                 [],
+            )
+        elif indexes is not None:
+            found = await self._all_for_job(
+                f"SELECT {STEP_COLUMNS} FROM steps WHERE {{job}} AND dimension = %s"
+                " AND idx = ANY(%s) ORDER BY idx",
+                job_id,
+                [dimension, list(indexes)],
             )
         else:
             found = await self._all_for_job(

@@ -132,9 +132,11 @@ class PgStream:
         )
         return [Backlog(**row) for row in found]
 
-    async def remove_job_tasks(self, job_id: str) -> int:
+    async def remove_job_tasks(self, job_id: str, dimension: str | None = None) -> int:
         found = await self.tx.all(
-            "DELETE FROM tasks WHERE job_id = %s RETURNING 1 AS removed", [job_id]
+            "DELETE FROM tasks WHERE job_id = %s AND (%s::text IS NULL OR dimension = %s)"
+            " RETURNING 1 AS removed",
+            [job_id, dimension, dimension],
         )
         return len(found)
 

@@ -118,7 +118,9 @@ async def shifting_argument(key: str) -> str:
 
 async def test_a_changed_argument_is_nondeterminism(hm: Harness) -> None:
     mf = await hm.memflow()
-    await mf.worker("q", workflows=[shifting_argument], activities=[echo])
+    await mf.worker(
+        "q", workflows=[shifting_argument], activities=[echo], max_cached_workflows=0
+    )  # a deploy: a new process
     handle = await mf.workflow.start("t", "shifting_argument", "arg", [mf.app_id], "q")
     with pytest.raises(WorkflowFailed) as caught:
         await handle.result(timeout=10)

@@ -34,7 +34,9 @@ async def drifting(key: str) -> str:
 
 async def test_nondeterminism_is_detected(hm: Harness) -> None:
     mf = await hm.memflow()
-    await mf.worker("q", workflows=[drifting], activities=[step_a, step_b])
+    await mf.worker(
+        "q", workflows=[drifting], activities=[step_a, step_b], max_cached_workflows=0
+    )  # a deploy: a new process
     handle = await mf.workflow.start("t", "drifting", "nd", [mf.app_id], "q")
     with pytest.raises(WorkflowFailed) as caught:
         await handle.result(timeout=10)
