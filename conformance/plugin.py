@@ -26,7 +26,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="append",
         default=[],
         dest="hotmesh_backends",
-        help="backend(s) to certify with the conformance suite (default: all installed)",
+        help="backend(s) to certify with the conformance suite (default: all installed,"
+        " except opt-in wrappers such as faults)",
     )
 
 
@@ -37,7 +38,12 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def selected_backends(config: pytest.Config) -> list[str]:
-    chosen: list[str] = config.getoption("hotmesh_backends") or installed_backends()
+    """The backends named with ``--hotmesh-backend``, else every installed backend
+    except those declaring ``opt_in`` (wrappers such as ``faults``, which re-run
+    another backend and are certified only when named)."""
+    chosen: list[str] = config.getoption("hotmesh_backends") or [
+        name for name in installed_backends() if "opt_in" not in capabilities(name)
+    ]
     return chosen
 
 
