@@ -137,17 +137,10 @@ def _assert_clean(report_text: str, lost: int, wrong: int) -> None:
     assert (lost, wrong) == (0, 0), report_text
 
 
-# Lost waits (p_lose_wait) are left to the focused test below while the claim
-# loop does not survive them: every seed would otherwise fail on that one defect.
-CI_CONFIG = {"p_lose_wait": 0.0}
+# Every fault kind runs in CI (lost waits too, since the claim loop survives them).
+CI_CONFIG: dict[str, float] = {}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: Worker._claim_loop does not guard wait_for_tasks; a BackendUnavailable"
-    " there (PostgreSQL's wait_for_tasks reads the next due time) kills the loop and the"
-    " worker silently stops claiming. Remove this mark once it is fixed.",
-)
 async def test_a_failed_wait_does_not_stop_the_worker() -> None:
     mf = await faults(p_lose_wait=1.0, budget=1)
     await mf.worker(
