@@ -168,12 +168,14 @@ class Stream(Protocol):
     ) -> list[DeadLetter]:
         """Tasks set aside by ``dead_letter``, newest first (of one job if given)."""
 
-    async def release_leases(self, queue: str, *, owner: str) -> int:
+    async def release_leases(self, queue: str, *, owner: str, attempted: bool = True) -> int:
         """End now every lease ``owner`` holds on ``queue``, and those of its
         claims (owners ``owner + "#" + anything``; no name holds ``#``): a
         worker restarted under the same id takes back its own work without
         waiting the leases out, and a claim whose answer was lost with its
-        connection is handed back. Returns how many tasks it released."""
+        connection is handed back. ``attempted=False``: the work never reached
+        its worker (a lost claim), so the claim's attempt is not counted.
+        Returns how many tasks it released."""
 
     async def backlog(self, queue: str) -> list[Backlog]:
         """The ready, unleased tasks of ``queue`` by kind and name (timers left out:

@@ -34,6 +34,10 @@ __all__ = ["Worker", "registry"]
 
 log = logging.getLogger("hotmesh.worker")
 
+#: Seconds between two reads of the queue's backlog, and how long ready work
+#: waits for a name this worker does not serve before it says so.
+UNSERVED_CHECK = 10.0
+
 Functions = Iterable[Callable[..., Any]] | Mapping[str, Callable[..., Any]]
 
 
@@ -179,12 +183,19 @@ class Worker:
                 self._inflight.add(handler)
                 handler.add_done_callback(self._inflight.discard)
 
+    def _next_local(self) -> LocalWorker:
+        """This worker as the runner of the activities one commit leases to it, under
+        an owner name of that commit's own (like a claim's), so that a commit whose
+        answer was lost can have its leases handed back."""
+        self._claims += 1
+        return evolve(self._local, owner=f"{self.id}#r{self._claims}")
+
     async def _release_lost_claims(self) -> bool:
         """Hand back what claims lost with their connection may have leased."""
         try:
             async with self.backend.transaction() as tx:
                 for owner in self._lost_claims:
-                    await tx.stream.release_leases(self.task_queue, owner=owner)
+                    await tx.stream.release_leases(self.task_queue, owner=owner, attempted=False)
         except BackendUnavailable as error:
             log.info("handing back lost claims on %r: %s; later", self.task_queue, error)
             return False
@@ -197,18 +208,25 @@ class Worker:
     async def _expire_loop(self) -> None:
         """Remove finished jobs past their ``expire`` (every worker helps; idempotent),
         and say so when work on this queue waits for names nobody serves."""
+        # The backlog is read more often than maintenance runs (every
+        # UNSERVED_CHECK s): a misspelt name should be said within seconds.
+        waited = 0.0
         while not self._stopping:
-            await asyncio.sleep(self.expire_interval)
-            try:
-                await self.backend.maintain()
-            except Exception:
-                log.exception("expiring finished jobs failed")
+            pause = min(UNSERVED_CHECK, self.expire_interval)
+            await asyncio.sleep(pause)
+            waited += pause
+            if waited >= self.expire_interval:
+                waited = 0.0
+                try:
+                    await self.backend.maintain()
+                except Exception:
+                    log.exception("expiring finished jobs failed")
             try:
                 await self.report_unserved()
             except Exception:
                 log.exception("reading the backlog of queue %r failed", self.task_queue)
 
-    async def report_unserved(self, older_than: float = 30.0) -> list[Backlog]:
+    async def report_unserved(self, older_than: float = UNSERVED_CHECK) -> list[Backlog]:
         """Log (WARNING, once per name while it lasts) the ready tasks of this queue
         that have waited ``older_than`` seconds for a workflow or activity this
         worker does not serve: an unknown or misspelt name, or a worker that is
@@ -366,7 +384,14 @@ class Worker:
                 context.job, context.thread, context.history, self.engine.execute_inline
             )
             outcome = await self._execute(run, fn, args, name)
-        leased = await self.engine.finish_run(task, run, outcome, self._local)
+        local = self._next_local()
+        try:
+            leased = await self.engine.finish_run(task, run, outcome, local)
+        except BackendUnavailable:
+            # The commit may have happened and leased activities to ``local``
+            # with nobody left to run them: hand them back, not a lease later.
+            self._lost_claims.append(local.owner)
+            raise
         while leased:
             run, next_outcome, leased = await self._continue_inline(run, fn, args, name, leased)
             if next_outcome is None:
@@ -447,12 +472,13 @@ class Worker:
             )
         run_task: Task | None = None
         heartbeat: asyncio.Task[None] | None = None
+        local = self._next_local()
 
         async def record_then_execute(resumed: Run, command: Command) -> Any:
             # A durable side effect may depend on the answers: record them first.
             nonlocal run_task, heartbeat
             if run_task is None:
-                run_task = await self.engine.record_answers(resumed, answers, self._local)
+                run_task = await self.engine.record_answers(resumed, answers, local)
                 heartbeat = asyncio.create_task(self._heartbeat(run_task))
             return await self.engine.execute_inline(resumed, command)
 
@@ -468,16 +494,27 @@ class Worker:
             else:
                 outcome = await self._execute(run, fn, args, name, resume=answered)
             leased_next = await self.engine.continue_inline(
-                run, [] if run_task is not None else answers, outcome, self._local, run_task
+                run, [] if run_task is not None else answers, outcome, local, run_task
             )
             return run, outcome, leased_next
         except asyncio.CancelledError:
             raise
         except Exception as exc:
+            if isinstance(exc, BackendUnavailable):
+                self._lost_claims.append(local.owner)  # see _run_workflow
             if not isinstance(exc, (Superseded, BackendUnavailable)):
                 log.exception("continuing %r inline failed; it goes the ordinary way", run.job.id)
             if run_task is None:
-                await self._while_backend_returns(lambda: self._answer_normally(outcomes))
+                try:
+                    await self._while_backend_returns(lambda: self._answer_normally(outcomes))
+                except BackendUnavailable:
+                    # Still no database: hand the activities back (their lease
+                    # owner is this chain's, nothing else holds it) rather than
+                    # leave them to sit out a whole lease.
+                    self._lost_claims.extend(
+                        {o.task.lease_owner for o in outcomes if o.task.lease_owner}
+                    )
+                    raise
             else:
                 await self._release(run_task)
             return run, None, []

@@ -104,7 +104,7 @@ class MemoryStream:
         ]
         return [DeadLetter(clone(d.task), d.error, d.created_at) for d in found[:limit]]
 
-    async def release_leases(self, queue: str, *, owner: str) -> int:
+    async def release_leases(self, queue: str, *, owner: str, attempted: bool = True) -> int:
         now = self.tx.now()
         held = [
             task
@@ -115,7 +115,8 @@ class MemoryStream:
             and task.lease_until > now
         ]
         for task in held:
-            self._put(evolve(task, lease_until=now))
+            attempts = task.attempts if attempted else max(task.attempts - 1, 0)
+            self._put(evolve(task, lease_until=now, attempts=attempts))
         if held:
             self.tx.queues_to_wake.add(queue)
         return len(held)

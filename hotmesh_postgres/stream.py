@@ -110,13 +110,14 @@ class PgStream:
         )
         return [rows.dead_letter(row) for row in found]
 
-    async def release_leases(self, queue: str, *, owner: str) -> int:
+    async def release_leases(self, queue: str, *, owner: str, attempted: bool = True) -> int:
         found = await self.tx.all(
-            "UPDATE tasks SET visible_at = clock_timestamp()"
+            "UPDATE tasks SET visible_at = clock_timestamp(),"
+            " attempts = CASE WHEN %s THEN attempts ELSE greatest(attempts - 1, 0) END"
             " WHERE queue = %s AND visible_at > clock_timestamp()"
             " AND (lease_owner = %s OR left(lease_owner, length(%s) + 1) = %s || '#')"
             " RETURNING 1 AS released",
-            [queue, owner, owner, owner],
+            [attempted, queue, owner, owner, owner],
         )
         if found:
             self.tx.notify_queue(queue)

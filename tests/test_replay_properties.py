@@ -56,8 +56,8 @@ SETTINGS = settings(
 )
 
 
-def assert_replay_correct(scenario: Scenario) -> None:
-    report = asyncio.run(run_scenario(scenario, BACKEND))
+def assert_replay_correct(scenario: Scenario, backend: str = BACKEND) -> None:
+    report = asyncio.run(run_scenario(scenario, backend))
     if currently_in_test_context():
         _note_statistics(scenario, report)
     problems = check(report)
@@ -173,6 +173,14 @@ def test_gathered_activities_replay_correctly(scenario: Scenario) -> None:
 def test_random_shapes_replay_correctly_through_crashes(scenario: Scenario) -> None:
     """Every node kind, 1-3 workers, random answer orders, signals and worker crashes."""
     assert_replay_correct(scenario)
+
+
+@settings(SETTINGS, max_examples=max(4, EXAMPLES // 5))
+@example(SIGNAL_RACES_INLINE_ACTIVITY)
+@given(scenarios())
+def test_random_shapes_replay_correctly_on_postgres(scenario: Scenario) -> None:
+    """The same property on PostgreSQL in every run, on a smaller budget."""
+    assert_replay_correct(scenario, "postgres")
 
 
 EVERY_KIND_IN_SEQUENCE = [
