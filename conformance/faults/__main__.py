@@ -14,7 +14,7 @@ import asyncio
 import logging
 import sys
 
-from .soak import SeedReport, SoakConfig, soak
+from .soak import TUNABLES, SeedReport, SoakConfig, soak
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -41,18 +41,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--quiet", action="store_true", help="no exports or fault logs")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every injected fault")
-    for name in (
-        "budget",
-        "p_crash",
-        "p_lose_before",
-        "p_lose_after",
-        "p_lose_wait",
-        "p_wake",
-        "kill_rate",
-        "lease",
-        "poll_interval",
-        "deadline",
-    ):
+    for name in TUNABLES:
         default = getattr(defaults, name)
         parser.add_argument(
             f"--{name.replace('_', '-')}", type=type(default), default=default, dest=name

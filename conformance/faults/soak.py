@@ -49,6 +49,21 @@ QUEUE = "soak"
 T = TypeVar("T")
 
 
+#: The settings of a soak that its command line carries (``--budget`` ...).
+TUNABLES = (
+    "budget",
+    "p_crash",
+    "p_lose_before",
+    "p_lose_after",
+    "p_lose_wait",
+    "p_wake",
+    "kill_rate",
+    "lease",
+    "poll_interval",
+    "deadline",
+)
+
+
 @define
 class SoakConfig:
     """Everything a soak run depends on (a failing seed prints it as a command)."""
@@ -73,18 +88,7 @@ class SoakConfig:
         """The command line that replays ``seeds`` with this configuration."""
         defaults = SoakConfig()
         parts = ["python -m conformance.faults", f"--inner {self.inner}", f"--seeds {seeds}"]
-        for name in (
-            "budget",
-            "p_crash",
-            "p_lose_before",
-            "p_lose_after",
-            "p_lose_wait",
-            "p_wake",
-            "kill_rate",
-            "lease",
-            "poll_interval",
-            "deadline",
-        ):
+        for name in TUNABLES:
             value = getattr(self, name)
             if value != getattr(defaults, name):
                 parts.append(f"--{name.replace('_', '-')} {value}")
