@@ -70,9 +70,3 @@ class WorkflowCache:
         else:
             self.hits += 1
         return found
-
-    def drop(self, job_id: str, dimension: str) -> None:
-        self._runs.pop((job_id, dimension), None)
-
-    def clear(self) -> None:
-        self._runs.clear()

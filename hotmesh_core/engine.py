@@ -287,11 +287,10 @@ class Engine:
                     await self._deliver(tx, signal_id, data, DEFAULT_SIGNAL_EXPIRE)
 
     async def _recorded(self, tx: Transaction, run: Run, index: int) -> Any:
-        for step in await tx.store.load_steps(run.job.id, run.dimension):
-            if step.index == index:
-                if step.status == "failed":
-                    raise InlineFailed(exception_for(step))
-                return step.result
+        for step in await tx.store.load_steps(run.job.id, run.dimension, [index]):
+            if step.status == "failed":
+                raise InlineFailed(exception_for(step))
+            return step.result
         return None
 
     async def _apply_inline(self, tx: Transaction, run: Run, command: Command) -> Any:
@@ -472,13 +471,8 @@ class Engine:
 
     async def _hand_on(self, tx: Transaction, run: Run, index: int) -> None:
         """Deliver again the signal an abandoned wait received and nobody saw."""
-        for step in await tx.store.load_steps(run.job.id, run.dimension):
-            if (
-                step.index == index
-                and step.kind == "wait"
-                and step.status == "done"
-                and step.activation is None
-            ):
+        for step in await tx.store.load_steps(run.job.id, run.dimension, [index]):
+            if step.kind == "wait" and step.status == "done" and step.activation is None:
                 await self._deliver(tx, step.name, step.result, DEFAULT_SIGNAL_EXPIRE)
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> bool:

@@ -465,11 +465,6 @@ class Run:
         marks, self._marks = self._marks, None
         return marks
 
-    def restore_marks(self, marks: tuple[int, list[int]] | None) -> None:
-        """Give back marks whose transaction rolled back, for the next one to record."""
-        if marks is not None and self._marks is None:
-            self._marks = marks
-
     # -- driving -----------------------------------------------------------
     async def execute(self, fn: Callable[..., Any], args: list[Any]) -> RunOutcome:
         """Run the function from the top over the history, then deliver what is new."""

@@ -482,17 +482,15 @@ class Worker:
                 heartbeat = asyncio.create_task(self._heartbeat(run_task))
             return await self.engine.execute_inline(resumed, command)
 
-        if self._cache.size == 0:
+        replaying = self._cache.size == 0
+        if replaying:
             history = {step.index: step for step in run.known_history()}
             history.update({step.index: step for step in answered})
             run = self._new_run(run.job, run.thread, list(history.values()), record_then_execute)
         else:
             run.execute_inline = record_then_execute
         try:
-            if self._cache.size == 0:
-                outcome = await self._execute(run, fn, args, name)
-            else:
-                outcome = await self._execute(run, fn, args, name, resume=answered)
+            outcome = await self._execute(run, fn, args, name, None if replaying else answered)
             leased_next = await self.engine.continue_inline(
                 run, [] if run_task is not None else answers, outcome, local, run_task
             )

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from conformance.suite.test_entity import contended, counter_hook
+from conformance.suite.test_fault_regressions import job_with_answered_steps
 from hotmesh_core import MemFlow
 from hotmesh_core.engine import Engine
 from hotmesh_postgres.testing import test_dsn
@@ -51,8 +52,6 @@ async def test_two_runs_delivering_one_activation_cannot_both_succeed() -> None:
     continuation does not reload its history) race to deliver activation 1. The
     first holds its transaction open; the second waits on the job row, then
     finds the activation taken, and gives way, though it marks other steps."""
-    from hotmesh_core.models import Job, Step
-
     mf = await MemFlow.init(
         app_id=f"race{uuid.uuid4().hex[:10]}",
         backend="postgres",
@@ -60,20 +59,7 @@ async def test_two_runs_delivering_one_activation_cannot_both_succeed() -> None:
         drop_on_close=True,
     )
     try:
-        async with mf.backend.transaction() as tx:
-            await tx.store.create_job(Job(id="j", entity="t", workflow_name="w", task_queue="q"))
-            for index in range(2):
-                await tx.store.insert_step(
-                    Step(
-                        job_id="j",
-                        dimension="",
-                        index=index,
-                        kind="activity",
-                        name="a",
-                        status="done",
-                        result=index,
-                    )
-                )
+        await job_with_answered_steps(mf.backend, "j", 2)
         first_marked = asyncio.Event()
         release = asyncio.Event()
 

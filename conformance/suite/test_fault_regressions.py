@@ -20,6 +20,7 @@ from conformance.plugin import Harness
 from hotmesh_core import RetryPolicy, WorkflowFailed, workflow
 from hotmesh_core.engine import Engine
 from hotmesh_core.errors import BackendUnavailable
+from hotmesh_core.models import Job, Step
 from hotmesh_core.worker import Worker
 
 pytestmark = pytest.mark.asyncio
@@ -428,16 +429,14 @@ async def test_work_for_a_name_nobody_serves_is_reported(
 # -- the delivery contract two racing runs rely on ------------------------------
 
 
-async def test_an_activation_is_delivered_once_whichever_steps(hm: Harness) -> None:
-    from hotmesh_core.models import Job, Step
-
-    mf = await hm.memflow()
-    async with mf.backend.transaction() as tx:
-        await tx.store.create_job(Job(id="acts", entity="t", workflow_name="w", task_queue="q"))
-        for index in range(3):
+async def job_with_answered_steps(backend: Any, job_id: str, count: int) -> None:
+    """A job whose main thread has ``count`` answered, undelivered activity steps."""
+    async with backend.transaction() as tx:
+        await tx.store.create_job(Job(id=job_id, entity="t", workflow_name="w", task_queue="q"))
+        for index in range(count):
             await tx.store.insert_step(
                 Step(
-                    job_id="acts",
+                    job_id=job_id,
                     dimension="",
                     index=index,
                     kind="activity",
@@ -446,6 +445,11 @@ async def test_an_activation_is_delivered_once_whichever_steps(hm: Harness) -> N
                     result=index,
                 )
             )
+
+
+async def test_an_activation_is_delivered_once_whichever_steps(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await job_with_answered_steps(mf.backend, "acts", 3)
     async with mf.backend.transaction() as tx:
         assert await tx.store.mark_delivered("acts", "", [0], 1)
     async with mf.backend.transaction() as tx:
