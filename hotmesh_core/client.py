@@ -18,6 +18,7 @@ from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE, Engine
 from .errors import (
     DuplicateWorkflow,
+    WorkflowCancelled,
     WorkflowFailed,
     WorkflowInterrupted,
     WorkflowNotFound,
@@ -138,6 +139,15 @@ class WorkflowHandle:
                 # Woken by the backend on change; the poll is only a safety net.
                 await watch.wait(min(remaining, SAFETY_POLL))
 
+    async def cancel(self, reason: str | None = None) -> bool:
+        """Ask the job to stop, cooperatively: ``asyncio.CancelledError`` is raised
+        at the workflow's current await (or when its ``workflow.non_cancellable()``
+        scope ends), so it can clean up and finish. Its running children are
+        asked too. ``result()`` raises ``WorkflowCancelled`` if the workflow lets
+        the error end it; a workflow that catches it may still complete. Returns
+        False if the job had already finished. ``interrupt()`` is the hard stop."""
+        return await self._engine.request_cancel(self.workflow_id, reason)
+
     async def interrupt(self, reason: str | None = None) -> bool:
         """Cancel the job and its children; return False if it had already finished."""
         return await self._engine.interrupt(self.workflow_id, reason)
@@ -193,6 +203,8 @@ def _outcome(job: Job) -> Any:
     error = job.error or ErrorInfo("HotMeshError", f"workflow {job.id!r} {job.status}")
     if job.status == "interrupted":
         raise WorkflowInterrupted(error.message, traceback=error.traceback)
+    if job.status == "cancelled":
+        raise WorkflowCancelled(error.message, traceback=error.traceback)
     raise WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
 
 

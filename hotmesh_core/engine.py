@@ -34,6 +34,7 @@ from .models import (
 )
 from .protocols import Backend, Transaction
 from .replay import (
+    CANCEL_INDEX,
     Command,
     InlineFailed,
     Run,
@@ -94,6 +95,44 @@ class Engine:
             if await tx.store.get_job(job_id) is None:
                 raise WorkflowNotFound(f"no workflow with id {job_id!r}")
             return await self._interrupt(tx, job_id, ErrorInfo("WorkflowInterrupted", message))
+
+    async def request_cancel(self, job_id: str, reason: str | None) -> bool:
+        """Ask a job to stop (cooperatively), and its running children with it."""
+        async with self.backend.transaction() as tx:
+            job = await tx.store.get_job(job_id)
+            if job is None:
+                raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+            return await self._request_cancel(tx, job, reason)
+
+    async def _request_cancel(self, tx: Transaction, job: Job, reason: str | None) -> bool:
+        """Record the request as the main thread's cancel step (answered, so the next
+        run delivers it in an activation) and wake the job. False if the job had
+        finished; a second request changes nothing."""
+        if job.status in TERMINAL_STATUSES:
+            return False
+        request = Step(
+            job_id=job.id,
+            dimension=MAIN_THREAD,
+            index=CANCEL_INDEX,
+            kind="cancel",
+            name="cancel",
+            args={"reason": reason},
+            status="done",
+            result=reason,
+            wake_queue=job.task_queue,
+            wake_name=job.workflow_name,
+        )
+        if await tx.store.insert_step(request):
+            await self._wake(tx, request)
+            # Children are asked too, each to clean up on its own terms; a
+            # parent awaiting one gets its CancelledError there at once.
+            for child_id in await tx.store.active_children(job.id):
+                child = await tx.store.get_job(child_id)
+                if child is not None:
+                    await self._request_cancel(
+                        tx, child, f"parent workflow {job.id!r} was cancelled"
+                    )
+        return True
 
     async def _interrupt(self, tx: Transaction, job_id: str, error: ErrorInfo) -> bool:
         job = await tx.store.set_job_status(job_id, "interrupted", error=error)
@@ -477,7 +516,7 @@ class Engine:
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> bool:
         """End the job; False if it had ended already."""
-        status = "completed" if outcome.status == "completed" else "failed"
+        status = outcome.status if outcome.status in ("completed", "cancelled") else "failed"
         job = await tx.store.set_job_status(
             job_id, status, result=outcome.result, error=outcome.error
         )
