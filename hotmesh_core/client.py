@@ -148,6 +148,17 @@ class WorkflowHandle:
         False if the job had already finished. ``interrupt()`` is the hard stop."""
         return await self._engine.request_cancel(self.workflow_id, reason)
 
+    async def resume(self) -> None:
+        """Carry on a failed job with the code deployed now: after a fix for a
+        ``NonDeterminismError``, an activity that failed for good, or a task that
+        was dead-lettered. The job goes back to running; its last activation is
+        redone by a replay of its history under the current code: the activity
+        that failed is run again (with the retry policy the code gives now),
+        activities still out are dispatched again, waits wait again (with their
+        timeouts from now), sleeps keep their due time. The entity keeps every
+        change made. ``NotResumable`` unless the job is failed."""
+        await self._engine.resume(self.workflow_id)
+
     async def interrupt(self, reason: str | None = None) -> bool:
         """Cancel the job and its children; return False if it had already finished."""
         return await self._engine.interrupt(self.workflow_id, reason)

@@ -18,6 +18,7 @@ from .errors import (
     BackendUnavailable,
     DuplicateWorkflow,
     HotMeshError,
+    NotResumable,
     WorkflowClosed,
     WorkflowNotFound,
 )
@@ -133,6 +134,76 @@ class Engine:
                         tx, child, f"parent workflow {job.id!r} was cancelled"
                     )
         return True
+
+    async def resume(self, job_id: str) -> Job:
+        """Reopen a failed job so that the current code carries it on (see
+        ``WorkflowHandle.resume``); one transaction."""
+        async with self.backend.transaction() as tx:
+            job = await tx.store.get_job(job_id)
+            if job is None:
+                raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+            if job.status != "failed":
+                raise NotResumable(
+                    f"workflow {job_id!r} is {job.status}: only a failed workflow resumes"
+                )
+            steps = await tx.store.load_steps(job_id, MAIN_THREAD)
+            last = job.activation
+            # An activity failure delivered in the last activation ended the
+            # job, unless replay disagreed first or a task of the engine's was
+            # set aside (an activity failure then was caught, and is kept).
+            activity_ended_it = job.error is None or job.error.type_name not in (
+                "NonDeterminismError",
+                "TaskDeadLettered",
+            )
+            # Issued again by the replay, with the current code's options: the
+            # activity whose failure ended the job, activities that were still
+            # out (their tasks go; at least once, as after a lost lease), and
+            # waits (their waiters went when the job failed).
+            again = [
+                step.index
+                for step in steps
+                if (step.kind == "activity" and step.status == "pending")
+                or (
+                    step.kind == "activity"
+                    and step.status == "failed"
+                    and activity_ended_it
+                    and last > 0
+                    and step.activation == last
+                )
+                or (step.kind == "wait" and step.status == "pending")
+                or (
+                    step.kind == "wait"
+                    and step.status == "failed"
+                    and step.activation is None
+                    and step.error is not None
+                    and step.error.type_name == "CancelledError"
+                )
+            ]
+            reopened = await tx.store.reopen_job(job_id, activation=last, delete=again)
+            if reopened is None:
+                raise NotResumable(f"workflow {job_id!r} changed while it was being resumed")
+            await tx.stream.remove_job_tasks(job_id, MAIN_THREAD)
+            now = self.backend.now()
+            for step in steps:
+                if step.kind == "sleep" and step.status == "pending":
+                    # A sleep keeps its due time.
+                    due = step.started_at + float(step.args or 0)
+                    await tx.stream.enqueue(
+                        Task(
+                            queue=job.task_queue,
+                            kind="timer",
+                            job_id=job_id,
+                            dimension=MAIN_THREAD,
+                            name=job.workflow_name,
+                            index=step.index,
+                        ),
+                        delay=max(due - now, 0.0),
+                    )
+            await tx.stream.enqueue(
+                _run_task(job.task_queue, job_id, MAIN_THREAD, job.workflow_name)
+            )
+            await tx.signal.notify_job(job_id)
+        return reopened
 
     async def _interrupt(self, tx: Transaction, job_id: str, error: ErrorInfo) -> bool:
         job = await tx.store.set_job_status(job_id, "interrupted", error=error)

@@ -675,9 +675,12 @@ class Run:
         return sorted(by_activation.items())
 
     def _live_activation(self) -> int:
-        # Activations are numbered 1, 2, ... without gaps (mark_delivered's
-        # compare-and-set), and execute() replayed every recorded one.
-        return self.activation + 1
+        # The thread's next activation (mark_delivered's compare-and-set): one
+        # past the last this run delivered, which is the stored one, except
+        # after ``handle.resume()``, which moves the stored one on by an
+        # activation that delivers nothing (a gap that replay steps over).
+        stored = (self.thread or self.job).activation
+        return max(self.activation, stored) + 1
 
     def _new_answers(self) -> list[Step]:
         """Answered steps the workflow has not received yet, in index order."""
