@@ -116,7 +116,9 @@ async def main(
 def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interval", default="24 hours", help="time between cleanings")
-    parser.add_argument("--iterations", type=int, default=None, help="stop after N (default: never)")
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="stop after N (default: never)"
+    )
     parser.add_argument("--app", default="pipeline", help="app id")
     return parser.parse_args()
 
