@@ -94,6 +94,11 @@ class MemoryTx:
         mapping[key] = value
         self.undo.append(lambda: self._restore(mapping, key, previous))
 
+    def append(self, items: list[V], value: V) -> None:
+        """Append in place (undone by a pop): a log that grows without copying."""
+        items.append(value)
+        self.undo.append(lambda: items.pop() and None)
+
     def pop(self, mapping: MutableMapping[K, V], key: K) -> V | None:
         previous = mapping.pop(key, _MISSING)
         if previous is _MISSING:

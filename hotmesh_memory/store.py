@@ -282,7 +282,11 @@ class MemoryStore:
             index=index,
             at=now,
         )
-        self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), change])
+        log = self.state.changes.get(job_id)
+        if log is None:
+            self.tx.put(self.state.changes, job_id, [change])
+        else:
+            self.tx.append(log, change)  # not copied: a long-lived entity's log grows
         return result, version
 
     async def entity_changes(self, job_id: str) -> list[EntityChange]:
