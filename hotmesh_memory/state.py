@@ -97,7 +97,11 @@ class MemoryTx:
     def append(self, items: list[V], value: V) -> None:
         """Append in place (undone by a pop): a log that grows without copying."""
         items.append(value)
-        self.undo.append(lambda: items.pop() and None)
+
+        def undo() -> None:
+            items.pop()
+
+        self.undo.append(undo)
 
     def pop(self, mapping: MutableMapping[K, V], key: K) -> V | None:
         previous = mapping.pop(key, _MISSING)
