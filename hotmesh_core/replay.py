@@ -189,6 +189,7 @@ class Command:
             result=result,
             wake_queue=run.task_queue,
             wake_name=run.workflow_name,
+            wake_worker=run.worker_id,
         )
 
 
@@ -386,6 +387,9 @@ class Run:
         # Cooperative cancellation: the delivered cancel request, and whether it
         # waits for the end of a ``workflow.non_cancellable()`` scope.
         self.cancel_delivered = False
+        # The worker that caches this run when it suspends (None: not cached);
+        # the steps it issues ask for their answers to wake it (sticky runs).
+        self.worker_id: str | None = None
         self._cancel_deferred = False
         self._shield_depth = 0
 

@@ -65,6 +65,8 @@ class MemoryState:
         self.task_queue_of: dict[str, str] = {}
         self.unclaimed_runs: dict[tuple[str, str], str] = {}
         self.dead_letters: list[DeadLetter] = []
+        # Workers that stopped, by queue: their sticky run tasks are anyone's.
+        self.stopped_workers: dict[str, dict[str, None]] = {}
         self.waiters: dict[str, list[Waiter]] = {}
         self.buffered: dict[str, list[tuple[float, Any]]] = {}
         self.task_ids = itertools.count(1)
