@@ -328,3 +328,8 @@ async def grant(settings: Settings, role: str, read_only: bool, show: bool) -> N
         click.echo(";\n".join(statements) + ";")
     kind = "read-only" if read_only else "worker"
     click.echo(f"role {role!r} has {kind} access to app {settings.app!r}")
+
+
+from .ui.command import ui_command  # noqa: E402  (hotmesh ui: the web dashboard, issue #13)
+
+main.add_command(ui_command)
