@@ -353,9 +353,11 @@ class MemoryStore:
                     return False
             if id_prefix is not None and not job.id.startswith(id_prefix):
                 return False
-            if created_from is not None and job.created_at < created_from:
+            # Times compare in whole microseconds, as timestamptz does.
+            created = round(job.created_at * 1_000_000)
+            if created_from is not None and created < round(created_from * 1_000_000):
                 return False
-            if created_to is not None and job.created_at >= created_to:
+            if created_to is not None and created >= round(created_to * 1_000_000):
                 return False
             if before is not None and RunCursor.after(job.created_at, job.id) >= before:
                 return False

@@ -36,7 +36,15 @@ from ..errors import HotMeshError, WorkflowNotFound
 from ..memflow import Client
 from ..observe import InvalidCursor
 from ..serde import ensure_json
-from .data import STATUSES, Dashboard, InvalidFilter, RunFilters, available_actions, parse_where
+from .data import (
+    PAGE_SIZE,
+    STATUSES,
+    Dashboard,
+    InvalidFilter,
+    RunFilters,
+    available_actions,
+    parse_where,
+)
 
 __all__ = ["create_app"]
 
@@ -127,8 +135,17 @@ def _version(text: str | None, what: str) -> int | None:
 
 
 class _Pages:
-    def __init__(self, client: Client, *, allow_actions: bool, refresh: float, token: str) -> None:
+    def __init__(
+        self,
+        client: Client,
+        *,
+        allow_actions: bool,
+        refresh: float,
+        token: str,
+        page_size: int,
+    ) -> None:
         self.data = Dashboard(client)
+        self.page_size = page_size
         self.allow_actions = allow_actions
         self.refresh = refresh
         self.token = token
@@ -177,7 +194,9 @@ class _Pages:
         values.update({k: params.get(k, "") for k in ("since", "until")})
         try:
             filters = self._filters(params)
-            page = await self.data.runs(filters, cursor=params.get("after") or None)
+            page = await self.data.runs(
+                filters, cursor=params.get("after") or None, limit=self.page_size
+            )
         except (InvalidFilter, InvalidCursor, HotMeshError) as error:
             return (
                 self.problem(request, 400, str(error))
@@ -346,6 +365,7 @@ def create_app(
     allow_actions: bool = False,
     refresh: float = 2.0,
     allowed_hosts: list[str] | None = None,
+    page_size: int = PAGE_SIZE,
 ) -> Any:
     """The dashboard over ``client``: an ASGI application (serve it with uvicorn).
 
@@ -353,7 +373,11 @@ def create_app(
     ``Host`` header); default the loopback names. ``["*"]`` accepts any.
     """
     pages = _Pages(
-        client, allow_actions=allow_actions, refresh=refresh, token=secrets.token_urlsafe(32)
+        client,
+        allow_actions=allow_actions,
+        refresh=refresh,
+        token=secrets.token_urlsafe(32),
+        page_size=page_size,
     )
     static = StaticFiles(packages=[(PACKAGE, "static")])
     routes = [

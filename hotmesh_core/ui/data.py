@@ -130,6 +130,7 @@ class Lane:
 class Pending:
     """Something the run waits for: a signal (``wait``/``exec_hook``) or a timer."""
 
+    thread: str
     dimension: str
     index: int
     kind: str
@@ -142,6 +143,7 @@ class Pending:
 class SignalRow:
     direction: str  # "received" or "sent"
     signal_id: str
+    thread: str
     dimension: str
     index: int
     data: Any
@@ -278,6 +280,10 @@ class Dashboard:
         entity_versions = {
             (c.dimension or MAIN_THREAD, c.index): c.version for c in changes if c.index is not None
         }
+
+        def thread(dimension: str) -> str:
+            return "main" if dimension == MAIN_THREAD else labels.get(dimension, (dimension,))[0]
+
         lanes: dict[str, list[Bar]] = {dimension: [] for dimension in labels}
         pending: list[Pending] = []
         signals: list[SignalRow] = []
@@ -305,7 +311,13 @@ class Dashboard:
                 due = _due(entry)
                 pending.append(
                     Pending(
-                        entry.dimension, entry.index, entry.kind, entry.name, entry.started_at, due
+                        thread(entry.dimension),
+                        entry.dimension,
+                        entry.index,
+                        entry.kind,
+                        _signal_of(entry) if entry.kind == "exec_hook" else entry.name,
+                        entry.started_at,
+                        due,
                     )
                 )
             if entry.kind in ("wait", "exec_hook") and entry.status == "done":
@@ -313,6 +325,7 @@ class Dashboard:
                     SignalRow(
                         "received",
                         _signal_of(entry),
+                        thread(entry.dimension),
                         entry.dimension,
                         entry.index,
                         entry.result,
@@ -323,21 +336,19 @@ class Dashboard:
                 data = entry.args.get("data") if isinstance(entry.args, dict) else entry.args
                 signals.append(
                     SignalRow(
-                        "sent", entry.name, entry.dimension, entry.index, data, entry.started_at
+                        "sent",
+                        entry.name,
+                        thread(entry.dimension),
+                        entry.dimension,
+                        entry.index,
+                        data,
+                        entry.started_at,
                     )
                 )
         ordered = sorted(lanes, key=lambda d: (d != MAIN_THREAD, _first(lanes[d]), d))
         return RunView(
             export=export,
-            lanes=[
-                Lane(
-                    d,
-                    "main" if d == MAIN_THREAD else labels.get(d, (d, "?"))[0],
-                    labels.get(d, ("", "?"))[1],
-                    lanes[d],
-                )
-                for d in ordered
-            ],
+            lanes=[Lane(d, thread(d), labels.get(d, ("", "?"))[1], lanes[d]) for d in ordered],
             pending=pending,
             signals=signals,
             children=[_row(c) for c in children],
