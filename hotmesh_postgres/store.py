@@ -515,8 +515,10 @@ class PgStore:
         if before is not None:
             conditions.append(sql.SQL(f"(created_at, id) < ({moment}, %s)"))
             params.extend([before.created_us, before.job_id])
+        # ORDER BY names the table's column: a bare created_at would be the
+        # selected alias (epoch seconds, a float), which no index serves.
         query = sql.SQL(
-            "SELECT {} FROM jobs WHERE {} ORDER BY created_at DESC, id DESC LIMIT %s"
+            "SELECT {} FROM jobs WHERE {} ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT %s"
         ).format(sql.SQL(JOB_COLUMNS), sql.SQL(" AND ").join(conditions or [sql.SQL("true")]))
         found = await self.tx.all(query, [*params, limit])
         return [rows.job(row) for row in found]
