@@ -8,6 +8,8 @@ import asyncio
 import html
 import json
 import re
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -350,6 +352,16 @@ async def test_operations_show_queues_and_dead_letters(mf: MemFlow) -> None:
     cells = re.findall(r"<td>(.*?)</td>", row.group(1))
     assert cells[0] == "1" and cells[1] == "30.00 s ago"
     assert '<table id="dead-letters">' in page and "Poison: cannot &lt;decode&gt;" in page
+
+
+def test_the_command_line_loads_no_web_stack() -> None:
+    """`hotmesh` (every command) imports Starlette, Jinja2 and uvicorn only for `ui`."""
+    code = (
+        "import sys, hotmesh_core.cli;"
+        " print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
 
 
 def test_the_ui_command_is_registered() -> None:

@@ -110,7 +110,7 @@ def app_id() -> Iterator[str]:
 
 
 @pytest.fixture
-def dashboard(app_id: str) -> Iterator[str]:
+def dashboard(app_id: str, tmp_path: Path) -> Iterator[str]:
     """``hotmesh ui`` in its own process, as a user starts it; its base URL."""
     port = _free_port()
     command = [
@@ -131,7 +131,9 @@ def dashboard(app_id: str) -> Iterator[str]:
         "0.5",
     ]
     started = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = tmp_path / "hotmesh-ui.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     try:
         while True:
             try:
@@ -139,11 +141,11 @@ def dashboard(app_id: str) -> Iterator[str]:
                 break
             except OSError:
                 if process.poll() is not None:
-                    output = process.stdout.read().decode() if process.stdout else ""
-                    pytest.fail(f"hotmesh ui exited with {process.returncode}:\n{output}")
+                    pytest.fail(f"hotmesh ui exited with {process.returncode}:\n{log.read_text()}")
                 if time.monotonic() - started > 30:
                     pytest.fail("hotmesh ui did not listen within 30 s")
                 time.sleep(0.05)
+        assert "HotMesh dashboard for app" in log.read_text()
         yield f"http://127.0.0.1:{port}"
     finally:
         process.terminate()
