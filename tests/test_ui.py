@@ -163,9 +163,15 @@ async def pending_step(mf: MemFlow, workflow_id: str, kind: str) -> None:
 
 
 def _iso(seconds: float) -> str:
-    from datetime import datetime, timezone
+    """The time as the form sends it, in whole microseconds rounded as backends
+    compare them (``datetime.fromtimestamp`` rounds a time.time() float's
+    sub-microsecond part its own way)."""
+    from datetime import datetime, timedelta, timezone
 
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")
+    moment = datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(
+        microseconds=round(seconds * 1_000_000)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")
 
 
 async def test_a_run_shows_its_threads_steps_child_and_result(mf: MemFlow) -> None:
