@@ -198,6 +198,10 @@ async def test_dashboard_in_chromium(
         await expect(agent_row).to_contain_text("research_agent")
         await expect(agent_row).to_contain_text("agents")
         await page.screenshot(path=str(shots / "runs.png"), full_page=True)
+        # Live refresh: a run started now shows up without a reload.
+        await mf.workflow.start("note", "careless_note", "note-live", ["go-live"], task_queue=QUEUE)
+        await expect(page.locator('tr.run[data-id="note-live"] .status')).to_have_count(1)
+        await expect(rows).to_have_count(4)
 
         await page.select_option("select[name=status]", "completed")
         await page.fill("input[name=workflow]", "research_agent")
