@@ -423,3 +423,28 @@ def test_cursors_and_entity_field_filters() -> None:
     for bad in ["nothing", "[1]", "a..b=1"]:
         with pytest.raises((InvalidFilter, EntityPathError)):
             parse_where(bad)
+
+
+async def test_cancel_and_resume_show_up_once_handles_have_them(
+    mf: MemFlow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotmesh_core.client import WorkflowHandle
+
+    called: list[str] = []
+
+    async def cancel(self: WorkflowHandle) -> bool:
+        called.append(self.workflow_id)
+        return True
+
+    # A stand-in for handle.cancel() (another issue adds the real one).
+    monkeypatch.setattr(WorkflowHandle, "cancel", cancel, raising=False)
+    await started(mf, "waiter", "w-1", "go-1")
+    async with browser(create_app(mf, allow_actions=True)) as http:
+        page = (await http.get("/runs/w-1")).text
+        assert 'action="/actions/run/cancel/w-1"' in page
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        unknown = await http.post("/actions/run/explode/w-1", data={"csrf": token})
+        assert unknown.status_code == 400 and "explode" in unknown.text
+        done = await http.post("/actions/run/cancel/w-1", data={"csrf": token})
+        assert done.status_code == 303
+    assert called == ["w-1"]
