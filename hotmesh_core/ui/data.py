@@ -267,7 +267,10 @@ class Dashboard:
         end = export.finished_at or max(
             [now, *(s.finished_at or s.started_at for s in steps)], default=now
         )
-        start = min([export.created_at, *(s.started_at for s in steps)])
+        # A later generation (continue_as_new) keeps the job's creation time:
+        # its axis starts at its own first step.
+        first = export.created_at if export.generation == 0 or not steps else float("inf")
+        start = min([first, *(s.started_at for s in steps)])
         span = max(end - start, 1e-6)
         child_at = {
             (c.parent_dimension or MAIN_THREAD, c.parent_index): c.id
