@@ -448,3 +448,18 @@ async def test_cancel_and_resume_show_up_once_handles_have_them(
         done = await http.post("/actions/run/cancel/w-1", data={"csrf": token})
         assert done.status_code == 303
     assert called == ["w-1"]
+
+
+async def test_a_lost_backend_is_a_503_page_not_a_crash(
+    mf: MemFlow, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hotmesh_core import BackendUnavailable
+    from hotmesh_core.ui.data import Dashboard
+
+    async def cut(self: Dashboard) -> None:
+        raise BackendUnavailable("connection refused")
+
+    monkeypatch.setattr(Dashboard, "operations", cut)
+    async with browser(create_app(mf)) as http:
+        response = await http.get("/operations")
+    assert response.status_code == 503 and "connection refused" in response.text

@@ -32,7 +32,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from ..errors import HotMeshError, WorkflowNotFound
+from ..errors import BackendUnavailable, HotMeshError, WorkflowNotFound
 from ..memflow import Client
 from ..observe import InvalidCursor
 from ..serde import ensure_json
@@ -392,9 +392,16 @@ def create_app(
         Mount("/static", app=static, name="static"),
     ]
     hosts = allowed_hosts or list(LOCAL_HOSTS)
+
+    async def unavailable(request: Request, error: Exception) -> Response:
+        # The database restarted or the network dropped: say so; the next
+        # request (or the page's next live refresh) tries again.
+        return pages.problem(request, 503, f"the backend is unavailable: {error}")
+
     app = Starlette(
         routes=routes,
         middleware=[Middleware(TrustedHostMiddleware, allowed_hosts=hosts)],
+        exception_handlers={BackendUnavailable: unavailable},
     )
     app.state.pages = pages
     return _security_headers(app)

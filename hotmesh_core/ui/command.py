@@ -45,6 +45,11 @@ async def serve(
             f" http://{shown}:{port}/runs"
             + ("  [actions allowed]" if allow_actions else "  [read-only]")
         )
+        if allow_actions and host not in LOCAL_HOSTS:
+            click.echo(
+                f"warning: actions are allowed to anyone who can reach {shown}:{port}",
+                err=True,
+            )
         if ready is not None:
             ready()
         await server.serve()
