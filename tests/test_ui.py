@@ -463,3 +463,20 @@ async def test_a_lost_backend_is_a_503_page_not_a_crash(
     async with browser(create_app(mf)) as http:
         response = await http.get("/operations")
     assert response.status_code == 503 and "connection refused" in response.text
+
+
+async def test_a_failed_run_can_be_resumed_from_its_page(mf: MemFlow) -> None:
+    handle = await started(mf, "breaks", "b-1")
+    with pytest.raises(Exception, match="the tool broke"):
+        await handle.result(timeout=10)
+    async with browser(create_app(mf, allow_actions=True)) as http:
+        page = (await http.get("/runs/b-1")).text
+        assert 'action="/actions/run/resume/b-1"' in page
+        assert "/actions/interrupt/" not in page  # it has finished: nothing to stop
+        token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
+        done = await http.post("/actions/run/resume/b-1", data={"csrf": token})
+        assert done.status_code == 303 and "resume" in done.headers["location"]
+        with pytest.raises(Exception, match="the tool broke"):  # it ran the tool again
+            await handle.result(timeout=10)
+        again = await http.post("/actions/run/resume/w-404", data={"csrf": token})
+        assert again.status_code == 404

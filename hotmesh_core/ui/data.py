@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 PAGE_SIZE = 50
-STATUSES = ("pending", "running", "completed", "failed", "interrupted")
+STATUSES = ("pending", "running", "completed", "failed", "cancelled", "interrupted")
 
 
 class InvalidFilter(HotMeshError, ValueError):
