@@ -17,7 +17,14 @@ import httpx
 import pytest
 from click.testing import CliRunner
 
-from hotmesh_core import EntityPathError, MemFlow, RetryPolicy, VirtualClock, workflow
+from hotmesh_core import (
+    EntityPathError,
+    MemFlow,
+    RetryPolicy,
+    VirtualClock,
+    WorkflowCancelled,
+    workflow,
+)
 from hotmesh_core.cli import main
 from hotmesh_core.models import EntityChange, ErrorInfo, Task
 from hotmesh_core.observe import DiffEntry, InvalidCursor, RunCursor, diff, entity_at, version_at
@@ -425,29 +432,22 @@ def test_cursors_and_entity_field_filters() -> None:
             parse_where(bad)
 
 
-async def test_cancel_and_resume_show_up_once_handles_have_them(
-    mf: MemFlow, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from hotmesh_core.client import WorkflowHandle
-
-    called: list[str] = []
-
-    async def cancel(self: WorkflowHandle) -> bool:
-        called.append(self.workflow_id)
-        return True
-
-    # A stand-in for handle.cancel() (another issue adds the real one).
-    monkeypatch.setattr(WorkflowHandle, "cancel", cancel, raising=False)
-    await started(mf, "waiter", "w-1", "go-1")
+async def test_a_running_run_can_be_cancelled_from_its_page(mf: MemFlow) -> None:
+    handle = await started(mf, "waiter", "w-1", "go-1")
+    await pending_step(mf, "w-1", "sleep")
     async with browser(create_app(mf, allow_actions=True)) as http:
         page = (await http.get("/runs/w-1")).text
         assert 'action="/actions/run/cancel/w-1"' in page
+        assert "/actions/run/resume/" not in page  # only a failed run resumes
         token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)  # type: ignore[union-attr]
         unknown = await http.post("/actions/run/explode/w-1", data={"csrf": token})
         assert unknown.status_code == 400 and "explode" in unknown.text
         done = await http.post("/actions/run/cancel/w-1", data={"csrf": token})
         assert done.status_code == 303
-    assert called == ["w-1"]
+        with pytest.raises(WorkflowCancelled):
+            await handle.result(timeout=10)
+        page = (await http.get("/runs?status=cancelled")).text
+    assert ids_in(page) == ["w-1"]
 
 
 async def test_a_lost_backend_is_a_503_page_not_a_crash(
