@@ -64,7 +64,7 @@ async def serve(
 @click.option(
     "--allow-actions",
     is_flag=True,
-    help="Allow signal and interrupt (and cancel/resume) from the browser (POST + CSRF token).",
+    help="Allow signal, interrupt, cancel and resume from the browser (POST + CSRF token).",
 )
 @click.option(
     "--refresh",
