@@ -341,3 +341,8 @@ def _add_operations() -> None:
 
 
 _add_operations()
+
+
+from .ui.command import ui_command  # noqa: E402  (hotmesh ui: the web dashboard, issue #13)
+
+main.add_command(ui_command)

@@ -19,6 +19,7 @@ from hotmesh_core.models import (
     Step,
     Thread,
 )
+from hotmesh_core.observe import RunCursor
 
 from .state import MemoryTx, clone
 
@@ -350,6 +351,53 @@ class MemoryStore:
                 self.tx.pop(self.state.threads, key)
         self._expire_dead_letters(now)
         return len(expired)
+
+    # -- read-only views for people (hotmesh ui) ---------------------------------
+
+    async def page_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        parent_id: str | None = None,
+        id_prefix: str | None = None,
+        where: dict[str, Any] | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        before: RunCursor | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        def matches(job: Job) -> bool:
+            for wanted, value in (
+                (entity, job.entity),
+                (status, job.status),
+                (workflow_name, job.workflow_name),
+                (parent_id, job.parent_id),
+            ):
+                if wanted is not None and value != wanted:
+                    return False
+            if id_prefix is not None and not job.id.startswith(id_prefix):
+                return False
+            # Times compare in whole microseconds, as timestamptz does.
+            created = round(job.created_at * 1_000_000)
+            if created_from is not None and created < round(created_from * 1_000_000):
+                return False
+            if created_to is not None and created >= round(created_to * 1_000_000):
+                return False
+            if before is not None and RunCursor.after(job.created_at, job.id) >= before:
+                return False
+            return all(
+                json_equal(_path_value(job.context, path), expected)
+                for path, expected in (where or {}).items()
+            )
+
+        found = sorted(
+            (job for job in self.state.jobs.values() if matches(job)),
+            key=lambda job: RunCursor.after(job.created_at, job.id),
+            reverse=True,
+        )
+        return clone(found[:limit])
 
     def _expire_dead_letters(self, now: float) -> None:
         letters = self.state.dead_letters

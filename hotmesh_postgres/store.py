@@ -22,6 +22,7 @@ from hotmesh_core.models import (
     Step,
     Thread,
 )
+from hotmesh_core.observe import RunCursor
 
 from . import rows
 from .rows import (
@@ -492,3 +493,58 @@ class PgStore:
             [now, DEAD_LETTER_KEEP],
         )
         return int(row["n"]) if row else 0
+
+    # -- read-only views for people (hotmesh ui) ---------------------------------
+
+    async def page_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        parent_id: str | None = None,
+        id_prefix: str | None = None,
+        where: dict[str, Any] | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        before: RunCursor | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        # Served by jobs_created_id / jobs_status_created_id / jobs_entity_created
+        # (migration 0010), read backwards; times compare in whole microseconds,
+        # the precision of timestamptz, so a cursor never skips or repeats a row.
+        conditions: list[sql.Composable] = []
+        params: list[Any] = []
+        for column, value in (
+            ("entity", entity),
+            ("status", status),
+            ("workflow_name", workflow_name),
+            ("parent_id", parent_id),
+        ):
+            if value is not None:
+                conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+                params.append(value)
+        if id_prefix is not None:
+            escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            conditions.append(sql.SQL("id LIKE %s"))
+            params.append(escaped + "%")
+        for path, value in (where or {}).items():
+            conditions.append(_equals("context", path, value))
+            params.append(jsonb(value))
+        moment = "(timestamptz 'epoch' + %s * interval '1 microsecond')"
+        if created_from is not None:
+            conditions.append(sql.SQL(f"created_at >= {moment}"))
+            params.append(round(created_from * 1_000_000))
+        if created_to is not None:
+            conditions.append(sql.SQL(f"created_at < {moment}"))
+            params.append(round(created_to * 1_000_000))
+        if before is not None:
+            conditions.append(sql.SQL(f"(created_at, id) < ({moment}, %s)"))
+            params.extend([before.created_us, before.job_id])
+        # ORDER BY names the table's column: a bare created_at would be the
+        # selected alias (epoch seconds, a float), which no index serves.
+        query = sql.SQL(
+            "SELECT {} FROM jobs WHERE {} ORDER BY jobs.created_at DESC, jobs.id DESC LIMIT %s"
+        ).format(sql.SQL(JOB_COLUMNS), sql.SQL(" AND ").join(conditions or [sql.SQL("true")]))
+        found = await self.tx.all(query, [*params, limit])
+        return [rows.job(row) for row in found]
