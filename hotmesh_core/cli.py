@@ -328,3 +328,9 @@ async def grant(settings: Settings, role: str, read_only: bool, show: bool) -> N
         click.echo(";\n".join(statements) + ";")
     kind = "read-only" if read_only else "worker"
     click.echo(f"role {role!r} has {kind} access to app {settings.app!r}")
+
+
+# Commands defined in modules of their own: one line each.
+from .worker_command import worker_command  # noqa: E402
+
+main.add_command(worker_command)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,8 @@ def environment(**extra: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if k not in ("HOTMESH_DSN", "DATABASE_URL", "HOTMESH_BACKEND", "HOTMESH_APP")
     }
+    # The `hotmesh` of this interpreter, not another install's.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     return {**env, **extra}
 
 
@@ -65,6 +68,8 @@ def test_blocks_run_in_order_against_postgres(tmp_path: Path) -> None:
             if line.startswith("export "):
                 name, _, value = line.removeprefix("export ").partition("=")
                 assert name == "HOTMESH_DSN" and value.startswith("postgresql://")
+            elif line.startswith("hotmesh ") and " worker " in line:
+                serve_until_sigterm(line, env)
             elif line.startswith("pytest --pyargs conformance"):
                 run(
                     [
@@ -81,6 +86,22 @@ def test_blocks_run_in_order_against_postgres(tmp_path: Path) -> None:
                 )
             else:
                 run(["bash", "-c", line.split("  #")[0]], env)
+
+
+def serve_until_sigterm(line: str, env: dict[str, str]) -> None:
+    """A `hotmesh worker ...` line: it serves until SIGTERM, then exits 0."""
+    worker = subprocess.Popen(
+        ["bash", "-c", "exec " + line.split("  #")[0]],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert worker.stderr is not None
+    first = worker.stderr.readline()
+    assert "serves queue" in first, first + worker.stderr.read()
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(60) == 0, worker.stderr.read()
 
 
 def test_pytest_example(tmp_path: Path) -> None:
