@@ -231,8 +231,11 @@ def hook_labels(hooks: Sequence[dict[str, Any]]) -> dict[str, str]:
 @run_async
 async def show_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
     """Status, times, error, entity, hooks and timeline of one run (times in UTC)."""
+    from .presence import waiting_reasons
+
     async with settings.client() as client:
         export = await (await client.workflow.get_handle(workflow_id)).export()
+        waiting = [] if as_json else await waiting_reasons(client.backend, export)
     if as_json:
         click.echo(json.dumps(export.to_dict(), indent=2, default=str))
         return
@@ -250,6 +253,8 @@ async def show_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
         click.echo(f"error     {export.error.type_name}: {export.error.message}")
     elif export.status == "completed":
         click.echo(f"result    {short(export.result, 70)}")
+    for reason in waiting:
+        click.echo(f"waiting   {reason}")
     click.echo(f"started   {stamp(export.created_at)}")
     if export.finished_at is not None:
         click.echo(

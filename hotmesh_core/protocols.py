@@ -27,6 +27,7 @@ from .models import (
     Task,
     Thread,
     Waiter,
+    WorkerPresence,
 )
 
 __all__ = ["Backend", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
@@ -132,6 +133,18 @@ class Store(Protocol):
         job a while longer to remove it in bulk (PostgreSQL drops a whole day's
         partition once that UTC day is over), never less than ``expire``.
         """
+
+    # -- worker presence ------------------------------------------------------------
+    async def announce_worker(self, presence: WorkerPresence) -> None:
+        """Record, or refresh, what a worker serves on its queue; ``last_seen``
+        becomes now (the backend's clock)."""
+
+    async def remove_worker(self, queue: str, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+    async def workers(self, queue: str, *, seen_within: float) -> list[WorkerPresence]:
+        """The workers of ``queue`` that announced themselves in the last
+        ``seen_within`` seconds, by id."""
 
 
 class Stream(Protocol):

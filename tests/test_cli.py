@@ -277,3 +277,21 @@ def test_export_is_json_without_a_flag(app: str) -> None:
     assert "--json" not in out  # no flag that does nothing is offered
     code, same = hotmesh(app, "runs", "export", "order-1", "--json")  # old scripts still work
     assert code == 0 and json.loads(same)["workflow_id"] == "order-1"
+
+
+async def a_job_nobody_serves(app_id: str) -> None:
+    async with MemFlow.init(app_id=app_id, backend="postgres", dsn=test_dsn()) as mf:
+        await mf.workflow.start("order", "ghost", "order-g", [], "cli")
+
+
+def test_show_says_why_a_job_waits(app: str) -> None:
+    asyncio.run(a_job_nobody_serves(app))
+    code, out = hotmesh(app, "runs", "show", "order-g")
+    assert code == 0, out
+    assert (
+        "waiting   no worker has registered workflow 'ghost' on queue 'cli' in the last 30 s"
+        " (1 ready task(s)"
+    ) in out
+    assert "no worker at all was seen on it" in out
+    code, out = hotmesh(app, "runs", "show", "order-1")  # waits for a signal: no excuse needed
+    assert code == 0 and "waiting " not in out

@@ -68,9 +68,7 @@ async def test_the_last_failure_is_an_error_and_the_job_a_warning(
     (error,) = [r.getMessage() for r in records(caplog, logging.ERROR)]
     assert "activity flaky" in error and "no retry left" in error
     assert "(call 2)" in error
-    assert any(
-        f"job 'no-{key}' failed" in r.getMessage() for r in records(caplog, logging.WARNING)
-    )
+    assert any(f"job 'no-{key}' failed" in r.getMessage() for r in records(caplog, logging.WARNING))
 
 
 async def test_dead_letters_are_errors(
