@@ -48,6 +48,7 @@ TIERS = {
     "quality": "ruff check, ruff format --check, mypy --strict, import contracts",
     "reliability": "tests/reliability: a private PostgreSQL, killed workers"
     " (the quick subset; --reliability runs all)",
+    "docs": "the API reference: mkdocs build --strict (the docs extra)",
     "bench": "python -m bench --quick end to end, with the DBOS peer if the bench extra"
     ' is installed (marked bench; -m "not bench" leaves it out)',
 }
@@ -59,6 +60,8 @@ def tier_of(nodeid: str, keywords: object) -> str:
         return f"conformance [{backend.split('-')[0]}]"
     if nodeid.startswith("tests/test_quality.py"):
         return "quality"
+    if nodeid.startswith("tests/test_docs.py"):
+        return "docs"
     if nodeid.startswith("tests/reliability/"):
         return "reliability"
     if BENCH in keywords:  # type: ignore[operator]

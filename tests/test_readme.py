@@ -24,7 +24,7 @@ TOML = [code for lang, _, code in BLOCKS if lang == "toml"]
 DEMO_OUTPUT = "{'name': 'Ada', 'greetings': ['Hello, Ada!']}"
 TWO_COMMANDS = [
     "pip install -e . && python examples/hello.py",
-    'pip install -e ".[dev,bench]" && python -m pytest',
+    'pip install -e ".[dev,bench,docs]" && python -m pytest',
 ]
 
 
