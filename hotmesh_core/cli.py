@@ -178,7 +178,8 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option(
-    "--status", type=click.Choice(["pending", "running", "completed", "failed", "interrupted"])
+    "--status",
+    type=click.Choice(["pending", "running", "completed", "failed", "cancelled", "interrupted"]),
 )
 @click.option("--entity", help="Only runs whose entity has this type.")
 @click.option("--workflow", "workflow_name", help="Only runs of this workflow.")
@@ -438,6 +439,18 @@ async def grant(settings: Settings, role: str, read_only: bool, show: bool) -> N
         click.echo(";\n".join(statements) + ";")
     kind = "read-only" if read_only else "worker"
     click.echo(f"role {role!r} has {kind} access to app {settings.app!r}")
+
+
+def _add_operations() -> None:
+    """Commands that live in modules of their own (safe changes, recovery)."""
+    from .cli_operations import cancel, fork, replay, resume
+
+    main.add_command(replay)
+    for command in (cancel, resume, fork):
+        runs.add_command(command)
+
+
+_add_operations()
 
 
 # Commands defined in modules of their own: one line each.

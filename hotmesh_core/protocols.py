@@ -52,6 +52,17 @@ class Store(Protocol):
         generation. Its entity, hooks and their histories stay. None if the job
         is not running (interrupted meanwhile)."""
 
+    async def reopen_job(
+        self, job_id: str, *, activation: int, delete: Sequence[int]
+    ) -> Job | None:
+        """Reopen a failed job (``handle.resume()``): back to running, its error,
+        result and finish time cleared; the main thread's steps ``delete`` are
+        deleted (the code will issue them again). Its activation, ``activation``
+        (a compare-and-set), moves on by one that delivers nothing, so that a
+        worker's cached run of the job is stale: the next run replays the
+        history under the code deployed now. None if the job is not failed or
+        its activation moved."""
+
     async def active_children(self, job_id: str) -> list[str]:
         """Ids of the job's child jobs that have not finished."""
 
@@ -171,8 +182,13 @@ class Stream(Protocol):
         workflow_names: Sequence[str],
         activity_names: Sequence[str],
         limit: int,
+        sticky_wait: float = 0.0,
     ) -> list[Task]:
-        """Lease up to ``limit`` visible tasks this worker can serve (or whose lease expired)."""
+        """Lease up to ``limit`` visible tasks this worker can serve (or whose lease expired).
+
+        A run task ``sticky`` for another worker (the part of ``owner`` before
+        ``#`` names this one) is left to it until it has been visible for
+        ``sticky_wait`` seconds."""
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool: ...
 
@@ -198,6 +214,15 @@ class Stream(Protocol):
         """Delete every task of ``job_id`` (of one ``dimension`` if given), queued or
         leased: an interrupted job (a finished generation) runs nothing more.
         Returns how many went."""
+
+    async def worker_stopped(self, queue: str, worker: str) -> int:
+        """``worker`` stops serving ``queue``: the run tasks sticky for it, queued now
+        or woken later by steps it issued, are any worker's at once (it is
+        remembered as stopped until :meth:`worker_started`). Returns how many
+        queued tasks it freed."""
+
+    async def worker_started(self, queue: str, worker: str) -> None:
+        """``worker`` serves ``queue`` (again): its sticky tasks are its own first."""
 
     async def ack(self, task_id: str) -> None:
         """Remove a finished task."""

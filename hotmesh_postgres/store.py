@@ -196,6 +196,31 @@ class PgStore:
         )
         return job
 
+    async def reopen_job(
+        self, job_id: str, *, activation: int, delete: Sequence[int]
+    ) -> Job | None:
+        row = await self._one_for_job(
+            f"UPDATE jobs SET status = 'running', result = NULL, error = NULL,"
+            f" finished_at = NULL, activation = activation + 1,"
+            f" updated_at = clock_timestamp()"
+            f" WHERE {{job}} AND status = 'failed' AND activation = %s"
+            f" RETURNING {JOB_COLUMNS}, bucket",
+            "id",
+            job_id,
+            [],
+            [activation],
+        )
+        if row is None:
+            return None
+        job = self._learn(row)
+        bucket = self._hint(job_id)
+        await self.tx.run(
+            "DELETE FROM steps WHERE job_id = %s AND bucket = %s AND dimension = %s"
+            " AND idx = ANY(%s)",
+            [job_id, bucket, MAIN_THREAD, list(delete)],
+        )
+        return job
+
     async def active_children(self, job_id: str) -> list[str]:
         found = await self.tx.all(
             "SELECT id FROM jobs WHERE parent_id = %s AND status <> ALL(%s) ORDER BY created_at",
@@ -281,8 +306,8 @@ class PgStore:
     async def insert_step(self, step: Step) -> bool:
         row = await self._one_for_job(
             "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
-            " attempts, wake_queue, wake_name, finished_at, bucket)"
-            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " attempts, wake_queue, wake_name, wake_worker, finished_at, bucket)"
+            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s THEN NULL ELSE clock_timestamp() END, j.bucket"
             # Steps live in their job's bucket; an interrupted job takes no new step.
             " FROM jobs j WHERE {job} AND j.status <> 'interrupted'"
@@ -302,6 +327,7 @@ class PgStore:
                 step.attempts,
                 step.wake_queue,
                 step.wake_name,
+                step.wake_worker,
                 step.status == "pending",
             ],
             [],
