@@ -27,6 +27,7 @@ from .models import (
     Task,
     Thread,
     Waiter,
+    WorkerPresence,
 )
 from .observe import QueueStats, RunCursor
 
@@ -167,6 +168,18 @@ class Store(Protocol):
         ``created_to`` exclusive). ``before`` is the cursor of the previous
         page's last job: the page starts right after it (keyset pagination,
         as fast on page 1000 as on page 1; never OFFSET)."""
+
+    # -- worker presence ------------------------------------------------------------
+    async def announce_worker(self, presence: WorkerPresence) -> None:
+        """Record, or refresh, what a worker serves on its queue; ``last_seen``
+        becomes now (the backend's clock)."""
+
+    async def remove_worker(self, queue: str, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+    async def workers(self, queue: str, *, seen_within: float) -> list[WorkerPresence]:
+        """The workers of ``queue`` that announced themselves in the last
+        ``seen_within`` seconds, by id."""
 
 
 class Stream(Protocol):

@@ -16,7 +16,16 @@ from typing import Any, TypeVar, cast
 import attrs
 
 from hotmesh_core.clock import Clock
-from hotmesh_core.models import DeadLetter, EntityChange, Job, Step, Task, Thread, Waiter
+from hotmesh_core.models import (
+    DeadLetter,
+    EntityChange,
+    Job,
+    Step,
+    Task,
+    Thread,
+    Waiter,
+    WorkerPresence,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -65,6 +74,7 @@ class MemoryState:
         self.task_queue_of: dict[str, str] = {}
         self.unclaimed_runs: dict[tuple[str, str], str] = {}
         self.dead_letters: list[DeadLetter] = []
+        self.workers: dict[tuple[str, str], WorkerPresence] = {}
         # Workers that stopped, by queue: their sticky run tasks are anyone's.
         self.stopped_workers: dict[str, dict[str, None]] = {}
         self.waiters: dict[str, list[Waiter]] = {}

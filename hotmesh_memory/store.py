@@ -18,6 +18,7 @@ from hotmesh_core.models import (
     Job,
     Step,
     Thread,
+    WorkerPresence,
 )
 from hotmesh_core.observe import RunCursor
 
@@ -410,3 +411,18 @@ class MemoryStore:
                 letters[:] = before
 
             self.tx.undo.append(undo)
+
+    # -- worker presence ------------------------------------------------------------
+    async def announce_worker(self, presence: WorkerPresence) -> None:
+        seen = evolve(clone(presence), last_seen=self.tx.now())
+        self.tx.put(self.state.workers, (presence.queue, presence.worker_id), seen)
+
+    async def remove_worker(self, queue: str, worker_id: str) -> None:
+        self.tx.pop(self.state.workers, (queue, worker_id))
+
+    async def workers(self, queue: str, *, seen_within: float) -> list[WorkerPresence]:
+        since = self.tx.now() - seen_within
+        found = [
+            w for (q, _), w in self.state.workers.items() if q == queue and w.last_seen >= since
+        ]
+        return clone(sorted(found, key=lambda w: w.worker_id))

@@ -21,6 +21,7 @@ from hotmesh_core.models import (
     Job,
     Step,
     Thread,
+    WorkerPresence,
 )
 from hotmesh_core.observe import RunCursor
 
@@ -548,3 +549,37 @@ class PgStore:
         ).format(sql.SQL(JOB_COLUMNS), sql.SQL(" AND ").join(conditions or [sql.SQL("true")]))
         found = await self.tx.all(query, [*params, limit])
         return [rows.job(row) for row in found]
+
+    # -- worker presence ------------------------------------------------------------
+    async def announce_worker(self, presence: WorkerPresence) -> None:
+        await self.tx.run(
+            "INSERT INTO workers (queue, worker_id, workflows, activities)"
+            " VALUES (%s, %s, %s, %s) ON CONFLICT (queue, worker_id) DO UPDATE"
+            " SET workflows = excluded.workflows, activities = excluded.activities,"
+            " last_seen = clock_timestamp()",
+            [presence.queue, presence.worker_id, presence.workflows, presence.activities],
+        )
+
+    async def remove_worker(self, queue: str, worker_id: str) -> None:
+        await self.tx.run(
+            "DELETE FROM workers WHERE queue = %s AND worker_id = %s", [queue, worker_id]
+        )
+
+    async def workers(self, queue: str, *, seen_within: float) -> list[WorkerPresence]:
+        found = await self.tx.all(
+            "SELECT worker_id, queue, workflows, activities,"
+            " extract(epoch FROM last_seen)::float8 AS last_seen FROM workers"
+            " WHERE queue = %s AND last_seen >= clock_timestamp() - make_interval(secs => %s)"
+            " ORDER BY worker_id",
+            [queue, seen_within],
+        )
+        return [
+            WorkerPresence(
+                worker_id=row["worker_id"],
+                queue=row["queue"],
+                workflows=list(row["workflows"]),
+                activities=list(row["activities"]),
+                last_seen=float(row["last_seen"]),
+            )
+            for row in found
+        ]
