@@ -13,6 +13,7 @@ import os
 import platform
 import sys
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,18 @@ def server_dsn() -> str:
     return os.environ.get("HOTMESH_BENCH_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
+# Databases are named per run, and dropped after it: two runs at once (two
+# checkouts' test suites on one server) must not drop each other's.
+RUN = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
+CREATED: list[str] = []
+
+
 def fresh_database(dsn: str, name: str) -> str:
+    name = f"{name}_{RUN}"
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
+    CREATED.append(name)
     from sqlalchemy.engine import make_url  # a URL (not key=value): DBOS needs one
 
     return make_url(dsn).set(database=name).render_as_string(hide_password=False)
@@ -168,5 +177,14 @@ def main() -> None:
     sys.exit(0)
 
 
+def drop_created() -> None:
+    with psycopg.connect(server_dsn(), autocommit=True) as conn:
+        for name in CREATED:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:
+        drop_created()
