@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from attrs import define, field
@@ -16,6 +16,8 @@ from attrs import define, field
 from .config import validate_name, validate_signal_id, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE, Engine
+from .entity import Change, watch_job
+from .entity_query import JobQuery, check_limit, parse_where
 from .errors import (
     DuplicateWorkflow,
     WorkflowFailed,
@@ -137,6 +139,12 @@ class WorkflowHandle:
                     )
                 # Woken by the backend on change; the poll is only a safety net.
                 await watch.wait(min(remaining, SAFETY_POLL))
+
+    def watch(self, since_version: int | None = None) -> AsyncIterator[Change]:
+        """``async for change in handle.watch()``: the entity's changes as they
+        commit, each once, in version order; after ``since_version`` (resume
+        from the last version you saw), or from now when None."""
+        return watch_job(self._backend, self.workflow_id, since_version)
 
     async def interrupt(self, reason: str | None = None) -> bool:
         """Cancel the job and its children; return False if it had already finished."""
@@ -300,15 +308,20 @@ class WorkflowClient:
         workflow_name: str | None = None,
         limit: int = 100,
     ) -> list[str]:
-        """Ids of jobs whose ``search`` fields (given at start) match ``where``."""
-        jobs = await self._find(
+        """Ids of jobs whose ``search`` fields (given at start, or set by the run
+        with ``workflow.search().set``) match ``where``, in the query language of
+        ``mf.entity.find`` (:mod:`hotmesh_core.entity_query`), oldest first."""
+        query = JobQuery(
+            where=parse_where(where),
             entity=entity,
-            search=ensure_json(where or {}, what="where"),
+            target="search",
+            limit=check_limit(limit),
             status=status,
             workflow_name=workflow_name,
-            limit=limit,
         )
-        return [job.id for job in jobs]
+        async with self._backend.transaction(readonly=True) as tx:
+            found = await tx.store.query_jobs(query)
+        return [job.id for job, _key in found]
 
     async def dead_letters(
         self, workflow_id: str | None = None, *, limit: int = 100

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from .changes import ChangeQueue
+from .entity_query import JobQuery, Node
 from .models import (
     Backlog,
     DeadLetter,
@@ -124,6 +126,28 @@ class Store(Protocol):
         order_by: str | None = None,
     ) -> list[Job]:
         """Jobs matching every given filter; ``where`` matches entity fields at dotted paths."""
+
+    # -- entity queries, search fields, change feed (hotmesh_core.entity_query) --
+    async def query_jobs(self, query: JobQuery) -> list[tuple[Job, list[Any]]]:
+        """Jobs matching ``query`` in its order, after its ``after`` key, at most
+        ``limit``; each with its keyset key (JSON-able, what a cursor carries)."""
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        """How many jobs match ``query`` (its order, limit and ``after`` ignored)."""
+
+    async def create_index(
+        self, name: str, entity: str, path: tuple[str, ...] | None, kind: str, where: Node
+    ) -> None:
+        """Make index ``name`` (idempotent) serving queries on ``entity`` at ``path``
+        (``kind``: btree, text or gin, see ``entity_query.INDEX_KINDS``), partial
+        on ``where``, on every present and future partition; a backend without
+        indexes does nothing."""
+
+    async def set_search(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set the job's search fields ``fields`` (others kept); return them all."""
+
+    async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
+        """The job's entity changes with a version above ``version``, oldest first."""
 
     async def expire_jobs(self) -> int:
         """Remove finished jobs whose ``expire`` has passed; return how many.
@@ -276,3 +300,7 @@ class Backend(Protocol):
 
     def watch_job(self, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
         """Watch ``job_id``: a change committed after entering is never missed by ``wait``."""
+
+    def watch_changes(self) -> AbstractAsyncContextManager[ChangeQueue]:
+        """Notes of every entity change that commits after entering (see
+        :mod:`hotmesh_core.changes`): the wake-ups of ``watch``."""

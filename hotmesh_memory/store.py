@@ -8,6 +8,8 @@ from typing import Any
 from attrs import evolve
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
+from hotmesh_core.entity_query import JobQuery, Node
+from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
     MAIN_THREAD,
@@ -20,6 +22,8 @@ from hotmesh_core.models import (
     Thread,
 )
 
+from .entity_query import after as comes_after
+from .entity_query import job_matches, sort_key
 from .state import MemoryTx, clone
 
 _MISSING: Any = object()
@@ -261,6 +265,7 @@ class MemoryStore:
             at=now,
         )
         self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), change])
+        self.tx.change_notes.append((job_id, version))  # entity watchers, at commit
         return result, version
 
     async def entity_changes(self, job_id: str) -> list[EntityChange]:
@@ -336,3 +341,38 @@ class MemoryStore:
                 letters[:] = before
 
             self.tx.undo.append(undo)
+
+    # -- entity queries, search fields, change feed (hotmesh_core.entity_query) --
+
+    async def query_jobs(self, query: JobQuery) -> list[tuple[Job, list[Any]]]:
+        keyed = [
+            (sort_key(job, query.order), job)
+            for job in self.state.jobs.values()
+            if job_matches(job, query)
+        ]
+        if query.after is not None:
+            keyed = [
+                (k, j) for k, j in keyed if comes_after(k, query.after, query.order.descending)
+            ]
+        keyed.sort(key=lambda pair: pair[0], reverse=query.order.descending)
+        return [(clone(job), key) for key, job in keyed[: query.limit]]
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        return sum(1 for job in self.state.jobs.values() if job_matches(job, query))
+
+    async def create_index(
+        self, name: str, entity: str, path: tuple[str, ...] | None, kind: str, where: Node
+    ) -> None:
+        """Nothing to make: every query scans the in-memory table."""
+
+    async def set_search(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        search = {**job.search, **clone(fields)}
+        self.tx.put(self.state.jobs, job_id, evolve(job, search=search, updated_at=self.tx.now()))
+        return clone(search)
+
+    async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
+        changes = self.state.changes.get(job_id, [])
+        return clone([c for c in changes if c.version > version][:limit])

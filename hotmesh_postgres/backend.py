@@ -22,6 +22,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable
 
 from .connection import check_server_version, permission_denied, resolve_dsn
@@ -101,6 +102,10 @@ class PgTransaction:
     def notify_job(self, job_id: str) -> None:
         self._notifications.add((self.backend.job_channel, job_id))
 
+    def notify_change(self, job_id: str, version: int) -> None:
+        """Tell entity watchers, at commit, which change was made (``version:job``)."""
+        self._notifications.add((self.backend.change_channel, f"{version}:{job_id}"))
+
     async def finish(self, *, commit: bool) -> None:
         """Send this transaction's NOTIFYs, and COMMIT, in one round trip.
 
@@ -141,6 +146,8 @@ class PostgresBackend:
         self.options = options
         self.queue_channel = f"hotmesh:{app_id}:q"
         self.job_channel = f"hotmesh:{app_id}:j"
+        self.change_channel = f"hotmesh:{app_id}:c"  # entity changes, for watch
+        self._change_feeds: set[ChangeQueue] = set()
         # Names this app's connections in pg_stat_activity (operators, tests).
         self.application_name = f"hotmesh:{app_id}"
         self.dsn = ""
@@ -407,13 +414,17 @@ class PostgresBackend:
                 async with await psycopg.AsyncConnection.connect(
                     self.dsn, autocommit=True, application_name=self.application_name
                 ) as conn:
-                    for channel in (self.queue_channel, self.job_channel):
+                    for channel in (self.queue_channel, self.job_channel, self.change_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self._listening.set()
                     self._wake_everyone()  # anything may have happened while we were away
                     async for note in conn.notifies():
                         if note.channel == self.queue_channel:
                             self.queue_event(note.payload).set()
+                        elif note.channel == self.change_channel:
+                            version, _, job_id = note.payload.partition(":")
+                            for feed in self._change_feeds:
+                                feed.put((job_id, int(version)))
                         else:
                             for event in self._job_watchers.get(note.payload, ()):
                                 event.set()
@@ -424,6 +435,8 @@ class PostgresBackend:
                 await asyncio.sleep(1.0)
 
     def _wake_everyone(self) -> None:
+        for feed in self._change_feeds:
+            feed.put(None)  # notes may have been missed while not listening
         for event in self._queue_events.values():
             event.set()
         for watchers in self._job_watchers.values():
@@ -459,3 +472,16 @@ class PostgresBackend:
             watchers.discard(event)
             if not watchers:
                 self._job_watchers.pop(job_id, None)
+
+    # -- entity change feed (watch) --------------------------------------------
+    @asynccontextmanager
+    async def watch_changes(self) -> AsyncIterator[ChangeQueue]:
+        if self.pool is None:
+            await self.open()
+        await self._listening.wait()  # LISTEN is on: no change after this is missed
+        feed = ChangeQueue()
+        self._change_feeds.add(feed)
+        try:
+            yield feed
+        finally:
+            self._change_feeds.discard(feed)
