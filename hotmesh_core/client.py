@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from attrs import define, field
@@ -140,7 +140,7 @@ class WorkflowHandle:
                 # Woken by the backend on change; the poll is only a safety net.
                 await watch.wait(min(remaining, SAFETY_POLL))
 
-    def watch(self, since_version: int | None = None) -> AsyncIterator[Change]:
+    def watch(self, since_version: int | None = None) -> AsyncGenerator[Change, None]:
         """``async for change in handle.watch()``: the entity's changes as they
         commit, each once, in version order; after ``since_version`` (resume
         from the last version you saw), or from now when None."""

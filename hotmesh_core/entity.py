@@ -8,7 +8,7 @@ backend (never read-modify-write here).  :class:`EntityClient` is
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 from attrs import define, evolve
@@ -182,7 +182,7 @@ WATCH_SAFETY = 30.0  # seconds between safety re-reads when no note arrives
 
 async def watch_job(
     backend: Backend, workflow_id: str, since_version: int | None
-) -> AsyncIterator[Change]:
+) -> AsyncGenerator[Change, None]:
     """The job's entity changes after ``since_version`` (None: from now), as they
     commit, in version order, each once. Subscribed before the first read, so
     nothing committed in between is missed; each read starts after the last
@@ -322,7 +322,7 @@ class EntityClient:
 
     async def watch(
         self, entity: str, where: dict[str, Any] | None = None
-    ) -> AsyncIterator[Change]:
+    ) -> AsyncGenerator[Change, None]:
         """Changes, as they commit, to any entity of type ``entity`` that matches
         ``where`` once changed (its document after the change). Each change is
         yielded once per job, in version order; runs until you stop iterating."""
