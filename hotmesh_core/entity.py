@@ -16,6 +16,7 @@ from attrs import define, evolve
 from .config import validate_name, validate_workflow_id
 from .entity_ops import split_path
 from .entity_query import (
+    MAX_LIMIT,
     SEARCH_SET,
     InvalidQuery,
     JobQuery,
@@ -178,6 +179,7 @@ class Change:
 
 WATCH_BATCH = 500  # changes read per round trip while catching up
 WATCH_SAFETY = 30.0  # seconds between safety re-reads when no note arrives
+WATCH_MARGIN = 5.0  # seconds re-read before the last note, when notes were missed
 
 
 async def watch_job(
@@ -325,28 +327,37 @@ class EntityClient:
     ) -> AsyncGenerator[Change, None]:
         """Changes, as they commit, to any entity of type ``entity`` that matches
         ``where`` once changed (its document after the change). Each change is
-        yielded once per job, in version order; runs until you stop iterating."""
+        yielded once, in version order per job; runs until you stop iterating.
+        When the backend may have missed notes (PostgreSQL's listener
+        reconnected), the jobs updated since shortly before are read again."""
         query = self._query(entity, where, order_by="updated_at")
         seen: dict[str, int] = {}  # job id -> last version yielded
         async with self._backend.watch_changes() as feed:
+            started = heard = self._backend.now()
             while True:
                 notes = await feed.wait(WATCH_SAFETY)
-                if not notes:
-                    continue  # a timeout or a reconnect: notes resume with the listener
-                firsts: dict[str, int] = {}
-                for job_id, version in notes:
-                    firsts[job_id] = min(version, firsts.get(job_id, version))
+                if notes == []:
+                    continue  # quiet
+                if notes is None:
+                    since = heard - WATCH_MARGIN  # the listener was away: read again
+                    found = evolve(query, updated_since=since, limit=MAX_LIMIT)
+                    firsts: dict[str, int] = {}
+                else:
+                    firsts = {}
+                    for job_id, version in notes:
+                        firsts[job_id] = min(version, firsts.get(job_id, version))
+                    found = evolve(query, ids=tuple(firsts), limit=len(firsts))
+                heard = self._backend.now()
                 async with self._backend.transaction(readonly=True) as tx:
-                    matching = await tx.store.query_jobs(
-                        evolve(query, ids=tuple(firsts), limit=len(firsts))
-                    )
                     batches = [
                         await tx.store.changes_after(
-                            job.id, seen.get(job.id, firsts[job.id] - 1), WATCH_BATCH
+                            job.id, seen.get(job.id, firsts.get(job.id, 1) - 1), WATCH_BATCH
                         )
-                        for job, _key in matching
+                        for job, _key in await tx.store.query_jobs(found)
                     ]
                 for changes in batches:
                     for change in changes:
+                        if change.job_id not in seen and notes is None and change.at < started:
+                            continue  # made before this watch began
                         seen[change.job_id] = change.version
                         yield Change.from_change(change)

@@ -145,7 +145,8 @@ class JobQuery:
     ``target`` is the JSON column that ``where`` reads: ``"context"`` (the
     entity) or ``"search"`` (the search fields). ``after`` is the sort key of
     the last row of the previous page, as the backend gave it (opaque to the
-    core). ``ids`` restricts to those jobs (used by ``watch``).
+    core). ``ids`` and ``updated_since`` restrict to those jobs, or to jobs
+    updated since then (used by ``watch``).
     """
 
     where: Node = field(factory=lambda: AllOf(()))
@@ -157,6 +158,7 @@ class JobQuery:
     status: str | None = None
     workflow_name: str | None = None
     ids: tuple[str, ...] | None = None
+    updated_since: float | None = None  # jobs updated at or after (backend clock)
 
 
 def _path(key: Any) -> tuple[str, ...]:

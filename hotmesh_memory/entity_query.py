@@ -126,6 +126,8 @@ def job_matches(job: Job, query: JobQuery) -> bool:
         return False
     if query.ids is not None and job.id not in query.ids:
         return False
+    if query.updated_since is not None and job.updated_at < query.updated_since:
+        return False
     return matches(query.where, job.search if query.target == "search" else job.context)
 
 

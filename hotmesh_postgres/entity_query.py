@@ -189,6 +189,9 @@ def compile_query(
     if query.ids is not None:
         compiled.params.append(list(query.ids))
         conditions.append(sql.SQL("id = ANY(%s::text[])"))
+    if query.updated_since is not None:
+        compiled.params.append(query.updated_since)
+        conditions.append(sql.SQL("updated_at >= to_timestamp(%s)"))
     conditions.append(compiled.node(query.where, query.target))
     where = sql.SQL(" AND ").join(conditions)
     if count:

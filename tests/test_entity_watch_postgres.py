@@ -25,14 +25,19 @@ async def two_phases() -> str:
     return "ok"
 
 
-async def test_a_change_made_while_the_listener_is_cut_is_delivered() -> None:
+@pytest.mark.parametrize("watching", ["handle", "entity"])
+async def test_a_change_made_while_the_listener_is_cut_is_delivered(watching: str) -> None:
     app_id = f"t{uuid.uuid4().hex[:20]}"
     mf = await MemFlow.init(app_id=app_id, backend="postgres", dsn=test_dsn(), drop_on_close=True)
     try:
         await mf.worker("q", workflows=[two_phases])
-        handle = await mf.workflow.start("agent", "two_phases", "w", [], "q")
         seen: list[Change] = []
-        async with aclosing(handle.watch(since_version=0)) as changes:
+        if watching == "entity":
+            stream = mf.entity.watch("agent", {"phase": {"$gte": 1}})
+        else:
+            handle = await mf.workflow.start("agent", "two_phases", "w", [], "q")
+            stream = handle.watch(since_version=0)
+        async with aclosing(stream) as changes:
 
             async def collect(count: int) -> None:
                 async for change in changes:
@@ -40,7 +45,11 @@ async def test_a_change_made_while_the_listener_is_cut_is_delivered() -> None:
                     if len(seen) == count:
                         return
 
-            await asyncio.wait_for(collect(1), 20)
+            first = asyncio.ensure_future(asyncio.wait_for(collect(1), 20))
+            if watching == "entity":
+                await asyncio.sleep(0.2)  # the watch subscribes before the job starts
+                handle = await mf.workflow.start("agent", "two_phases", "w", [], "q")
+            await first
             with psycopg.connect(test_dsn(), autocommit=True) as conn:
                 cut = conn.execute(
                     "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
