@@ -31,6 +31,7 @@ from .errors import (
 )
 from .memflow import Client, MemFlow
 from .retry import RetryPolicy
+from .transactions import TransactionNotSupported
 from .worker import Worker
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "RetryPolicy",
     "SerializationError",
     "SystemClock",
+    "TransactionNotSupported",
     "UnknownWorkflow",
     "VirtualClock",
     "WaitTimeout",

@@ -27,6 +27,7 @@ from .errors import (
 from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
 from .serde import ensure_json, unstructure
+from .transactions import joined
 
 __all__ = ["RunSummary", "TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
 
@@ -223,11 +224,15 @@ class WorkflowClient:
         *,
         persistent: bool = False,
         strict: bool = False,
+        connection: Any = None,
     ) -> WorkflowHandle:
         """Create the job and its entity and enqueue its first run.
 
         Starting an id that exists returns a handle to that job (idempotent);
         with ``strict=True`` it raises ``DuplicateWorkflow`` instead.
+        ``connection``: your SQLAlchemy session/connection or psycopg connection,
+        in a transaction: the job is created in it and exists only if you commit
+        (:mod:`hotmesh_core.transactions`).
         """
         if workflow_id is None:  # only None means "pick one": "" is refused, not replaced
             workflow_id = f"{entity}-{uuid.uuid4().hex}"
@@ -241,7 +246,10 @@ class WorkflowClient:
             expire=None if expire is None else parse_duration(expire),
             persistent=persistent,
         )
-        _stored, created = await self._engine.start_job(job)
+        engine = self._engine
+        if connection is not None:
+            engine = Engine(await joined(self._backend, connection))
+        _stored, created = await engine.start_job(job)
         if strict and not created:
             raise DuplicateWorkflow(f"a workflow with id {job.id!r} already exists")
         return WorkflowHandle(self._backend, job.id)
@@ -253,13 +261,22 @@ class WorkflowClient:
         return handle
 
     async def signal(
-        self, signal_id: str, data: Any = None, *, expire: Duration | None = None
+        self,
+        signal_id: str,
+        data: Any = None,
+        *,
+        expire: Duration | None = None,
+        connection: Any = None,
     ) -> bool:
-        """Deliver a signal; True if a waiter took it, False if it was kept for later."""
+        """Deliver a signal; True if a waiter took it, False if it was kept for later.
+        With ``connection``, in your transaction (delivered only if you commit)."""
         validate_signal_id(signal_id)
         payload = ensure_json(data, what="signal data")
         keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
-        return await self._engine.send_signal(signal_id, payload, keep)
+        engine = self._engine
+        if connection is not None:
+            engine = Engine(await joined(self._backend, connection))
+        return await engine.send_signal(signal_id, payload, keep)
 
     async def hook(
         self,

@@ -14,7 +14,7 @@ from typing import Any
 from attrs import define, evolve
 
 from .config import validate_name, validate_workflow_id
-from .entity_ops import split_path
+from .entity_ops import ENTITY_OPS, EntityPathError, split_path
 from .entity_query import (
     MAX_LIMIT,
     SEARCH_SET,
@@ -28,10 +28,11 @@ from .entity_query import (
     parse_where,
 )
 from .errors import WorkflowNotFound
-from .models import EntityChange, Job
+from .models import EntityChange, EntityOp, Job
 from .protocols import Backend
 from .replay import Run
 from .serde import ensure_json
+from .transactions import joined
 
 __all__ = [
     "Change",
@@ -295,6 +296,36 @@ class EntityClient:
         async with self._backend.transaction(readonly=True) as tx:
             job = await tx.store.get_job(validate_workflow_id(workflow_id))
         return None if job is None else EntityRecord.from_job(job)
+
+    async def update(
+        self,
+        workflow_id: str,
+        operation: str,
+        path: str | None = None,
+        value: Any = None,
+        *,
+        connection: Any = None,
+    ) -> Any:
+        """Apply one entity operation (``set``, ``merge``, ``append``, ``increment``...,
+        as inside a workflow) to job ``workflow_id``'s entity from outside; return
+        its result. Atomic, versioned and logged like any other (``thread`` None).
+        With ``connection``, in your transaction (:mod:`hotmesh_core.transactions`)."""
+        if operation not in ENTITY_OPS:
+            raise EntityPathError(
+                f"unknown entity operation {operation!r} (known: {', '.join(sorted(ENTITY_OPS))})"
+            )
+        if path is not None:
+            split_path(path)
+        op = EntityOp(operation, path, ensure_json(value, what=f"the value of entity.{operation}"))
+        backend = await joined(self._backend, connection)
+        validate_workflow_id(workflow_id)
+        async with backend.transaction() as tx:
+            if await tx.store.get_job(workflow_id) is None:
+                raise WorkflowNotFound(f"no workflow with id {workflow_id!r}")
+            result, _version = await tx.store.apply_entity(
+                workflow_id, op, dimension=None, index=None
+            )
+        return result
 
     async def create_index(
         self,

@@ -301,6 +301,10 @@ class Backend(Protocol):
     def watch_job(self, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
         """Watch ``job_id``: a change committed after entering is never missed by ``wait``."""
 
+    async def joined(self, connection: Any) -> Backend:
+        """This backend, its transactions run in the caller's ``connection``
+        (capability ``join_transaction``; see :mod:`hotmesh_core.transactions`)."""
+
     def watch_changes(self) -> AbstractAsyncContextManager[ChangeQueue]:
         """Notes of every entity change that commits after entering (see
         :mod:`hotmesh_core.changes`): the wake-ups of ``watch``."""

@@ -17,6 +17,7 @@ from typing import Any
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock, SystemClock, VirtualClock
+from hotmesh_core.transactions import TransactionNotSupported
 
 from .signal import MemorySignal
 from .state import MemoryState, MemoryTx
@@ -170,6 +171,11 @@ class MemoryBackend:
                     next_due = task.visible_at
         if next_due is not None:
             clock.advance_to(next_due)
+
+    async def joined(self, connection: Any) -> MemoryBackend:
+        raise TransactionNotSupported(
+            "the memory backend cannot join your transaction (connection=)"
+        )
 
     @asynccontextmanager
     async def watch_changes(self) -> AsyncIterator[ChangeQueue]:

@@ -15,7 +15,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
@@ -24,8 +24,10 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable
+from hotmesh_core.protocols import Backend
 
 from .connection import check_server_version, permission_denied, resolve_dsn
+from .joined import JoinedBackend, driver_connection
 from .migrations import apply_migrations
 from .roles import grant_role
 from .signal import PgSignal
@@ -138,7 +140,7 @@ class _PgWatch:
 
 class PostgresBackend:
     name = "postgres"
-    capabilities = frozenset({"multi_process", "partial_index"})
+    capabilities = frozenset({"multi_process", "partial_index", "join_transaction"})
 
     def __init__(self, app_id: str, options: dict[str, Any]) -> None:
         self.app_id = app_id
@@ -472,6 +474,12 @@ class PostgresBackend:
             watchers.discard(event)
             if not watchers:
                 self._job_watchers.pop(job_id, None)
+
+    # -- the caller's transaction (connection=) --------------------------------
+    async def joined(self, connection: Any) -> Backend:
+        if self.pool is None:
+            await self.open()
+        return cast(Backend, JoinedBackend(self, await driver_connection(connection)))
 
     # -- entity change feed (watch) --------------------------------------------
     @asynccontextmanager
