@@ -44,7 +44,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -52,6 +51,7 @@ from attrs import define, field
 
 from .entity_ops import split_path
 from .errors import HotMeshError
+from .serde import ensure_json
 
 __all__ = [
     "COMPARE_OPS",
@@ -170,41 +170,10 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _check_json(value: Any, operator: str) -> None:
-    """JSON values only (the same check the stores' encoders would make, earlier)."""
-    if value is None or isinstance(value, (bool, str)):
-        return
-    if isinstance(value, (int, float)):
-        if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidQuery(f"{operator}: {value!r} is not a JSON number", operator=operator)
-        return
-    if isinstance(value, (list, tuple)):
-        for item in value:
-            _check_json(item, operator)
-        return
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise InvalidQuery(f"{operator}: object keys must be strings", operator=operator)
-            _check_json(item, operator)
-        return
-    raise InvalidQuery(f"{operator}: {type(value).__name__} is not a JSON value", operator=operator)
-
-
-def _plain(value: Any) -> Any:
-    """Tuples as lists, mappings as dicts: the JSON value a backend stores."""
-    if isinstance(value, Mapping):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
-    return value
-
-
 def _operand(op: str, value: Any) -> Any:
     if op not in COMPARE_OPS:
         known = ", ".join(sorted(COMPARE_OPS | {"$and", "$or"}))
         raise InvalidQuery(f"unknown query operator {op!r} (known: {known})", operator=op)
-    _check_json(value, op)
     if op in RANGE_OPS:
         if not (_is_number(value) or isinstance(value, str)):
             raise InvalidQuery(
@@ -228,7 +197,7 @@ def _operand(op: str, value: Any) -> Any:
             raise InvalidQuery("$like: a pattern cannot end with the escape '\\'", operator=op)
     elif op == "$contains" and not isinstance(value, (Mapping, list, tuple)):
         value = [value]  # a scalar: "an array holding it"
-    return _plain(value)
+    return value
 
 
 def _field(key: str, condition: Any) -> Node:
@@ -248,9 +217,15 @@ def _field(key: str, condition: Any) -> Node:
 
 
 def parse_where(where: Mapping[str, Any] | None) -> Node:
-    """Check ``where`` and return its parsed form; :class:`InvalidQuery` if it is bad."""
+    """Check ``where`` and return its parsed form; :class:`InvalidQuery` if it is
+    bad, ``SerializationError`` if it holds what JSON cannot (NaN, lone
+    surrogates, nesting past ``serde.MAX_DEPTH``), as every stored value."""
     if where is None:
         return AllOf(())
+    return _parse(ensure_json(where, what="where"))
+
+
+def _parse(where: Any) -> Node:
     if not isinstance(where, Mapping):
         raise InvalidQuery(f"where must be a dict, not {type(where).__name__}")
     nodes: list[Node] = []
@@ -258,7 +233,7 @@ def parse_where(where: Mapping[str, Any] | None) -> Node:
         if key in ("$or", "$and"):
             if not isinstance(condition, (list, tuple)) or not condition:
                 raise InvalidQuery(f"{key} takes a non-empty list of conditions", operator=key)
-            items = tuple(parse_where(item) for item in condition)
+            items = tuple(_parse(item) for item in condition)
             nodes.append(AnyOf(items) if key == "$or" else AllOf(items))
         elif isinstance(key, str) and key.startswith("$"):
             raise InvalidQuery(
