@@ -113,7 +113,8 @@ def runs() -> None:
 
 @runs.command("list")
 @click.option(
-    "--status", type=click.Choice(["pending", "running", "completed", "failed", "interrupted"])
+    "--status",
+    type=click.Choice(["pending", "running", "completed", "failed", "cancelled", "interrupted"]),
 )
 @click.option("--entity", help="Only runs whose entity has this type.")
 @click.option("--workflow", "workflow_name", help="Only runs of this workflow.")

@@ -20,6 +20,7 @@ from .entity import Change, watch_job
 from .entity_query import JobQuery, check_limit, parse_where
 from .errors import (
     DuplicateWorkflow,
+    WorkflowCancelled,
     WorkflowFailed,
     WorkflowInterrupted,
     WorkflowNotFound,
@@ -147,6 +148,26 @@ class WorkflowHandle:
         from the last version you saw), or from now when None."""
         return watch_job(self._backend, self.workflow_id, since_version)
 
+    async def cancel(self, reason: str | None = None) -> bool:
+        """Ask the job to stop, cooperatively: ``asyncio.CancelledError`` is raised
+        at the workflow's current await (or when its ``workflow.non_cancellable()``
+        scope ends), so it can clean up and finish. Its running children are
+        asked too. ``result()`` raises ``WorkflowCancelled`` if the workflow lets
+        the error end it; a workflow that catches it may still complete. Returns
+        False if the job had already finished. ``interrupt()`` is the hard stop."""
+        return await self._engine.request_cancel(self.workflow_id, reason)
+
+    async def resume(self) -> None:
+        """Carry on a failed job with the code deployed now: after a fix for a
+        ``NonDeterminismError``, an activity that failed for good, or a task that
+        was dead-lettered. The job goes back to running; its last activation is
+        redone by a replay of its history under the current code: the activity
+        that failed is run again (with the retry policy the code gives now),
+        activities still out are dispatched again, waits wait again (with their
+        timeouts from now), sleeps keep their due time. The entity keeps every
+        change made. ``NotResumable`` unless the job is failed."""
+        await self._engine.resume(self.workflow_id)
+
     async def interrupt(self, reason: str | None = None) -> bool:
         """Cancel the job and its children; return False if it had already finished."""
         return await self._engine.interrupt(self.workflow_id, reason)
@@ -202,6 +223,8 @@ def _outcome(job: Job) -> Any:
     error = job.error or ErrorInfo("HotMeshError", f"workflow {job.id!r} {job.status}")
     if job.status == "interrupted":
         raise WorkflowInterrupted(error.message, traceback=error.traceback)
+    if job.status == "cancelled":
+        raise WorkflowCancelled(error.message, traceback=error.traceback)
     raise WorkflowFailed(error.message, type_name=error.type_name, traceback=error.traceback)
 
 

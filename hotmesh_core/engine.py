@@ -19,6 +19,7 @@ from .errors import (
     BackendUnavailable,
     DuplicateWorkflow,
     HotMeshError,
+    NotResumable,
     WorkflowClosed,
     WorkflowNotFound,
 )
@@ -35,6 +36,7 @@ from .models import (
 )
 from .protocols import Backend, Transaction
 from .replay import (
+    CANCEL_INDEX,
     Command,
     InlineFailed,
     Run,
@@ -95,6 +97,114 @@ class Engine:
             if await tx.store.get_job(job_id) is None:
                 raise WorkflowNotFound(f"no workflow with id {job_id!r}")
             return await self._interrupt(tx, job_id, ErrorInfo("WorkflowInterrupted", message))
+
+    async def request_cancel(self, job_id: str, reason: str | None) -> bool:
+        """Ask a job to stop (cooperatively), and its running children with it."""
+        async with self.backend.transaction() as tx:
+            job = await tx.store.get_job(job_id)
+            if job is None:
+                raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+            return await self._request_cancel(tx, job, reason)
+
+    async def _request_cancel(self, tx: Transaction, job: Job, reason: str | None) -> bool:
+        """Record the request as the main thread's cancel step (answered, so the next
+        run delivers it in an activation) and wake the job. False if the job had
+        finished; a second request changes nothing."""
+        if job.status in TERMINAL_STATUSES:
+            return False
+        request = Step(
+            job_id=job.id,
+            dimension=MAIN_THREAD,
+            index=CANCEL_INDEX,
+            kind="cancel",
+            name="cancel",
+            args={"reason": reason},
+            status="done",
+            result=reason,
+            wake_queue=job.task_queue,
+            wake_name=job.workflow_name,
+        )
+        if await tx.store.insert_step(request):
+            await self._wake(tx, request)
+            # Children are asked too, each to clean up on its own terms; a
+            # parent awaiting one gets its CancelledError there at once.
+            for child_id in await tx.store.active_children(job.id):
+                child = await tx.store.get_job(child_id)
+                if child is not None:
+                    await self._request_cancel(
+                        tx, child, f"parent workflow {job.id!r} was cancelled"
+                    )
+        return True
+
+    async def resume(self, job_id: str) -> Job:
+        """Reopen a failed job so that the current code carries it on (see
+        ``WorkflowHandle.resume``); one transaction."""
+        async with self.backend.transaction() as tx:
+            job = await tx.store.get_job(job_id)
+            if job is None:
+                raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+            if job.status != "failed":
+                raise NotResumable(
+                    f"workflow {job_id!r} is {job.status}: only a failed workflow resumes"
+                )
+            steps = await tx.store.load_steps(job_id, MAIN_THREAD)
+            last = job.activation
+            # An activity failure delivered in the last activation ended the
+            # job, unless replay disagreed first or a task of the engine's was
+            # set aside (an activity failure then was caught, and is kept).
+            activity_ended_it = job.error is None or job.error.type_name not in (
+                "NonDeterminismError",
+                "TaskDeadLettered",
+            )
+            # Issued again by the replay, with the current code's options: the
+            # activity whose failure ended the job, activities that were still
+            # out (their tasks go; at least once, as after a lost lease), and
+            # waits (their waiters went when the job failed).
+            again = [
+                step.index
+                for step in steps
+                if (step.kind == "activity" and step.status == "pending")
+                or (
+                    step.kind == "activity"
+                    and step.status == "failed"
+                    and activity_ended_it
+                    and last > 0
+                    and step.activation == last
+                )
+                or (step.kind == "wait" and step.status == "pending")
+                or (
+                    step.kind == "wait"
+                    and step.status == "failed"
+                    and step.activation is None
+                    and step.error is not None
+                    and step.error.type_name == "CancelledError"
+                )
+            ]
+            reopened = await tx.store.reopen_job(job_id, activation=last, delete=again)
+            if reopened is None:
+                raise NotResumable(f"workflow {job_id!r} changed while it was being resumed")
+            await tx.stream.remove_job_tasks(job_id, MAIN_THREAD)
+            now = self.backend.now()
+            for step in steps:
+                if step.kind == "sleep" and step.status == "pending":
+                    # A sleep keeps its due time.
+                    due = step.started_at + float(step.args or 0)
+                    await tx.stream.enqueue(
+                        Task(
+                            queue=job.task_queue,
+                            kind="timer",
+                            job_id=job_id,
+                            dimension=MAIN_THREAD,
+                            name=job.workflow_name,
+                            index=step.index,
+                        ),
+                        delay=max(due - now, 0.0),
+                    )
+            await tx.stream.enqueue(
+                _run_task(job.task_queue, job_id, MAIN_THREAD, job.workflow_name)
+            )
+            await tx.signal.notify_job(job_id)
+        return reopened
 
     async def _interrupt(self, tx: Transaction, job_id: str, error: ErrorInfo) -> bool:
         job = await tx.store.set_job_status(job_id, "interrupted", error=error)
@@ -480,7 +590,7 @@ class Engine:
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> bool:
         """End the job; False if it had ended already."""
-        status = "completed" if outcome.status == "completed" else "failed"
+        status = outcome.status if outcome.status in ("completed", "cancelled") else "failed"
         job = await tx.store.set_job_status(
             job_id, status, result=outcome.result, error=outcome.error
         )

@@ -19,10 +19,12 @@ __all__ = [
     "InvalidIdentifier",
     "MigrationRequired",
     "NonDeterminismError",
+    "NotResumable",
     "PermissionDenied",
     "SerializationError",
     "UnknownWorkflow",
     "WaitTimeout",
+    "WorkflowCancelled",
     "WorkflowClosed",
     "WorkflowFailed",
     "WorkflowInterrupted",
@@ -107,6 +109,15 @@ class WorkflowFailed(RemoteError):
 
 class WorkflowInterrupted(RemoteError):
     """The job was interrupted (cancelled) before it finished."""
+
+
+class WorkflowCancelled(RemoteError):
+    """The job was cancelled (``handle.cancel()``): the ``asyncio.CancelledError``
+    raised at its await was not caught, or was raised again after cleanup."""
+
+
+class NotResumable(HotMeshError):
+    """``handle.resume()`` on a job that is not failed (only a failed job resumes)."""
 
 
 class InvalidDuration(HotMeshError, ValueError):

@@ -26,10 +26,10 @@ __all__ = [
     "Waiter",
 ]
 
-# Job status: pending, running, completed, failed, interrupted.
+# Job status: pending, running, completed, failed, cancelled, interrupted.
 # Step status: pending, done, failed. Task kind: run, activity, timer.
 # Hook thread status: running, completed, failed.
-TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "interrupted"})
+TERMINAL_STATUSES: frozenset[str] = frozenset({"completed", "failed", "cancelled", "interrupted"})
 
 #: How long a dead letter is kept for inspection (seconds).
 DEAD_LETTER_KEEP = 30 * 86400.0

@@ -53,6 +53,17 @@ class Store(Protocol):
         generation. Its entity, hooks and their histories stay. None if the job
         is not running (interrupted meanwhile)."""
 
+    async def reopen_job(
+        self, job_id: str, *, activation: int, delete: Sequence[int]
+    ) -> Job | None:
+        """Reopen a failed job (``handle.resume()``): back to running, its error,
+        result and finish time cleared; the main thread's steps ``delete`` are
+        deleted (the code will issue them again). Its activation, ``activation``
+        (a compare-and-set), moves on by one that delivers nothing, so that a
+        worker's cached run of the job is stale: the next run replays the
+        history under the code deployed now. None if the job is not failed or
+        its activation moved."""
+
     async def active_children(self, job_id: str) -> list[str]:
         """Ids of the job's child jobs that have not finished."""
 

@@ -44,6 +44,7 @@ from .errors import (
     SerializationError,
     UnknownWorkflow,
     WaitTimeout,
+    WorkflowCancelled,
     WorkflowClosed,
     WorkflowFailed,
     WorkflowInterrupted,
@@ -52,6 +53,7 @@ from .errors import (
 from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
 
 __all__ = [
+    "CANCEL_INDEX",
     "Command",
     "ContinueAsNew",
     "InlineFailed",
@@ -72,6 +74,12 @@ class RunAborted(Exception):
 INLINE_KINDS = frozenset({"entity", "signal", "start_child", "hook"})
 SUSPENDING_KINDS = frozenset({"activity", "sleep", "wait", "child", "exec_hook"})
 VALUE_KINDS = frozenset({"now", "random", "uuid4", "patch"})
+
+#: Where a cancel request (``handle.cancel()``) is recorded in a job's main
+#: thread: a step of kind ``cancel``, answered when requested and delivered in
+#: an activation like any answer, so a replay raises the CancelledError at the
+#: same point as the first run did.
+CANCEL_INDEX = -1
 
 _current_run: contextvars.ContextVar[Run] = contextvars.ContextVar("hotmesh_run")
 
@@ -283,7 +291,8 @@ class ReplayLoop(asyncio.AbstractEventLoop):
 class RunOutcome:
     """How a run ended: returned, raised, or suspended with new commands."""
 
-    status: str  # "completed" | "failed" | "suspended" | "continued" (result: the args)
+    # "completed" | "failed" | "cancelled" | "suspended" | "continued" (result: the args)
+    status: str
     result: Any = None
     error: ErrorInfo | None = None
     commands: list[Command] = field(factory=list)
@@ -370,6 +379,11 @@ class Run:
         # was cancelled: handed on (to the next waiter, or kept) by the transaction
         # that records the marks, so exactly once.
         self.handed_on: list[tuple[str, Any]] = []
+        # Cooperative cancellation: the delivered cancel request, and whether it
+        # waits for the end of a ``workflow.non_cancellable()`` scope.
+        self.cancel_delivered = False
+        self._cancel_deferred = False
+        self._shield_depth = 0
 
     # -- used by the workflow API -----------------------------------------
     def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
@@ -511,10 +525,13 @@ class Run:
                 await self._settle()
                 self.activation = activation
         if self.nondeterminism is not None:
+            # What the code drew after it disagreed with its history is not
+            # recorded: a fixed version resumes (``handle.resume()``) on the
+            # history as it was.
+            self.take_values()
             return RunOutcome(
                 "failed",
                 error=error_info(self.nondeterminism),
-                values=self.take_values(),
                 abandoned=self.abandoned_waits(ended=True),
             )
         if root.done():
@@ -525,6 +542,17 @@ class Run:
                     return RunOutcome("failed", error=error_info(error), values=self.take_values())
                 return RunOutcome("continued", result=raised.next_args, values=self.take_values())
             abandoned = self.abandoned_waits(ended=True)
+            if isinstance(raised, asyncio.CancelledError) and self.cancel_delivered:
+                reason = self.history[CANCEL_INDEX].result
+                message = f"workflow {self.job.id!r} was cancelled" + (
+                    f": {reason}" if reason else ""
+                )
+                return RunOutcome(
+                    "cancelled",
+                    error=ErrorInfo(WorkflowCancelled.__name__, storable_text(message)),
+                    values=self.take_values(),
+                    abandoned=abandoned,
+                )
             if raised is not None:
                 return RunOutcome(
                     "failed",
@@ -572,8 +600,36 @@ class Run:
     @property
     def undelivered(self) -> list[int]:
         """Indexes whose answer this run has not been handed yet, cancelled branches'
-        included (a signal may have reached one: it is handed on when it comes)."""
-        return list(self._awaiting)
+        included (a signal may have reached one: it is handed on when it comes),
+        and the main thread's cancel request until it is delivered."""
+        indexes = list(self._awaiting)
+        if self.thread is None and not self.cancel_delivered:
+            indexes.append(CANCEL_INDEX)
+        return indexes
+
+    # -- cooperative cancellation -----------------------------------------
+    def _cancel(self) -> None:
+        """Deliver the cancel request: CancelledError at the workflow's current
+        await, or at the end of the ``non_cancellable`` scope it is in."""
+        self.cancel_delivered = True
+        if self._shield_depth > 0:
+            self._cancel_deferred = True
+        elif self.root is not None and not self.root.done():
+            self.root.cancel()
+
+    def enter_shield(self) -> None:
+        self._shield_depth += 1
+
+    def exit_shield(self, *, discarded: bool = False) -> bool:
+        """Leave a ``non_cancellable`` scope; True if a cancel waited for it (and
+        is now raised). ``discarded``: the run is being thrown away."""
+        self._shield_depth -= 1
+        if self._shield_depth == 0 and self._cancel_deferred and not discarded:
+            self._cancel_deferred = False
+            if self.root is not None and not self.root.done():
+                self.root.cancel()
+                return True
+        return False
 
     @property
     def awaiting(self) -> list[int]:
@@ -612,18 +668,31 @@ class Run:
     def _recorded_activations(self) -> list[tuple[int, list[Step]]]:
         by_activation: dict[int, list[Step]] = {}
         for step in self.history.values():
-            if step.activation is not None and step.kind in SUSPENDING_KINDS:
+            if step.activation is not None and (
+                step.kind in SUSPENDING_KINDS or step.index == CANCEL_INDEX
+            ):
                 by_activation.setdefault(step.activation, []).append(step)
         return sorted(by_activation.items())
 
     def _live_activation(self) -> int:
-        # Activations are numbered 1, 2, ... without gaps (mark_delivered's
-        # compare-and-set), and execute() replayed every recorded one.
-        return self.activation + 1
+        # The thread's next activation (mark_delivered's compare-and-set): one
+        # past the last this run delivered, which is the stored one, except
+        # after ``handle.resume()``, which moves the stored one on by an
+        # activation that delivers nothing (a gap that replay steps over).
+        stored = (self.thread or self.job).activation
+        return max(self.activation, stored) + 1
 
     def _new_answers(self) -> list[Step]:
         """Answered steps the workflow has not received yet, in index order."""
         answers = []
+        request = self.history.get(CANCEL_INDEX)
+        if (
+            self.thread is None
+            and request is not None
+            and request.activation is None
+            and not self.cancel_delivered
+        ):
+            answers.append(request)  # first: the cancel meets the awaits it finds
         for index in sorted(self._awaiting):
             step = self.history.get(index)
             if (
@@ -637,6 +706,10 @@ class Run:
 
     def _deliver(self, steps: list[Step], activation: int, *, live: bool = False) -> None:
         for step in sorted(steps, key=lambda s: s.index):
+            if step.index == CANCEL_INDEX:
+                if self.thread is None and not self.cancel_delivered:
+                    self._cancel()
+                continue
             future = self._awaiting.pop(step.index, None)
             if future is None:
                 self.nondeterminism = self.nondeterminism or NonDeterminismError(

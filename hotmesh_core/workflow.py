@@ -9,6 +9,7 @@ asyncio timers (``workflow.sleep_for`` is the durable one).
 
 from __future__ import annotations
 
+import asyncio
 import random as _random
 import uuid as _uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -37,6 +38,7 @@ __all__ = [
     "exec_hook",
     "hook",
     "info",
+    "non_cancellable",
     "now",
     "patched",
     "proxy_activities",
@@ -335,6 +337,40 @@ async def continue_as_new(*args: Any) -> NoReturn:
     """
     current_run()  # only inside a workflow
     raise ContinueAsNew(_args(args, "the arguments of continue_as_new"))
+
+
+class _NonCancellable:
+    """``async with workflow.non_cancellable():`` see :func:`non_cancellable`."""
+
+    def __init__(self) -> None:
+        self._run = current_run()
+
+    async def __aenter__(self) -> None:
+        self._run.enter_shield()
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
+        if exc_type is GeneratorExit:
+            # A suspended run being discarded (evicted, superseded): nothing
+            # more runs, and a coroutine that is closing must not await.
+            self._run.exit_shield(discarded=True)
+        elif self._run.exit_shield() and exc_type is None:
+            # The cancel that waited for the scope: raised here, now (an error
+            # leaving the scope goes on as it is; the cancel meets the next await).
+            await asyncio.sleep(0)
+
+
+def non_cancellable() -> _NonCancellable:
+    """A scope that a cancel request (``handle.cancel()``) does not interrupt::
+
+        async with workflow.non_cancellable():
+            await acts.refund(order)      # runs to the end, cancel or not
+            await entity.set({"refunded": True})
+
+    A cancel that arrives while the workflow is inside it is held, and raised as
+    ``asyncio.CancelledError`` when the scope ends. Scopes nest. ``interrupt()``
+    is the hard stop and is not held.
+    """
+    return _NonCancellable()
 
 
 def patched(change_id: str) -> bool:

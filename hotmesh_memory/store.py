@@ -118,6 +118,28 @@ class MemoryStore:
             self.tx.pop(self.state.steps, (job_id, MAIN_THREAD))
         return clone(updated)
 
+    async def reopen_job(
+        self, job_id: str, *, activation: int, delete: Sequence[int]
+    ) -> Job | None:
+        job = self.state.jobs.get(job_id)
+        if job is None or job.status != "failed" or job.activation != activation:
+            return None
+        updated = evolve(
+            job,
+            status="running",
+            result=None,
+            error=None,
+            finished_at=None,
+            activation=activation + 1,
+            updated_at=self.tx.now(),
+        )
+        self.tx.put(self.state.jobs, job_id, updated)
+        steps = self.state.steps.get((job_id, MAIN_THREAD), {})
+        for index in delete:
+            if index in steps:
+                self.tx.pop(steps, index)
+        return clone(updated)
+
     async def active_children(self, job_id: str) -> list[str]:
         return [
             child

@@ -197,6 +197,31 @@ class PgStore:
         )
         return job
 
+    async def reopen_job(
+        self, job_id: str, *, activation: int, delete: Sequence[int]
+    ) -> Job | None:
+        row = await self._one_for_job(
+            f"UPDATE jobs SET status = 'running', result = NULL, error = NULL,"
+            f" finished_at = NULL, activation = activation + 1,"
+            f" updated_at = clock_timestamp()"
+            f" WHERE {{job}} AND status = 'failed' AND activation = %s"
+            f" RETURNING {JOB_COLUMNS}, bucket",
+            "id",
+            job_id,
+            [],
+            [activation],
+        )
+        if row is None:
+            return None
+        job = self._learn(row)
+        bucket = self._hint(job_id)
+        await self.tx.run(
+            "DELETE FROM steps WHERE job_id = %s AND bucket = %s AND dimension = %s"
+            " AND idx = ANY(%s)",
+            [job_id, bucket, MAIN_THREAD, list(delete)],
+        )
+        return job
+
     async def active_children(self, job_id: str) -> list[str]:
         found = await self.tx.all(
             "SELECT id FROM jobs WHERE parent_id = %s AND status <> ALL(%s) ORDER BY created_at",

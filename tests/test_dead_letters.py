@@ -46,3 +46,31 @@ async def test_a_poison_task_fails_its_job_with_the_cause(
     finally:
         await worker.stop()
         await mf.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_a_dead_lettered_job_resumes_once_the_cause_is_fixed(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken_timer(self: Engine, task: Any) -> None:
+        raise RuntimeError("the timer path is broken")
+
+    monkeypatch.setattr(Engine, "fire_timer", broken_timer)
+    options: dict[str, Any] = (
+        {"dsn": test_dsn(), "drop_on_close": True} if backend == "postgres" else {}
+    )
+    mf = await MemFlow.init(app_id=f"dl{uuid.uuid4().hex[:10]}", backend=backend, **options)
+    worker = Worker(mf.backend, "q", workflows=[naps], lease=0.3, max_task_attempts=2)
+    await worker.start()
+    try:
+        handle = await mf.workflow.start("t", "naps", "poisoned", [], "q")
+        with pytest.raises(WorkflowFailed):
+            await handle.result(timeout=15)
+        monkeypatch.undo()  # the fix is deployed
+        await handle.resume()
+        assert await handle.result(timeout=15) == "rested"
+        sleeps = [e for e in (await handle.export()).timeline if e.kind == "sleep"]
+        assert [(e.index, e.status) for e in sleeps] == [(0, "done")]
+    finally:
+        await worker.stop()
+        await mf.shutdown()
