@@ -316,6 +316,8 @@ class EntityClient:
             )
         if path is not None:
             split_path(path)
+        if operation == "increment" and value is None:
+            value = 1  # as entity.increment(path) inside a workflow
         op = EntityOp(operation, path, ensure_json(value, what=f"the value of entity.{operation}"))
         backend = await joined(self._backend, connection)
         validate_workflow_id(workflow_id)

@@ -160,6 +160,15 @@ class Store(Protocol):
     async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
         """The job's entity changes with a version above ``version``, oldest first."""
 
+    # -- entity operations applied outside the database (hotmesh_core.codec) --
+    async def lock_entity(self, job_id: str) -> tuple[Any, int] | None:
+        """The job's entity document and version, the job's row locked until the
+        transaction ends; None if there is no such job."""
+
+    async def write_entity(self, job_id: str, context: Any, change: EntityChange) -> None:
+        """Store ``context`` as the (locked) job's document at ``change.version``
+        and log ``change``: an operation applied outside the database."""
+
     async def expire_jobs(self) -> int:
         """Remove finished jobs whose ``expire`` has passed; return how many.
 

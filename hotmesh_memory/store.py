@@ -398,3 +398,23 @@ class MemoryStore:
     async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
         changes = self.state.changes.get(job_id, [])
         return clone([c for c in changes if c.version > version][:limit])
+
+    # -- entity operations applied outside the database (hotmesh_core.codec) --
+
+    async def lock_entity(self, job_id: str) -> tuple[Any, int] | None:
+        job = self.state.jobs.get(job_id)  # the transaction holds the state's lock
+        return None if job is None else (clone(job.context), job.version)
+
+    async def write_entity(self, job_id: str, context: Any, change: EntityChange) -> None:
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        now = self.tx.now()
+        self.tx.put(
+            self.state.jobs,
+            job_id,
+            evolve(job, context=clone(context), version=change.version, updated_at=now),
+        )
+        stored = evolve(clone(change), at=now)
+        self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), stored])
+        self.tx.change_notes.append((job_id, change.version))

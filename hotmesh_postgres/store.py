@@ -541,3 +541,34 @@ class PgStore:
             [version, limit],
         )
         return [rows.change(row) for row in found]
+
+    # -- entity operations applied outside the database (hotmesh_core.codec) --
+
+    async def lock_entity(self, job_id: str) -> tuple[Any, int] | None:
+        row = await self._one_for_job(
+            "SELECT context, version FROM jobs WHERE {job} FOR UPDATE", "id", job_id, [], []
+        )
+        return None if row is None else (row["context"], int(row["version"]))
+
+    async def write_entity(self, job_id: str, context: Any, change: EntityChange) -> None:
+        row = await self._one_for_job(
+            "WITH j AS (UPDATE jobs SET context = %s, version = %s,"
+            " updated_at = clock_timestamp() WHERE {job} RETURNING bucket)"
+            " INSERT INTO entity_changes (job_id, version, op, path, value, dimension, idx,"
+            " bucket) SELECT %s, %s, %s, %s, %s, %s, %s, j.bucket FROM j RETURNING 1 AS written",
+            "id",
+            job_id,
+            [jsonb(context), change.version],
+            [
+                job_id,
+                change.version,
+                change.op,
+                change.path,
+                jsonb(change.value),
+                change.dimension,
+                change.index,
+            ],
+        )
+        if row is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        self.tx.notify_change(job_id, change.version)
