@@ -101,15 +101,41 @@ async def test_watch_of_a_missing_job_or_bad_version_is_refused(hm: Harness) -> 
 async def test_entity_watch_follows_matching_entities_only(hm: Harness) -> None:
     mf = await hm.memflow()
     await mf.worker("q", workflows=[chatty])
-    async with aclosing(mf.entity.watch("agent", where={"team": "red"})) as changes:
-        watching = asyncio.ensure_future(take(changes, 5))
-        await asyncio.sleep(0.1)  # subscribed before anything changes
+    # A job no worker runs, changed from outside until the watch reports it: then
+    # the watch is surely subscribed (no sleep to guess how long that takes).
+    await mf.workflow.start("agent", "nobody-runs-this", "probe", [], "elsewhere")
+    received: asyncio.Queue[Change] = asyncio.Queue()
+
+    async def consume() -> None:
+        async with aclosing(mf.entity.watch("agent", where={"team": "red"})) as changes:
+            async for change in changes:
+                received.put_nowait(change)
+
+    consumer = asyncio.ensure_future(consume())
+    try:
+        for tick in range(200):
+            await mf.entity.update("probe", "merge", value={"team": "red", "tick": tick})
+            try:
+                probe = await asyncio.wait_for(received.get(), 0.1)
+                break
+            except asyncio.TimeoutError:
+                continue
+        else:
+            raise AssertionError("the watch never reported the probe's changes")
+        assert probe.workflow_id == "probe" and probe.thread is None
+        while not received.empty():
+            received.get_nowait()  # later probe ticks
         blue = await mf.workflow.start("agent", "chatty", "blue", [2, "blue"], "q")
         other = await mf.workflow.start("other", "chatty", "other", [2, "red"], "q")
         red = await mf.workflow.start("agent", "chatty", "red", [2, "red"], "q")
-        seen = await watching
+        seen = [await asyncio.wait_for(received.get(), 30) for _ in range(5)]
         assert [(c.workflow_id, c.version) for c in seen] == [("red", v) for v in range(1, 6)]
         for job in (blue, other, red):
             await mf.workflow.signal(f"more-{job.workflow_id}", None)
-        [last] = await take(changes, 1)
-    assert (last.workflow_id, last.version, last.operation) == ("red", 6, "merge")
+        last = await asyncio.wait_for(received.get(), 30)
+        assert (last.workflow_id, last.version, last.operation) == ("red", 6, "merge")
+        await red.result(timeout=20)
+        assert received.empty()  # nothing of blue or of the other entity type
+    finally:
+        consumer.cancel()
+        await asyncio.gather(consumer, return_exceptions=True)
