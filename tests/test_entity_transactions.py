@@ -4,6 +4,7 @@ business row and the workflow commit together or not at all."""
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -167,3 +168,29 @@ async def test_the_memory_backend_refuses_connection() -> None:
             await mf.workflow.get_handle("m")
     finally:
         await mf.shutdown()
+
+
+async def test_the_sync_facade_starts_in_a_sync_session(mf: MemFlow) -> None:
+    """A Django/Flask-style view (in a thread of its own): a blocking client, a
+    SQLAlchemy Session."""
+    from hotmesh_core.sync import connect
+
+    def view() -> None:
+        engine = create_engine(sa_url())
+        try:
+            with connect(app_id=mf.app_id, backend="postgres", dsn=test_dsn()) as client:
+                with Session(engine) as session, session.begin():
+                    session.execute(text(f"INSERT INTO \"{mf.app_id}\".orders VALUES ('v1')"))
+                    client.workflow.start("order", "process", "v1", ["v1"], "q", connection=session)
+                    client.workflow.signal("note-v1", "early", connection=session)
+                with Session(engine) as session:
+                    session.execute(text(f"INSERT INTO \"{mf.app_id}\".orders VALUES ('v2')"))
+                    client.workflow.start("order", "process", "v2", ["v2"], "q", connection=session)
+                    session.rollback()
+                page = client.entity.find("order", {}, limit=1)
+                assert [r.workflow_id for r in page] == ["v1"] and page.cursor is None
+        finally:
+            engine.dispose()
+
+    await asyncio.to_thread(view)
+    assert stored(mf) == {"orders": 1, "jobs": 1, "tasks": 1, "signals": 1, "entity_changes": 0}
