@@ -8,7 +8,7 @@ from typing import Any
 from attrs import evolve
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
-from hotmesh_core.entity_query import JobQuery, Node
+from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
@@ -373,9 +373,13 @@ class MemoryStore:
             if job_matches(job, query)
         ]
         if query.after is not None:
-            keyed = [
-                (k, j) for k, j in keyed if comes_after(k, query.after, query.order.descending)
-            ]
+            last = query.after
+            if len(last) != (4 if query.order.field == "path" else 2):
+                raise InvalidQuery("not a cursor of this query (its key does not fit)")
+            try:
+                keyed = [(k, j) for k, j in keyed if comes_after(k, last, query.order.descending)]
+            except TypeError:
+                raise InvalidQuery("not a cursor of this query (its key does not fit)") from None
         keyed.sort(key=lambda pair: pair[0], reverse=query.order.descending)
         return [(clone(job), key) for key, job in keyed[: query.limit]]
 

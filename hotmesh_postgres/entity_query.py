@@ -201,8 +201,10 @@ def compile_query(
     keys = _order_keys(query.order)
     direction = sql.SQL("DESC" if query.order.descending else "ASC")
     if query.after is not None:
-        if len(query.after) != len(keys):
-            raise InvalidQuery("the cursor does not fit this query's order_by")
+        if len(query.after) != len(keys) or not all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in query.after
+        ):
+            raise InvalidQuery("not a cursor of this query (its key does not fit)")
         compiled.params.extend(query.after)
         conditions.append(
             sql.SQL("({}) {} ({})").format(

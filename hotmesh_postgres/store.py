@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, EntityPathError, split_path
-from hotmesh_core.entity_query import JobQuery, Node
+from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
@@ -500,7 +500,12 @@ class PgStore:
 
     async def query_jobs(self, query: JobQuery) -> list[tuple[Job, list[Any]]]:
         statement, params = compile_query(query, JOB_COLUMNS)
-        found = await self.tx.all(statement, params)
+        try:
+            found = await self.tx.all(statement, params)
+        except psycopg.errors.DataError:
+            if query.after is None:
+                raise
+            raise InvalidQuery("not a cursor of this query (its key does not parse)") from None
         keys = [
             name for name in (found[0] if found else {}) if name[:1] == "k" and name[1:].isdigit()
         ]

@@ -12,6 +12,7 @@ import pytest
 
 from conformance.plugin import Harness
 from hotmesh_core import InvalidQuery, MemFlow, SerializationError, workflow
+from hotmesh_core.entity_query import JobQuery, encode_cursor, parse_order
 
 pytestmark = pytest.mark.asyncio
 
@@ -190,6 +191,11 @@ async def test_bad_queries_raise_invalid_query_naming_the_operator(hm: Harness) 
         await mf.entity.find("person", {}, limit=2, order_by="name", after=page.cursor)
     with pytest.raises(InvalidQuery):
         await mf.entity.find("person", {}, after="not-a-cursor")
+    # A cursor whose key was tampered with (it is opaque, not signed): refused, typed.
+    query = JobQuery(entity="person", order=parse_order("score"))
+    for key in (["x", "y", 3, "z"], [1, 2], [{"a": 1}, 0, "", "a"]):
+        with pytest.raises(InvalidQuery):
+            await mf.entity.find("person", {}, order_by="score", after=encode_cursor(query, key))
 
 
 async def test_create_index_is_idempotent_and_checked(hm: Harness) -> None:
