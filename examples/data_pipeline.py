@@ -1,17 +1,22 @@
-"""The data pipeline of the HotMesh README, in Python.
+"""The data pipeline of the HotMesh README, in Python: a workflow that lives forever.
 
-The entity holds the ``source``, the policy (``pipeline.policy.refreshInterval``)
-and a ``changeLog``. The ``run_pipeline`` hook loops: ``clean_data``, then
-``schedule_refresh`` (a durable sleep for the policy interval), until
-``pipeline.maxRuns`` cleanings are done (set it, or interrupt the job, to stop).
-The job is persistent, so ``trigger_refresh`` can run the pipeline again from
-outside with ``mf.workflow.hook(...)`` after the main function returned.
+Every ``--interval`` (24 hours by default) it cleans its source and logs the
+run in its entity, then sleeps, then *continues as new*: the same workflow id
+starts afresh with a new, empty history, and keeps its entity. So however long
+it lives, its history holds one iteration (five steps) and its entity keeps the
+last ``KEEP`` log entries and a running total: bounded history, bounded memory.
+The entity's change log (the audit trail) keeps every change.
 
-    python examples/data_pipeline.py           # embedded PostgreSQL, no setup
+The job is persistent, so ``trigger_refresh`` can clean once more from outside
+(a hook, ``mf.workflow.hook(...)``) while the pipeline sleeps.
+
+    python examples/data_pipeline.py                         # forever, daily
+    python examples/data_pipeline.py --interval "10 seconds" --iterations 3
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import uuid
@@ -20,6 +25,7 @@ from typing import Any
 from hotmesh_core import MemFlow, workflow
 
 QUEUE = "pipeline"
+KEEP = 10  # log entries the entity keeps
 
 
 async def clean(source: str, run: int) -> dict[str, Any]:
@@ -27,74 +33,56 @@ async def clean(source: str, run: int) -> dict[str, Any]:
     return {"source": source, "rowsCleaned": 100 * run, "rowsDropped": run}
 
 
-async def data_pipeline(source: str, refresh_interval: str, max_runs: int) -> dict[str, Any]:
-    entity = await workflow.entity()
-    await entity.set(
-        {
-            "source": source,
-            "pipeline": {
-                "version": 1,
-                "policy": {"refreshInterval": refresh_interval},
-                "maxRuns": max_runs,
-            },
-            "runs": 0,
-            "changeLog": [],
-        }
-    )
-    await workflow.exec_hook(QUEUE, "run_pipeline", [True])
-    return await entity.get()  # type: ignore[no-any-return]
-
-
-async def run_pipeline(repeat: bool = False, config: dict[str, str] | None = None) -> None:
-    entity = await workflow.entity()
-    while True:
-        await workflow.exec_hook(QUEUE, "clean_data", [])
-        runs = await entity.get("runs")
-        if not repeat or runs >= await entity.get("pipeline.maxRuns"):
-            break
-        await workflow.exec_hook(QUEUE, "schedule_refresh", [])
-    if config is not None:
-        await workflow.signal(config["signal"], {"runs": await entity.get("runs")})
-
-
-async def clean_data(config: dict[str, str]) -> None:
+async def clean_once(action: str) -> dict[str, Any]:
+    """Clean the source once and log it: one iteration's work, shared by the
+    pipeline's own loop and the ``clean_data`` hook."""
     entity = await workflow.entity()
     run = await entity.increment("runs")
     tools = workflow.proxy_activities(activities=[clean])
     summary = await tools.clean(await entity.get("source"), run)
-    await entity.append(
+    await entity.increment("rowsCleaned", summary["rowsCleaned"])
+    log = await entity.append(
         "changeLog",
-        {
-            "action": "clean",
-            "run": run,
-            "rows": summary["rowsCleaned"],
-            "at": workflow.now().isoformat(),
-        },
+        {"action": action, "run": run, "rows": summary["rowsCleaned"]},
     )
-    await workflow.signal(config["signal"], summary)
+    if len(log) > KEEP:
+        await entity.merge({"changeLog": log[-KEEP:]})
+    return summary
 
 
-async def schedule_refresh(config: dict[str, str]) -> None:
+async def data_pipeline(
+    source: str, interval: str = "24 hours", iterations: int | None = None, done: int = 0
+) -> dict[str, Any]:
+    """Clean, sleep ``interval``, continue as new; stop after ``iterations``
+    (None: never)."""
     entity = await workflow.entity()
-    interval = await entity.get("pipeline.policy.refreshInterval")
+    if done == 0:
+        await entity.set_if_not_exists("source", source)
+        await entity.merge({"policy": {"refreshInterval": interval}})
+    await clean_once("clean")
+    done += 1
+    if iterations is not None and done >= iterations:
+        return await entity.get()  # type: ignore[no-any-return]
     await workflow.sleep_for(interval)
-    await entity.append(
-        "changeLog", {"action": "refresh", "after": interval, "at": workflow.now().isoformat()}
-    )
-    await workflow.signal(config["signal"], {"slept": interval})
+    await workflow.continue_as_new(source, interval, iterations, done)
 
 
-WORKFLOWS = [data_pipeline, run_pipeline, clean_data, schedule_refresh]
+async def clean_data() -> None:
+    """A hook: clean once more, now, without waiting for the next interval."""
+    await clean_once("triggered")
+
+
+WORKFLOWS = [data_pipeline, clean_data]
 
 
 async def trigger_refresh(mf: MemFlow, workflow_id: str, timeout: float = 30) -> dict[str, Any]:
-    """Run the pipeline once more from outside; wait until its cleaning is logged."""
-    before = len((await (await mf.workflow.get_handle(workflow_id)).state())["changeLog"])
-    await mf.workflow.hook(workflow_id, QUEUE, "run_pipeline", [False])
+    """Run a cleaning from outside; wait until it is logged."""
     handle = await mf.workflow.get_handle(workflow_id)
+    before = (await handle.state())["runs"]
+    await mf.workflow.hook(workflow_id, QUEUE, "clean_data", [])
     for _ in range(int(timeout * 20)):
         state = await handle.state()
-        if len(state["changeLog"]) > before:
+        if state["runs"] > before and state["changeLog"][-1]["action"] == "triggered":
             return state
         await asyncio.sleep(0.05)
     raise TimeoutError("the triggered refresh did not run")
@@ -103,10 +91,12 @@ async def trigger_refresh(mf: MemFlow, workflow_id: str, timeout: float = 30) ->
 async def main(
     app_id: str = "pipeline",
     backend: str | None = None,
-    refresh_interval: str = "1s",
-    max_runs: int = 3,
+    interval: str = "24 hours",
+    iterations: int | None = None,
     **options: Any,
 ) -> dict[str, Any]:
+    """Start the pipeline and run its worker; with ``iterations``, return its entity
+    once it has done them (and one cleaning triggered from outside)."""
     async with MemFlow.init(app_id=app_id, backend=backend, **options) as mf:
         await mf.worker(QUEUE, workflows=WORKFLOWS, activities=[clean])
         workflow_id = f"pipeline-{uuid.uuid4().hex[:8]}"
@@ -114,13 +104,26 @@ async def main(
             entity="pipeline",
             workflow_name="data_pipeline",
             workflow_id=workflow_id,
-            args=["s3://bucket/events.csv", refresh_interval, max_runs],
+            args=["s3://bucket/events.csv", interval, iterations],
             task_queue=QUEUE,
             persistent=True,
         )
-        await handle.result(timeout=120)
+        print(f"pipeline {workflow_id}: cleaning every {interval}", flush=True)
+        await handle.result()  # forever, when iterations is None
         return await trigger_refresh(mf, workflow_id)
 
 
+def arguments() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--interval", default="24 hours", help="time between cleanings")
+    parser.add_argument(
+        "--iterations", type=int, default=None, help="stop after N (default: never)"
+    )
+    parser.add_argument("--app", default="pipeline", help="app id")
+    return parser.parse_args()
+
+
 if __name__ == "__main__":
-    print(json.dumps(asyncio.run(main()), indent=2))
+    given = arguments()
+    final = asyncio.run(main(given.app, interval=given.interval, iterations=given.iterations))
+    print(json.dumps(final, indent=2))

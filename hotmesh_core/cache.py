@@ -22,9 +22,14 @@ from attrs import define
 
 from .replay import Run
 
-__all__ = ["DEFAULT_MAX_CACHED_WORKFLOWS", "Suspended", "WorkflowCache"]
+__all__ = ["DEFAULT_MAX_CACHED_WORKFLOWS", "DEFAULT_STICKY_WAIT", "Suspended", "WorkflowCache"]
 
 DEFAULT_MAX_CACHED_WORKFLOWS = 1000
+
+#: Seconds a run task waits for the worker that keeps its run cached before any
+#: worker may take it (that worker died, or is busy); one that stops hands its
+#: tasks on at once. Temporal's sticky schedule-to-start timeout is 5 s.
+DEFAULT_STICKY_WAIT = 2.0
 
 
 @define

@@ -329,3 +329,15 @@ async def grant(settings: Settings, role: str, read_only: bool, show: bool) -> N
         click.echo(";\n".join(statements) + ";")
     kind = "read-only" if read_only else "worker"
     click.echo(f"role {role!r} has {kind} access to app {settings.app!r}")
+
+
+def _add_operations() -> None:
+    """Commands that live in modules of their own (safe changes, recovery)."""
+    from .cli_operations import cancel, fork, replay, resume
+
+    main.add_command(replay)
+    for command in (cancel, resume, fork):
+        runs.add_command(command)
+
+
+_add_operations()

@@ -50,6 +50,9 @@ class TimelineEntry:
     attempts: int
     started_at: float
     finished_at: float | None
+    # The activation that delivered the answer (None: not delivered yet): what
+    # replaying an exported history (``hotmesh replay --file``) needs.
+    activation: int | None = None
 
 
 @define(frozen=True)
@@ -193,6 +196,7 @@ class WorkflowHandle:
                 s.attempts,
                 s.started_at,
                 s.finished_at,
+                s.activation,
             )
             for s in sorted(steps, key=lambda s: (s.started_at, s.dimension, s.index))
         ]

@@ -68,8 +68,12 @@ class LocalWorker:
         return task.queue == self.task_queue and task.name in self.activity_names
 
 
-def _run_task(queue: str, job_id: str, dimension: str, name: str) -> Task:
-    return Task(queue=queue, kind="run", job_id=job_id, dimension=dimension, name=name)
+def _run_task(
+    queue: str, job_id: str, dimension: str, name: str, sticky: str | None = None
+) -> Task:
+    return Task(
+        queue=queue, kind="run", job_id=job_id, dimension=dimension, name=name, sticky=sticky
+    )
 
 
 class RunContext:
@@ -240,9 +244,12 @@ class Engine:
             await self._wake(tx, step)
 
     async def _wake(self, tx: Transaction, step: Step) -> None:
-        """An answered step wakes the run of its thread."""
+        """An answered step wakes the run of its thread, on the worker that keeps
+        the run in its cache if there is one (see ``Task.sticky``)."""
         await tx.stream.enqueue(
-            _run_task(step.wake_queue, step.job_id, step.dimension, step.wake_name)
+            _run_task(
+                step.wake_queue, step.job_id, step.dimension, step.wake_name, step.wake_worker
+            )
         )
 
     # -- signals and hooks ---------------------------------------------------

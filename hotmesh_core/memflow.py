@@ -6,7 +6,7 @@ from collections.abc import Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
-from .cache import DEFAULT_MAX_CACHED_WORKFLOWS
+from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT
 from .client import WorkflowClient
 from .codec import CodecBackend
 from .config import choose_backend, validate_app_id, validate_name
@@ -77,6 +77,7 @@ class MemFlow(Client):
         poll_interval: float = 1.0,
         worker_id: str | None = None,
         max_cached_workflows: int = DEFAULT_MAX_CACHED_WORKFLOWS,
+        sticky_wait: float = DEFAULT_STICKY_WAIT,
     ) -> Worker:
         """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``).
 
@@ -88,6 +89,11 @@ class MemFlow(Client):
         ``max_cached_workflows``: how many suspended workflow runs the worker
         keeps in memory to resume with their next answers instead of replaying
         their history (constant cost per step); 0 replays every time.
+
+        ``sticky_wait``: the run tasks of a workflow whose run another worker
+        keeps cached are left to that worker this long (then any worker takes
+        them, and at once when that worker stops): a workflow's steps stay on
+        the worker that can resume it without a replay.
         """
         worker = Worker(
             self.backend,
@@ -99,6 +105,7 @@ class MemFlow(Client):
             poll_interval=poll_interval,
             worker_id=None if worker_id is None else validate_name(worker_id, "worker_id"),
             max_cached_workflows=max_cached_workflows,
+            sticky_wait=sticky_wait,
         )
         await worker.start()
         self.workers.append(worker)

@@ -125,6 +125,9 @@ class Step:
     # step's answer; None until it has (see hotmesh_core.replay). Replay hands
     # answers back activation by activation, so branches interleave as they did.
     activation: int | None = None
+    # The worker that issued the call and keeps the suspended run in its cache:
+    # the run task its answer wakes prefers that worker (``Task.sticky``).
+    wake_worker: str | None = None
 
 
 @define
@@ -144,6 +147,10 @@ class Task:
     lease_owner: str | None = None
     lease_until: float | None = None
     created_at: float = 0.0
+    # A run task for a worker that holds the thread's run in its cache: that
+    # worker claims it at once, others only once it has waited ``sticky_wait``
+    # (the worker is gone, or busy), or at once after that worker stopped.
+    sticky: str | None = None
 
 
 @define(frozen=True)

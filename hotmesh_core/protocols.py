@@ -202,8 +202,13 @@ class Stream(Protocol):
         workflow_names: Sequence[str],
         activity_names: Sequence[str],
         limit: int,
+        sticky_wait: float = 0.0,
     ) -> list[Task]:
-        """Lease up to ``limit`` visible tasks this worker can serve (or whose lease expired)."""
+        """Lease up to ``limit`` visible tasks this worker can serve (or whose lease expired).
+
+        A run task ``sticky`` for another worker (the part of ``owner`` before
+        ``#`` names this one) is left to it until it has been visible for
+        ``sticky_wait`` seconds."""
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool: ...
 
@@ -229,6 +234,15 @@ class Stream(Protocol):
         """Delete every task of ``job_id`` (of one ``dimension`` if given), queued or
         leased: an interrupted job (a finished generation) runs nothing more.
         Returns how many went."""
+
+    async def worker_stopped(self, queue: str, worker: str) -> int:
+        """``worker`` stops serving ``queue``: the run tasks sticky for it, queued now
+        or woken later by steps it issued, are any worker's at once (it is
+        remembered as stopped until :meth:`worker_started`). Returns how many
+        queued tasks it freed."""
+
+    async def worker_started(self, queue: str, worker: str) -> None:
+        """``worker`` serves ``queue`` (again): its sticky tasks are its own first."""
 
     async def ack(self, task_id: str) -> None:
         """Remove a finished task."""

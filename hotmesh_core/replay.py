@@ -189,6 +189,7 @@ class Command:
             result=result,
             wake_queue=run.task_queue,
             wake_name=run.workflow_name,
+            wake_worker=run.worker_id,
         )
 
 
@@ -369,6 +370,10 @@ class Run:
         self.values: list[Step] = []
         self.recorded: dict[int, Step] = {}  # what this run learned or issued, by index
         self.nondeterminism: NonDeterminismError | None = None
+        # Where code and history first disagreed: (index, the recorded step or
+        # None, what the code issued there or None) -- what ``hotmesh replay``
+        # reports.
+        self.divergence: tuple[int, Step | None, tuple[str, str, Any] | None] | None = None
         self._awaiting: dict[int, asyncio.Future[Any]] = {}  # suspending calls, by index
         self._marks: tuple[int, list[int]] | None = None  # (live activation, indexes)
         self.root: asyncio.Task[Any] | None = None
@@ -382,6 +387,9 @@ class Run:
         # Cooperative cancellation: the delivered cancel request, and whether it
         # waits for the end of a ``workflow.non_cancellable()`` scope.
         self.cancel_delivered = False
+        # The worker that caches this run when it suspends (None: not cached);
+        # the steps it issues ask for their answers to wake it (sticky runs).
+        self.worker_id: str | None = None
         self._cancel_deferred = False
         self._shield_depth = 0
 
@@ -393,18 +401,26 @@ class Run:
         if recorded is None:
             return index, None
         if (recorded.kind, recorded.name) != (kind, name):
+            self._diverged(index, recorded, (kind, name, args))
             self._nondeterministic(
                 f"workflow {self.workflow_name!r} issued {kind} {name!r} at index {index}, "
                 f"but its history holds {recorded.kind} {recorded.name!r} there: "
                 "the code changed or is not deterministic"
             )
         if kind not in VALUE_KINDS and not same_json(recorded.args, args):
+            self._diverged(index, recorded, (kind, name, args))
             self._nondeterministic(
                 f"workflow {self.workflow_name!r} issued {kind} {name!r} at index {index} "
                 f"with arguments {args!r}, but its history holds {recorded.args!r} there: "
                 "the code changed or is not deterministic"
             )
         return index, recorded
+
+    def _diverged(
+        self, index: int, recorded: Step | None, issued: tuple[str, str, Any] | None
+    ) -> None:
+        if self.divergence is None:
+            self.divergence = (index, recorded, issued)
 
     def _nondeterministic(self, message: str) -> None:
         error = NonDeterminismError(message)
@@ -480,8 +496,12 @@ class Run:
         return marks
 
     # -- driving -----------------------------------------------------------
-    async def execute(self, fn: Callable[..., Any], args: list[Any]) -> RunOutcome:
-        """Run the function from the top over the history, then deliver what is new."""
+    async def execute(
+        self, fn: Callable[..., Any], args: list[Any], *, live: bool = True
+    ) -> RunOutcome:
+        """Run the function from the top over the history, then deliver what is new
+        (``live=False``: only what the history says was delivered, as a replay
+        check does)."""
         context = contextvars.copy_context()
         context.run(_current_run.set, self)
         # The task copies the current context at creation: create it inside ours.
@@ -494,7 +514,7 @@ class Run:
             self._deliver(steps, activation)
             await self._settle()
             self.activation = activation
-        return await self._live()
+        return await self._live(deliver=live)
 
     async def resume(self, answers: list[Step], now: float) -> RunOutcome:
         """Continue this suspended run with answers it has not seen: the next
@@ -511,10 +531,10 @@ class Run:
         self.loop._now = now
         return await self._live()
 
-    async def _live(self) -> RunOutcome:
+    async def _live(self, *, deliver: bool = True) -> RunOutcome:
         root = self.root
         assert root is not None
-        if self.nondeterminism is None and not root.done():
+        if deliver and self.nondeterminism is None and not root.done():
             live = self._new_answers()
             if live:
                 activation = self._live_activation()
@@ -712,6 +732,7 @@ class Run:
                 continue
             future = self._awaiting.pop(step.index, None)
             if future is None:
+                self._diverged(step.index, step, None)
                 self.nondeterminism = self.nondeterminism or NonDeterminismError(
                     f"the history of workflow {self.workflow_name!r} answers a"
                     f" {step.kind} {step.name!r} at index {step.index} in activation"

@@ -20,7 +20,7 @@ from typing import Any
 
 from attrs import define, evolve
 
-from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, Suspended, WorkflowCache
+from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT, Suspended, WorkflowCache
 from .config import validate_name
 from .engine import Engine, LocalWorker, Superseded
 from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
@@ -74,6 +74,7 @@ class Worker:
         max_task_attempts: int = 10,
         worker_id: str | None = None,
         max_cached_workflows: int = DEFAULT_MAX_CACHED_WORKFLOWS,
+        sticky_wait: float = DEFAULT_STICKY_WAIT,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -97,6 +98,8 @@ class Worker:
         self._lost_claims: list[str] = []  # claim owners whose answer a cut connection lost
         self._reported: set[tuple[str, str]] = set()  # unserved names already logged
         self._cache = WorkflowCache(max_cached_workflows)
+        # How long a run task that another worker keeps cached is left to it.
+        self.sticky_wait = sticky_wait
         # Activities this worker serves are run by the worker that dispatches them.
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
 
@@ -110,6 +113,9 @@ class Worker:
                 released = await tx.stream.release_leases(self.task_queue, owner=self.id)
             if released:
                 log.info("worker %s took back %d leased tasks", self.id, released)
+        if self._cache.size > 0:
+            async with self.backend.transaction(single=True) as tx:
+                await tx.stream.worker_started(self.task_queue, self.id)
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"hotmesh:{self.id}:x")
         return self
@@ -125,11 +131,23 @@ class Worker:
         if drain:
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
+            await self._unstick()
         else:
             # Like a process dying: nothing is acked; leases will expire.
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+
+    async def _unstick(self) -> None:
+        """A stopping worker's cached runs are gone with it: the run tasks that
+        wait for it go to any worker at once (a crashed one's, after sticky_wait)."""
+        if self._cache.size == 0:
+            return
+        try:
+            async with self.backend.transaction(single=True) as tx:
+                await tx.stream.worker_stopped(self.task_queue, self.id)
+        except Exception as error:  # they still go after sticky_wait
+            log.warning("handing on the sticky runs of %s: %s", self.id, error)
 
     async def _claim_loop(self) -> None:
         workflow_names = sorted(self.workflows)
@@ -156,6 +174,7 @@ class Worker:
                         workflow_names=workflow_names,
                         activity_names=activity_names,
                         limit=free,
+                        sticky_wait=self.sticky_wait,
                     )
             except BackendUnavailable as error:
                 log.warning("claim on queue %r: %s; retrying", self.task_queue, error)
@@ -407,7 +426,7 @@ class Worker:
         history: list[Step],
         execute_inline: Callable[[Run, Command], Awaitable[Any]],
     ) -> Run:
-        return Run(
+        run = Run(
             job=job,
             thread=thread,
             history=history,
@@ -415,6 +434,9 @@ class Worker:
             execute_inline=execute_inline,
             clock=self.backend.now,
         )
+        if self._cache.size > 0:
+            run.worker_id = self.id  # its answers should wake this worker
+        return run
 
     async def _execute(
         self,

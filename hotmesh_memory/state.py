@@ -66,6 +66,8 @@ class MemoryState:
         self.task_queue_of: dict[str, str] = {}
         self.unclaimed_runs: dict[tuple[str, str], str] = {}
         self.dead_letters: list[DeadLetter] = []
+        # Workers that stopped, by queue: their sticky run tasks are anyone's.
+        self.stopped_workers: dict[str, dict[str, None]] = {}
         self.waiters: dict[str, list[Waiter]] = {}
         self.buffered: dict[str, list[tuple[float, Any]]] = {}
         self.task_ids = itertools.count(1)
@@ -96,6 +98,15 @@ class MemoryTx:
         previous = mapping.get(key, _MISSING)
         mapping[key] = value
         self.undo.append(lambda: self._restore(mapping, key, previous))
+
+    def append(self, items: list[V], value: V) -> None:
+        """Append in place (undone by a pop): a log that grows without copying."""
+        items.append(value)
+
+        def undo() -> None:
+            items.pop()
+
+        self.undo.append(undo)
 
     def pop(self, mapping: MutableMapping[K, V], key: K) -> V | None:
         previous = mapping.pop(key, _MISSING)

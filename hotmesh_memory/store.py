@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
@@ -286,7 +287,11 @@ class MemoryStore:
             index=index,
             at=now,
         )
-        self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), change])
+        log = self.state.changes.get(job_id)
+        if log is None:
+            self.tx.put(self.state.changes, job_id, [change])
+        else:
+            self.tx.append(log, change)  # not copied: a long-lived entity's log grows
         self.tx.change_notes.append((job_id, version))  # entity watchers, at commit
         return result, version
 
@@ -401,7 +406,8 @@ class MemoryStore:
 
     async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
         changes = self.state.changes.get(job_id, [])
-        return clone([c for c in changes if c.version > version][:limit])
+        start = bisect_right(changes, version, key=lambda c: c.version)  # in version order
+        return clone(changes[start : start + limit])
 
     # -- entity operations applied outside the database (hotmesh_core.codec) --
 
@@ -420,5 +426,9 @@ class MemoryStore:
             evolve(job, context=clone(context), version=change.version, updated_at=now),
         )
         stored = evolve(clone(change), at=now)
-        self.tx.put(self.state.changes, job_id, [*self.state.changes.get(job_id, []), stored])
+        log = self.state.changes.get(job_id)
+        if log is None:
+            self.tx.put(self.state.changes, job_id, [stored])
+        else:
+            self.tx.append(log, stored)
         self.tx.change_notes.append((job_id, change.version))

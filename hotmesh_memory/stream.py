@@ -55,14 +55,24 @@ class MemoryStream:
         workflow_names: Sequence[str],
         activity_names: Sequence[str],
         limit: int,
+        sticky_wait: float = 0.0,
     ) -> list[Task]:
         now = self.tx.now()
+        me = owner.partition("#")[0]
+        stopped = self.state.stopped_workers.get(queue, {})
         workflows, activities = set(workflow_names), set(activity_names)
         ready: list[Task] = []
         for task in self._queue(queue).values():  # insertion order: first come, first served
             if (
                 task.visible_at <= now
                 and (task.lease_until is None or task.lease_until <= now)
+                and (
+                    task.sticky is None
+                    or task.sticky == me
+                    or task.lease_owner is not None  # a lease ran out: anyone's
+                    or task.visible_at + sticky_wait <= now
+                    or task.sticky in stopped
+                )
                 and (
                     task.kind == "timer"
                     or (task.kind == "run" and task.name in workflows)
@@ -151,6 +161,21 @@ class MemoryStream:
         run_key = (task.job_id, task.dimension)
         if task.kind == "run" and self.state.unclaimed_runs.get(run_key) == task.id:
             self.tx.pop(self.state.unclaimed_runs, run_key)
+
+    async def worker_stopped(self, queue: str, worker: str) -> int:
+        stopped = self.state.stopped_workers.setdefault(queue, {})
+        self.tx.put(stopped, worker, None)
+        freed = [task for task in self._queue(queue).values() if task.sticky == worker]
+        for task in freed:
+            self._put(evolve(task, sticky=None))
+        if freed:
+            self.tx.queues_to_wake.add(queue)
+        return len(freed)
+
+    async def worker_started(self, queue: str, worker: str) -> None:
+        stopped = self.state.stopped_workers.get(queue)
+        if stopped is not None and worker in stopped:
+            self.tx.pop(stopped, worker)
 
     async def ack(self, task_id: str) -> None:
         task = self._find(task_id)

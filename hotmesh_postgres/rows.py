@@ -40,6 +40,7 @@ def task_columns(table: str) -> str:
         "payload",
         "attempts",
         "lease_owner",
+        "sticky",
     ]
     return ", ".join(
         [*(f"{table}.{n}" for n in names), epoch("visible_at", table), epoch("created_at", table)]
@@ -108,6 +109,7 @@ STEP_COLUMNS = ", ".join(
         epoch("started_at"),
         epoch("finished_at"),
         "activation",
+        "wake_worker",
     ]
 )
 CHANGE_COLUMNS = ", ".join(

@@ -307,8 +307,8 @@ class PgStore:
     async def insert_step(self, step: Step) -> bool:
         row = await self._one_for_job(
             "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
-            " attempts, wake_queue, wake_name, finished_at, bucket)"
-            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            " attempts, wake_queue, wake_name, wake_worker, finished_at, bucket)"
+            " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             " CASE WHEN %s THEN NULL ELSE clock_timestamp() END, j.bucket"
             # Steps live in their job's bucket; an interrupted job takes no new step.
             " FROM jobs j WHERE {job} AND j.status <> 'interrupted'"
@@ -328,6 +328,7 @@ class PgStore:
                 step.attempts,
                 step.wake_queue,
                 step.wake_name,
+                step.wake_worker,
                 step.status == "pending",
             ],
             [],

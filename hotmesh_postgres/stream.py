@@ -36,9 +36,9 @@ class PgStream:
     ) -> str | None:
         row = await self.tx.one(
             "INSERT INTO tasks (queue, kind, job_id, dimension, name, idx, payload, visible_at,"
-            " lease_owner, attempts)"
+            " lease_owner, attempts, sticky)"
             " VALUES (%s, %s, %s, %s, %s, %s, %s,"
-            " clock_timestamp() + make_interval(secs => %s), %s, %s)"
+            " clock_timestamp() + make_interval(secs => %s), %s, %s, %s)"
             " ON CONFLICT (job_id, dimension) WHERE kind = 'run' AND lease_owner IS NULL"
             # Not DO NOTHING: the no-op update locks the queued run until this
             # transaction commits, so no worker (SKIP LOCKED) can claim it and read
@@ -55,6 +55,7 @@ class PgStream:
                 delay if owner is None else lease,
                 owner,
                 0 if owner is None else 1,
+                task.sticky,
             ],
         )
         if row is None or row["existed"]:
@@ -72,6 +73,7 @@ class PgStream:
         workflow_names: Sequence[str],
         activity_names: Sequence[str],
         limit: int,
+        sticky_wait: float = 0.0,
     ) -> list[Task]:
         # Cleared before the snapshot: a NOTIFY for anything committed after it
         # will set the event again, so an idle wait cannot miss it.
@@ -82,13 +84,50 @@ class PgStream:
             f"  WHERE queue = %s AND visible_at <= clock_timestamp()"
             f"  AND (kind = 'timer' OR (kind = 'run' AND name = ANY(%s))"
             f"       OR (kind = 'activity' AND name = ANY(%s)))"
+            # A run another worker keeps cached is left to it a while (or until
+            # it stops); a lease that ran out makes it anyone's.
+            f"  AND (sticky IS NULL OR sticky = %s OR lease_owner IS NOT NULL"
+            f"       OR visible_at <= clock_timestamp() - make_interval(secs => %s)"
+            f"       OR sticky IN (SELECT worker FROM stopped_workers WHERE queue = %s))"
             f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED)"
             f" UPDATE tasks t SET lease_owner = %s{ASYNC_COMMIT}, attempts = t.attempts + 1,"
             f"  visible_at = clock_timestamp() + make_interval(secs => %s)"
             f" FROM ready WHERE t.id = ready.id RETURNING {task_columns('t')}",
-            [queue, list(workflow_names), list(activity_names), limit, owner, lease],
+            [
+                queue,
+                list(workflow_names),
+                list(activity_names),
+                owner.partition("#")[0],
+                sticky_wait,
+                queue,
+                limit,
+                owner,
+                lease,
+            ],
         )
         return [rows.task(row) for row in found]
+
+    async def worker_stopped(self, queue: str, worker: str) -> int:
+        # Remembered a week (a worker that never starts again is forgotten).
+        row = await self.tx.one(
+            "WITH old AS (DELETE FROM stopped_workers"
+            "  WHERE stopped_at < clock_timestamp() - interval '7 days'),"
+            " noted AS (INSERT INTO stopped_workers (queue, worker) VALUES (%s, %s)"
+            "  ON CONFLICT (queue, worker) DO UPDATE SET stopped_at = clock_timestamp()),"
+            " freed AS (UPDATE tasks SET sticky = NULL WHERE queue = %s AND sticky = %s"
+            "  RETURNING 1)"
+            " SELECT count(*)::int AS freed FROM freed",
+            [queue, worker, queue, worker],
+        )
+        freed = int(row["freed"]) if row is not None else 0
+        if freed:
+            self.tx.notify_queue(queue)
+        return freed
+
+    async def worker_started(self, queue: str, worker: str) -> None:
+        await self.tx.run(
+            "DELETE FROM stopped_workers WHERE queue = %s AND worker = %s", [queue, worker]
+        )
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool:
         row = await self.tx.one(

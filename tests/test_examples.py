@@ -53,17 +53,16 @@ async def test_research_agent(backend: str) -> None:
 
 @pytest.mark.parametrize("backend", ["memory", "postgres"])
 async def test_data_pipeline(backend: str) -> None:
-    final = await load("data_pipeline").main(
-        refresh_interval="0.2s", max_runs=3, **options(backend)
-    )
-    assert [(entry["action"], entry.get("run")) for entry in final["changeLog"]] == [
-        ("clean", 1),
-        ("refresh", None),
-        ("clean", 2),
-        ("refresh", None),
-        ("clean", 3),
-        ("clean", 4),  # the run triggered from outside, after the main function returned
+    pipeline = load("data_pipeline")
+    final = await pipeline.main(interval="0.05s", iterations=12, **options(backend))
+    # Twelve cleanings, each its own generation, then one triggered from outside
+    # (a hook, while the job persists); the entity keeps the last ten entries.
+    assert final["runs"] == 13
+    assert final["rowsCleaned"] == sum(100 * run for run in range(1, 14))
+    assert len(final["changeLog"]) == pipeline.KEEP
+    assert [(e["action"], e["run"]) for e in final["changeLog"][-3:]] == [
+        ("clean", 11),
+        ("clean", 12),
+        ("triggered", 13),
     ]
-    assert final["runs"] == 4
-    stamps = [entry["at"] for entry in final["changeLog"]]
-    assert stamps == sorted(stamps)
+    assert final["policy"] == {"refreshInterval": "0.05s"}
