@@ -7,7 +7,9 @@ under test and shuts them down after the test.
 
 from __future__ import annotations
 
+import re
 import uuid
+import warnings
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -31,10 +33,20 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
+LOOP_SCOPE_UNSET = 'The configuration option "asyncio_default_fixture_loop_scope" is unset'
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "requires(capability): skip unless the backend declares this capability"
     )
+    # pytest-asyncio warns, at configure time, about a setting that changes
+    # nothing for our fixtures (all function-scoped): a project that runs the
+    # suite or uses our fixtures without setting it should not see that noise
+    # (or fail on it under -W error). Runs before pytest-asyncio's configure.
+    warnings.filterwarnings("ignore", message=re.escape(LOOP_SCOPE_UNSET), category=Warning)
+    config.addinivalue_line("filterwarnings", f"ignore:{LOOP_SCOPE_UNSET}")
 
 
 def selected_backends(config: pytest.Config) -> list[str]:

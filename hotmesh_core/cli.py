@@ -19,11 +19,20 @@ from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import click
 
+from .config import choose_backend, validate_app_id
 from .errors import HotMeshError
 from .memflow import Client, MemFlow
+from .plugins import resolve_backend
 from .serde import unstructure
 
 T = TypeVar("T")
+
+
+MEMORY_NOTE = (
+    "note: the memory backend lives inside one process: this command sees only what it"
+    " did itself, never the runs of another process (use the postgres backend, the"
+    " default, to inspect those)"
+)
 
 
 class Settings:
@@ -32,10 +41,27 @@ class Settings:
         self.backend = backend
         self.dsn = dsn
 
-    def client(self) -> AbstractAsyncContextManager[Client]:
-        """The app's client, closed when the command is done with it."""
-        options = {"dsn": self.dsn} if self.dsn else {}
-        return MemFlow.Client(app_id=self.app, backend=self.backend, **options)
+    def options(self, *, provision: bool) -> dict[str, Any]:
+        options: dict[str, Any] = {"dsn": self.dsn} if self.dsn else {}
+        if not provision:
+            options["provision"] = False
+        return options
+
+    def backend_name(self) -> str:
+        return choose_backend(self.backend)
+
+    def client(self, *, provision: bool = False) -> AbstractAsyncContextManager[Client]:
+        """The app's client, closed when the command is done with it.
+
+        Only commands that set an app up (``db migrate``, ``demo``, ``worker``)
+        provision it: any other, given an app that does not exist, fails with
+        ``UnknownApp`` naming the apps there are, and creates nothing.
+        """
+        if self.backend_name() == "memory":
+            click.echo(MEMORY_NOTE, err=True)
+        return MemFlow.Client(
+            app_id=self.app, backend=self.backend, **self.options(provision=provision)
+        )
 
 
 def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
@@ -53,9 +79,18 @@ def run_async(fn: Callable[..., Coroutine[Any, Any, T]]) -> Callable[..., T]:
 
 
 def stamp(seconds: float | None) -> str:
+    """ISO 8601, UTC, to the second: ``2026-12-01T23:10:05Z``."""
     if seconds is None:
         return "-"
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    moment = datetime.fromtimestamp(seconds, tz=timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def took(start: float | None, end: float | None) -> str:
+    if start is None or end is None:
+        return "-"
+    seconds = max(end - start, 0.0)
+    return f"{seconds * 1000:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -101,9 +136,39 @@ async def demo(settings: Settings) -> None:
     """Run the README demo workflow (embedded PostgreSQL by default)."""
     from . import demo as demo_program
 
-    options = {"dsn": settings.dsn} if settings.dsn else {}
+    options = settings.options(provision=True)
     result = await demo_program.run(settings.app, settings.backend, **options)
     click.echo(json.dumps(result))
+
+
+@runtime_checkable
+class ListsApps(Protocol):
+    """A backend that can name the apps it holds (PostgreSQL: one schema each)."""
+
+    async def list_apps(self) -> list[str]: ...
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+@run_async
+async def apps(settings: Settings, as_json: bool) -> None:
+    """List the apps of this database (creates nothing)."""
+    name = settings.backend_name()
+    backend = resolve_backend(
+        name, validate_app_id(settings.app), settings.options(provision=False)
+    )
+    if not isinstance(backend, ListsApps):
+        if name == "memory":
+            raise HotMeshError(MEMORY_NOTE.removeprefix("note: "))
+        raise HotMeshError(f"backend {name!r} cannot list its apps")
+    found = await backend.list_apps()
+    if as_json:
+        click.echo(json.dumps(found))
+    elif found:
+        click.echo("\n".join(found))
+    else:
+        click.echo("no apps here yet", err=True)
 
 
 @main.group()
@@ -149,38 +214,90 @@ async def list_runs(
     )
 
 
+def hook_labels(hooks: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Each hook thread by its workflow's name (``note``, ``note #2``...), in start order."""
+    labels: dict[str, str] = {}
+    seen: dict[str, int] = {}
+    for hook in sorted(hooks, key=lambda h: float(h.get("created_at") or 0.0)):
+        name = str(hook["workflow_name"])
+        seen[name] = seen.get(name, 0) + 1
+        labels[str(hook["dimension"])] = name if seen[name] == 1 else f"{name} #{seen[name]}"
+    return labels
+
+
 @runs.command("show")
 @click.argument("workflow_id")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_obj
 @run_async
 async def show_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
-    """Status, entity and timeline of one run."""
+    """Status, times, error, entity, hooks and timeline of one run (times in UTC)."""
+    from .presence import waiting_reasons
+
     async with settings.client() as client:
         export = await (await client.workflow.get_handle(workflow_id)).export()
+        waiting = [] if as_json else await waiting_reasons(client.backend, export)
     if as_json:
         click.echo(json.dumps(export.to_dict(), indent=2, default=str))
         return
-    click.echo(f"workflow  {export.workflow_id} ({export.workflow_name}, entity {export.entity!r})")
+    labels = hook_labels(export.hooks)
+
+    def thread(dimension: str) -> str:
+        return labels.get(dimension, dimension) if dimension else "main"
+
+    click.echo(
+        f"workflow  {export.workflow_id} ({export.workflow_name}, entity {export.entity!r},"
+        f" queue {export.task_queue!r})"
+    )
     click.echo(f"status    {export.status}")
     if export.error is not None:
         click.echo(f"error     {export.error.type_name}: {export.error.message}")
     elif export.status == "completed":
         click.echo(f"result    {short(export.result, 70)}")
+    for reason in waiting:
+        click.echo(f"waiting   {reason}")
+    click.echo(f"started   {stamp(export.created_at)}")
+    if export.finished_at is not None:
+        click.echo(
+            f"finished  {stamp(export.finished_at)}"
+            f" (after {took(export.created_at, export.finished_at)})"
+        )
     click.echo(f"entity    v{export.version} {json.dumps(export.context, indent=2)}")
+    if export.hooks:
+        click.echo("")
+        click.echo(
+            table(
+                ["HOOK", "STATUS", "STARTED", "TOOK", "ERROR", "ID"],
+                [
+                    [
+                        labels[str(h["dimension"])],
+                        h["status"],
+                        stamp(h.get("created_at")),
+                        took(h.get("created_at"), h.get("finished_at")),
+                        short(f"{h['error']['type_name']}: {h['error']['message']}", 60)
+                        if h.get("error")
+                        else "-",
+                        h["dimension"],
+                    ]
+                    for h in export.hooks
+                ],
+            )
+        )
     click.echo("")
     click.echo(
         table(
-            ["#", "THREAD", "KIND", "NAME", "STATUS", "TRIES", "RESULT"],
+            ["#", "THREAD", "KIND", "NAME", "STATUS", "TRIES", "STARTED", "TOOK", "RESULT"],
             [
                 [
                     e.index,
-                    e.dimension or "main",
+                    thread(e.dimension),
                     e.kind,
                     e.name,
                     e.status,
                     e.attempts,
-                    short(e.error.message if e.error else e.result),
+                    stamp(e.started_at),
+                    took(e.started_at, e.finished_at),
+                    short(f"{e.error.type_name}: {e.error.message}" if e.error else e.result),
                 ]
                 for e in export.timeline
             ],
@@ -190,18 +307,11 @@ async def show_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
 
 @runs.command("export")
 @click.argument("workflow_id")
-@click.option(
-    "--json",
-    "as_json",
-    is_flag=True,
-    default=True,
-    show_default=True,
-    help="Print JSON (the only format).",
-)
+@click.option("--json", "as_json", is_flag=True, hidden=True)  # accepted: JSON is the format
 @click.pass_obj
 @run_async
 async def export_run(settings: Settings, workflow_id: str, as_json: bool) -> None:
-    """The full audit timeline of one run, as JSON."""
+    """The full audit timeline of one run, as JSON (times: epoch seconds, UTC)."""
     async with settings.client() as client:
         export = await (await client.workflow.get_handle(workflow_id)).export()
     click.echo(json.dumps(export.to_dict(), indent=2, default=str))
@@ -280,7 +390,7 @@ def db() -> None:
 @run_async
 async def migrate(settings: Settings) -> None:
     """Create or migrate the app's schema (also done by every init, if its role may)."""
-    async with settings.client() as client:
+    async with settings.client(provision=True) as client:
         name = client.backend.name
     click.echo(f"app {settings.app!r} is provisioned and up to date on {name!r}")
 
@@ -331,13 +441,17 @@ async def grant(settings: Settings, role: str, read_only: bool, show: bool) -> N
     click.echo(f"role {role!r} has {kind} access to app {settings.app!r}")
 
 
-def _add_operations() -> None:
-    """Commands that live in modules of their own (safe changes, recovery)."""
+def _add_commands() -> None:
+    """Commands that live in modules of their own: safe changes and recovery,
+    the deployable worker, the web dashboard."""
     from .cli_operations import cancel, fork, replay, resume
+    from .ui.command import ui_command
+    from .worker_command import worker_command
 
-    main.add_command(replay)
+    for command in (replay, worker_command, ui_command):
+        main.add_command(command)
     for command in (cancel, resume, fork):
         runs.add_command(command)
 
 
-_add_operations()
+_add_commands()

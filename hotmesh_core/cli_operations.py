@@ -3,46 +3,17 @@ and recovery, from the command line (registered on the ``hotmesh`` group)."""
 
 from __future__ import annotations
 
-import importlib
 import sys
-from collections.abc import Callable, Mapping
-from typing import Any
 
 import click
 
 from .cli import Settings, run_async
+from .errors import HotMeshError
 from .fork import fork_run
 from .replayer import ReplayResult, replay_export, replay_runs
+from .worker_command import load_target
 
-__all__ = ["cancel", "fork", "load_functions", "replay", "resume"]
-
-
-def load_functions(spec: str) -> list[Callable[..., Any]] | Mapping[str, Callable[..., Any]]:
-    """The workflow functions named by ``module:attr``: a function, a list of
-    them, or a ``{name: function}`` mapping (as ``mf.worker(workflows=...)``
-    takes). The current directory is importable, as with ``python -m``."""
-    module_name, colon, attribute = spec.partition(":")
-    if not colon or not module_name or not attribute:
-        raise click.BadParameter(f"{spec!r} is not module:attribute", param_hint="--workflows")
-    if "" not in sys.path:
-        sys.path.insert(0, "")
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise click.BadParameter(f"cannot import {module_name!r}: {exc}") from exc
-    try:
-        found = getattr(module, attribute)
-    except AttributeError:
-        raise click.BadParameter(f"module {module_name!r} has no {attribute!r}") from None
-    if isinstance(found, Mapping):
-        return found
-    if callable(found):
-        return [found]
-    if isinstance(found, (list, tuple)):
-        return list(found)
-    raise click.BadParameter(
-        f"{spec} is a {type(found).__name__}: give a function, a list or a dict of them"
-    )
+__all__ = ["cancel", "fork", "replay", "resume"]
 
 
 @click.command()
@@ -50,7 +21,7 @@ def load_functions(spec: str) -> list[Callable[..., Any]] | Mapping[str, Callabl
     "--workflows",
     "spec",
     required=True,
-    help="module:attr of the current workflow code (a function, list or dict).",
+    help="The current workflow code: MODULE[:ATTR], as `hotmesh worker` takes it.",
 )
 @click.option("--id", "ids", multiple=True, help="Replay this run (repeatable).")
 @click.option(
@@ -84,7 +55,9 @@ async def replay(
     engine, and the first index where code and history disagree is printed
     with both calls. Run it in CI before deploying a workflow change.
     """
-    workflows = load_functions(spec)
+    workflows, _activities = load_target(spec)
+    if workflows is None:
+        raise HotMeshError(f"{spec!r} names no workflows to replay")
     results: list[ReplayResult] = [await replay_export(workflows, path) for path in files]
     if not (ids or status or files):
         status = "running"  # what a deploy of this code would meet

@@ -9,6 +9,7 @@ together or not at all.
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -45,6 +46,8 @@ from .replay import (
     error_info,
     exception_for,
 )
+
+log = logging.getLogger("hotmesh.engine")
 
 __all__ = ["Engine", "RunContext"]
 
@@ -603,6 +606,9 @@ class Engine:
         )
         if job is None:
             return False
+        if outcome.error is not None:
+            error = outcome.error
+            log.warning("job %r failed: %s: %s", job_id, error.type_name, error.message)
         await tx.signal.notify_job(job_id)
         await self._answer_parent(tx, job, result=outcome.result, error=outcome.error)
         return True
@@ -800,6 +806,7 @@ class Engine:
             f" {task.name!r} of {task.job_id!r}; last: {error.type_name}: {error.message}",
             error.traceback,
         )
+        log.error("dead letter: %s", failure.message)
         async with self.backend.transaction() as tx:
             await tx.stream.dead_letter(task.id, error)
             await self._finish_job(tx, task.job_id, RunOutcome("failed", error=failure))

@@ -11,11 +11,9 @@ intermediate objects; an intermediate that is not an object is an error.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from typing import Any
 
 from .errors import HotMeshError
-from .models import EntityChange
 
 __all__ = [
     "ENTITY_OPS",
@@ -23,7 +21,6 @@ __all__ = [
     "EntityPathError",
     "apply_op",
     "deep_merge",
-    "document_at",
     "split_path",
 ]
 
@@ -167,14 +164,3 @@ def apply_op(
         raise EntityPathError(f"entity.toggle: {path!r} holds a non-boolean")
     _parent_for_write(new, parts, path)[parts[-1]] = not current
     return new, not current, True
-
-
-def document_at(changes: Iterable[EntityChange], version: int) -> dict[str, Any]:
-    """The entity document as it stood at ``version``: its change log replayed
-    from the empty document (each change is the operation that made it)."""
-    doc: dict[str, Any] = {}
-    for change in sorted(changes, key=lambda c: c.version):
-        if change.version > version:
-            break
-        doc, _result, _changed = apply_op(doc, change.op, change.path, change.value)
-    return doc

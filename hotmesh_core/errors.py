@@ -22,6 +22,7 @@ __all__ = [
     "NotResumable",
     "PermissionDenied",
     "SerializationError",
+    "UnknownApp",
     "UnknownWorkflow",
     "WaitTimeout",
     "WorkflowCancelled",
@@ -153,3 +154,17 @@ class PermissionDenied(HotMeshError, PermissionError):
 class MigrationRequired(PermissionDenied):
     """The app's schema is missing or behind this HotMesh, and the connected
     role may not provision it: the owner must run ``hotmesh db migrate``."""
+
+
+class UnknownApp(HotMeshError, LookupError):
+    """An app asked for without provisioning it (``hotmesh runs list`` and the
+    other read-only commands) does not exist; ``apps`` are those that do."""
+
+    def __init__(self, app: str, apps: list[str]) -> None:
+        self.app = app
+        self.apps = sorted(apps)
+        listing = ", ".join(self.apps) or "none"
+        super().__init__(
+            f"no app {app!r}; apps here: {listing} (an app is created by its first"
+            " MemFlow.init or worker, or `hotmesh --app NAME db migrate`)"
+        )

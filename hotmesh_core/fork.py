@@ -19,9 +19,9 @@ from attrs import evolve
 from .client import WorkflowHandle
 from .config import validate_workflow_id
 from .engine import Engine
-from .entity_ops import document_at
 from .errors import DuplicateWorkflow, WorkflowNotFound
 from .models import MAIN_THREAD, Job, Step
+from .observe import entity_at
 from .protocols import Backend
 from .replay import SUSPENDING_KINDS
 
@@ -69,7 +69,7 @@ async def fork_run(
             workflow_name=job.workflow_name,
             task_queue=job.task_queue,
             args=job.args,
-            context=document_at(changes, max(versions)) if versions else {},
+            context=entity_at(changes, max(versions)) if versions else {},
             search=job.search,
             expire=job.expire,
             persistent=job.persistent,

@@ -55,6 +55,7 @@ class MemFlow(Client):
     def __init__(self, backend: Backend) -> None:
         super().__init__(backend)
         self.workers: list[Worker] = []
+        self._announcers: list[Any] = []
 
     @classmethod
     def init(cls, app_id: str, backend: str | None = None, **options: Any) -> _Opening[MemFlow]:
@@ -109,10 +110,17 @@ class MemFlow(Client):
         )
         await worker.start()
         self.workers.append(worker)
+        # Say what it serves, so a waiting job can tell why (hotmesh runs show).
+        from .presence import Announcer
+
+        self._announcers.append(await Announcer(worker).start())
         return worker
 
     async def shutdown(self) -> None:
         """Drain and stop this process's workers, then close the backend."""
+        for announcer in self._announcers:
+            await announcer.stop()
+        self._announcers.clear()
         for worker in self.workers:
             await worker.stop()
         self.workers.clear()

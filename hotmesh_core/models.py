@@ -207,3 +207,18 @@ class Backlog:
     name: str
     count: int
     oldest: float
+
+
+# -- worker presence -----------------------------------------------------------------
+
+
+@define(frozen=True)
+class WorkerPresence:
+    """What a worker serves on a queue, as it announced it, and when it last did
+    (POSIX seconds). Read by ``hotmesh runs show`` to say why a job waits."""
+
+    worker_id: str
+    queue: str
+    workflows: list[str]
+    activities: list[str]
+    last_seen: float = 0.0

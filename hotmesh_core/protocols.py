@@ -29,7 +29,9 @@ from .models import (
     Task,
     Thread,
     Waiter,
+    WorkerPresence,
 )
+from .observe import QueueStats, RunCursor
 
 __all__ = ["Backend", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
 
@@ -177,6 +179,41 @@ class Store(Protocol):
         partition once that UTC day is over), never less than ``expire``.
         """
 
+    # -- read-only views for people (hotmesh ui) ---------------------------------
+
+    async def page_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        parent_id: str | None = None,
+        id_prefix: str | None = None,
+        where: dict[str, Any] | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        before: RunCursor | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        """One page of jobs, newest first (``created_at`` then ``id``, both
+        descending), matching every given filter (``where``: entity fields
+        equal at dotted paths, as ``find_jobs``; ``created_from`` inclusive,
+        ``created_to`` exclusive). ``before`` is the cursor of the previous
+        page's last job: the page starts right after it (keyset pagination,
+        as fast on page 1000 as on page 1; never OFFSET)."""
+
+    # -- worker presence ------------------------------------------------------------
+    async def announce_worker(self, presence: WorkerPresence) -> None:
+        """Record, or refresh, what a worker serves on its queue; ``last_seen``
+        becomes now (the backend's clock)."""
+
+    async def remove_worker(self, queue: str, worker_id: str) -> None:
+        """Forget a worker that stopped."""
+
+    async def workers(self, queue: str, *, seen_within: float) -> list[WorkerPresence]:
+        """The workers of ``queue`` that announced themselves in the last
+        ``seen_within`` seconds, by id."""
+
 
 class Stream(Protocol):
     """Task queues with leases, delays, retries and a dead letter."""
@@ -234,6 +271,10 @@ class Stream(Protocol):
         """Delete every task of ``job_id`` (of one ``dimension`` if given), queued or
         leased: an interrupted job (a finished generation) runs nothing more.
         Returns how many went."""
+
+    async def queue_stats(self) -> list[QueueStats]:
+        """Every queue holding tasks now, by name: ready, delayed and leased tasks
+        and the workers holding the leases (read-only; for ``hotmesh ui``)."""
 
     async def worker_stopped(self, queue: str, worker: str) -> int:
         """``worker`` stops serving ``queue``: the run tasks sticky for it, queued now

@@ -597,6 +597,16 @@ class Worker:
                 if isinstance(exc, SerializationError)
                 else retry_delay(payload["retry"], task.attempts, error.type_name)
             )
+            if delay is None:
+                log.error(
+                    "activity %s of %r failed on attempt %d, no retry left: %s: %s",
+                    task.name, task.job_id, task.attempts, error.type_name, error.message,
+                )  # fmt: skip
+            else:
+                log.warning(
+                    "activity %s of %r failed on attempt %d, retrying in %.1f s: %s: %s",
+                    task.name, task.job_id, task.attempts, delay, error.type_name, error.message,
+                )  # fmt: skip
             return ActivityOutcome(task, None, error, delay)
         finally:
             heartbeat.cancel()

@@ -17,7 +17,16 @@ import attrs
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock
-from hotmesh_core.models import DeadLetter, EntityChange, Job, Step, Task, Thread, Waiter
+from hotmesh_core.models import (
+    DeadLetter,
+    EntityChange,
+    Job,
+    Step,
+    Task,
+    Thread,
+    Waiter,
+    WorkerPresence,
+)
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -66,6 +75,7 @@ class MemoryState:
         self.task_queue_of: dict[str, str] = {}
         self.unclaimed_runs: dict[tuple[str, str], str] = {}
         self.dead_letters: list[DeadLetter] = []
+        self.workers: dict[tuple[str, str], WorkerPresence] = {}
         # Workers that stopped, by queue: their sticky run tasks are anyone's.
         self.stopped_workers: dict[str, dict[str, None]] = {}
         self.waiters: dict[str, list[Waiter]] = {}

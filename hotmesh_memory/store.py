@@ -21,7 +21,9 @@ from hotmesh_core.models import (
     Job,
     Step,
     Thread,
+    WorkerPresence,
 )
+from hotmesh_core.observe import RunCursor
 
 from .entity_query import after as comes_after
 from .entity_query import job_matches, sort_key
@@ -357,6 +359,53 @@ class MemoryStore:
         self._expire_dead_letters(now)
         return len(expired)
 
+    # -- read-only views for people (hotmesh ui) ---------------------------------
+
+    async def page_jobs(
+        self,
+        *,
+        entity: str | None = None,
+        status: str | None = None,
+        workflow_name: str | None = None,
+        parent_id: str | None = None,
+        id_prefix: str | None = None,
+        where: dict[str, Any] | None = None,
+        created_from: float | None = None,
+        created_to: float | None = None,
+        before: RunCursor | None = None,
+        limit: int = 50,
+    ) -> list[Job]:
+        def matches(job: Job) -> bool:
+            for wanted, value in (
+                (entity, job.entity),
+                (status, job.status),
+                (workflow_name, job.workflow_name),
+                (parent_id, job.parent_id),
+            ):
+                if wanted is not None and value != wanted:
+                    return False
+            if id_prefix is not None and not job.id.startswith(id_prefix):
+                return False
+            # Times compare in whole microseconds, as timestamptz does.
+            created = round(job.created_at * 1_000_000)
+            if created_from is not None and created < round(created_from * 1_000_000):
+                return False
+            if created_to is not None and created >= round(created_to * 1_000_000):
+                return False
+            if before is not None and RunCursor.after(job.created_at, job.id) >= before:
+                return False
+            return all(
+                json_equal(_path_value(job.context, path), expected)
+                for path, expected in (where or {}).items()
+            )
+
+        found = sorted(
+            (job for job in self.state.jobs.values() if matches(job)),
+            key=lambda job: RunCursor.after(job.created_at, job.id),
+            reverse=True,
+        )
+        return clone(found[:limit])
+
     def _expire_dead_letters(self, now: float) -> None:
         letters = self.state.dead_letters
         kept = [d for d in letters if d.created_at + DEAD_LETTER_KEEP > now]
@@ -432,3 +481,18 @@ class MemoryStore:
         else:
             self.tx.append(log, stored)
         self.tx.change_notes.append((job_id, change.version))
+
+    # -- worker presence ------------------------------------------------------------
+    async def announce_worker(self, presence: WorkerPresence) -> None:
+        seen = evolve(clone(presence), last_seen=self.tx.now())
+        self.tx.put(self.state.workers, (presence.queue, presence.worker_id), seen)
+
+    async def remove_worker(self, queue: str, worker_id: str) -> None:
+        self.tx.pop(self.state.workers, (queue, worker_id))
+
+    async def workers(self, queue: str, *, seen_within: float) -> list[WorkerPresence]:
+        since = self.tx.now() - seen_within
+        found = [
+            w for (q, _), w in self.state.workers.items() if q == queue and w.last_seen >= since
+        ]
+        return clone(sorted(found, key=lambda w: w.worker_id))

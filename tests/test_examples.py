@@ -66,3 +66,16 @@ async def test_data_pipeline(backend: str) -> None:
         ("triggered", 13),
     ]
     assert final["policy"] == {"refreshInterval": "0.05s"}
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_the_greeter_worker_target_serves_the_demo(backend: str) -> None:
+    """examples/greeter.py is what the README's `hotmesh worker` line serves."""
+    from hotmesh_core import MemFlow
+    from hotmesh_core.worker_command import load_target
+
+    workflows, activities = load_target("examples.greeter:served")
+    async with MemFlow.init(**options(backend)) as mf:
+        await mf.worker("hello", workflows=workflows, activities=activities)
+        handle = await mf.workflow.start("greeter", "hello", "greet-ada", ["Ada"], "hello")
+        assert await handle.result(timeout=20) == {"name": "Ada", "greetings": ["Hello, Ada!"]}

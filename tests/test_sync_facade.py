@@ -32,12 +32,11 @@ async def annotate(note: str) -> None:
 def worker_elsewhere() -> Iterator[str]:
     """An async worker in its own thread and event loop, as another process would be."""
     app_id = f"sync{uuid.uuid4().hex[:10]}"
+    dsn = test_dsn()  # here, not in the thread: a skip (no server) must reach pytest
     ready, stop = threading.Event(), threading.Event()
 
     async def serve() -> None:
-        mf = await MemFlow.init(
-            app_id=app_id, backend="postgres", dsn=test_dsn(), drop_on_close=True
-        )
+        mf = await MemFlow.init(app_id=app_id, backend="postgres", dsn=dsn, drop_on_close=True)
         await mf.worker("sync", workflows=[approval, annotate])
         ready.set()
         while not stop.is_set():

