@@ -6,8 +6,9 @@ Public names only; the engine's internals live in private-by-convention modules.
 from . import workflow
 from .client import WorkflowClient, WorkflowExport, WorkflowHandle
 from .clock import SystemClock, VirtualClock
-from .entity import EntityRecord
+from .entity import Change, EntityPage, EntityRecord
 from .entity_ops import EntityPathError
+from .entity_query import InvalidQuery
 from .errors import (
     ActivityFailed,
     BackendNotFound,
@@ -32,20 +33,24 @@ from .errors import (
 )
 from .memflow import Client, MemFlow
 from .retry import RetryPolicy
+from .transactions import TransactionNotSupported
 from .worker import Worker
 
 __all__ = [
     "ActivityFailed",
     "BackendNotFound",
     "BackendUnavailable",
+    "Change",
     "Client",
     "DuplicateWorkflow",
+    "EntityPage",
     "EntityPathError",
     "EntityRecord",
     "HookDepthExceeded",
     "HotMeshError",
     "InvalidDuration",
     "InvalidIdentifier",
+    "InvalidQuery",
     "MemFlow",
     "MigrationRequired",
     "NonDeterminismError",
@@ -54,6 +59,7 @@ __all__ = [
     "RetryPolicy",
     "SerializationError",
     "SystemClock",
+    "TransactionNotSupported",
     "UnknownWorkflow",
     "VirtualClock",
     "WaitTimeout",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 from attrs import define, field
@@ -16,6 +16,8 @@ from attrs import define, field
 from .config import validate_name, validate_signal_id, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE, Engine
+from .entity import Change, watch_job
+from .entity_query import JobQuery, check_limit, parse_where
 from .errors import (
     DuplicateWorkflow,
     WorkflowCancelled,
@@ -26,6 +28,7 @@ from .errors import (
 from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
 from .serde import ensure_json, unstructure
+from .transactions import joined
 
 __all__ = ["RunSummary", "TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
 
@@ -142,6 +145,12 @@ class WorkflowHandle:
                 # Woken by the backend on change; the poll is only a safety net.
                 await watch.wait(min(remaining, SAFETY_POLL))
 
+    def watch(self, since_version: int | None = None) -> AsyncGenerator[Change, None]:
+        """``async for change in handle.watch()``: the entity's changes as they
+        commit, each once, in version order; after ``since_version`` (resume
+        from the last version you saw), or from now when None."""
+        return watch_job(self._backend, self.workflow_id, since_version)
+
     async def cancel(self, reason: str | None = None) -> bool:
         """Ask the job to stop, cooperatively: ``asyncio.CancelledError`` is raised
         at the workflow's current await (or when its ``workflow.non_cancellable()``
@@ -242,11 +251,15 @@ class WorkflowClient:
         *,
         persistent: bool = False,
         strict: bool = False,
+        connection: Any = None,
     ) -> WorkflowHandle:
         """Create the job and its entity and enqueue its first run.
 
         Starting an id that exists returns a handle to that job (idempotent);
         with ``strict=True`` it raises ``DuplicateWorkflow`` instead.
+        ``connection``: your SQLAlchemy session/connection or psycopg connection,
+        in a transaction: the job is created in it and exists only if you commit
+        (:mod:`hotmesh_core.transactions`).
         """
         if workflow_id is None:  # only None means "pick one": "" is refused, not replaced
             workflow_id = f"{entity}-{uuid.uuid4().hex}"
@@ -260,7 +273,10 @@ class WorkflowClient:
             expire=None if expire is None else parse_duration(expire),
             persistent=persistent,
         )
-        _stored, created = await self._engine.start_job(job)
+        engine = self._engine
+        if connection is not None:
+            engine = Engine(await joined(self._backend, connection))
+        _stored, created = await engine.start_job(job)
         if strict and not created:
             raise DuplicateWorkflow(f"a workflow with id {job.id!r} already exists")
         return WorkflowHandle(self._backend, job.id)
@@ -272,13 +288,22 @@ class WorkflowClient:
         return handle
 
     async def signal(
-        self, signal_id: str, data: Any = None, *, expire: Duration | None = None
+        self,
+        signal_id: str,
+        data: Any = None,
+        *,
+        expire: Duration | None = None,
+        connection: Any = None,
     ) -> bool:
-        """Deliver a signal; True if a waiter took it, False if it was kept for later."""
+        """Deliver a signal; True if a waiter took it, False if it was kept for later.
+        With ``connection``, in your transaction (delivered only if you commit)."""
         validate_signal_id(signal_id)
         payload = ensure_json(data, what="signal data")
         keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
-        return await self._engine.send_signal(signal_id, payload, keep)
+        engine = self._engine
+        if connection is not None:
+            engine = Engine(await joined(self._backend, connection))
+        return await engine.send_signal(signal_id, payload, keep)
 
     async def hook(
         self,
@@ -327,15 +352,20 @@ class WorkflowClient:
         workflow_name: str | None = None,
         limit: int = 100,
     ) -> list[str]:
-        """Ids of jobs whose ``search`` fields (given at start) match ``where``."""
-        jobs = await self._find(
+        """Ids of jobs whose ``search`` fields (given at start, or set by the run
+        with ``workflow.search().set``) match ``where``, in the query language of
+        ``mf.entity.find`` (:mod:`hotmesh_core.entity_query`), oldest first."""
+        query = JobQuery(
+            where=parse_where(where),
             entity=entity,
-            search=ensure_json(where or {}, what="where"),
+            target="search",
+            limit=check_limit(limit),
             status=status,
             workflow_name=workflow_name,
-            limit=limit,
         )
-        return [job.id for job in jobs]
+        async with self._backend.transaction(readonly=True) as tx:
+            found = await tx.store.query_jobs(query)
+        return [job.id for job, _key in found]
 
     async def dead_letters(
         self, workflow_id: str | None = None, *, limit: int = 100

@@ -15,6 +15,7 @@ from typing import Any
 
 from attrs import define, evolve
 
+from .entity_query import SEARCH_SET
 from .errors import (
     BackendUnavailable,
     DuplicateWorkflow,
@@ -415,6 +416,8 @@ class Engine:
 
     async def _apply_inline(self, tx: Transaction, run: Run, command: Command) -> Any:
         options = command.options
+        if command.kind == "entity" and command.name == SEARCH_SET:  # workflow.search().set
+            return await tx.store.set_search(run.job.id, options["value"])
         if command.kind == "entity":
             op = EntityOp(op=command.name, path=options.get("path"), value=options.get("value"))
             result, _version = await tx.store.apply_entity(

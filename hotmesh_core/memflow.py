@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Generator
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT
 from .client import WorkflowClient
+from .codec import CodecBackend
 from .config import choose_backend, validate_app_id, validate_name
 from .entity import EntityClient
 from .plugins import resolve_backend
@@ -39,8 +40,12 @@ class Client:
     @classmethod
     async def _open(cls, app_id: str, backend: str | None, options: dict[str, Any]) -> Any:
         name = choose_backend(backend)
+        options = dict(options)
+        codec = options.pop("codec", None)  # every stored payload through it (codec.py)
         instance = resolve_backend(name, validate_app_id(app_id), options)
         await instance.open()
+        if codec is not None:
+            instance = cast(Backend, CodecBackend(instance, codec))
         return cls(instance)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from .changes import ChangeQueue
+from .entity_query import JobQuery, Node
 from .models import (
     Backlog,
     DeadLetter,
@@ -137,6 +139,37 @@ class Store(Protocol):
         order_by: str | None = None,
     ) -> list[Job]:
         """Jobs matching every given filter; ``where`` matches entity fields at dotted paths."""
+
+    # -- entity queries, search fields, change feed (hotmesh_core.entity_query) --
+    async def query_jobs(self, query: JobQuery) -> list[tuple[Job, list[Any]]]:
+        """Jobs matching ``query`` in its order, after its ``after`` key, at most
+        ``limit``; each with its keyset key (JSON-able, what a cursor carries)."""
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        """How many jobs match ``query`` (its order, limit and ``after`` ignored)."""
+
+    async def create_index(
+        self, name: str, entity: str, path: tuple[str, ...] | None, kind: str, where: Node
+    ) -> None:
+        """Make index ``name`` (idempotent) serving queries on ``entity`` at ``path``
+        (``kind``: btree, text or gin, see ``entity_query.INDEX_KINDS``), partial
+        on ``where``, on every present and future partition; a backend without
+        indexes does nothing."""
+
+    async def set_search(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Set the job's search fields ``fields`` (others kept); return them all."""
+
+    async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
+        """The job's entity changes with a version above ``version``, oldest first."""
+
+    # -- entity operations applied outside the database (hotmesh_core.codec) --
+    async def lock_entity(self, job_id: str) -> tuple[Any, int] | None:
+        """The job's entity document and version, the job's row locked until the
+        transaction ends; None if there is no such job."""
+
+    async def write_entity(self, job_id: str, context: Any, change: EntityChange) -> None:
+        """Store ``context`` as the (locked) job's document at ``change.version``
+        and log ``change``: an operation applied outside the database."""
 
     async def expire_jobs(self) -> int:
         """Remove finished jobs whose ``expire`` has passed; return how many.
@@ -342,3 +375,11 @@ class Backend(Protocol):
 
     def watch_job(self, job_id: str) -> AbstractAsyncContextManager[JobWatch]:
         """Watch ``job_id``: a change committed after entering is never missed by ``wait``."""
+
+    async def joined(self, connection: Any) -> Backend:
+        """This backend, its transactions run in the caller's ``connection``
+        (capability ``join_transaction``; see :mod:`hotmesh_core.transactions`)."""
+
+    def watch_changes(self) -> AbstractAsyncContextManager[ChangeQueue]:
+        """Notes of every entity change that commits after entering (see
+        :mod:`hotmesh_core.changes`): the wake-ups of ``watch``."""

@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 from .client import WorkflowExport, WorkflowHandle
 from .durations import Duration
-from .entity import EntityRecord
+from .entity import EntityPage
 from .memflow import Client, MemFlow
 
 __all__ = ["SyncClient", "SyncHandle", "connect"]
@@ -93,8 +93,17 @@ class SyncWorkflowClient:
             self._runner, self._runner.run(self._client.workflow.get_handle(workflow_id))
         )
 
-    def signal(self, signal_id: str, data: Any = None, *, expire: Duration | None = None) -> bool:
-        return self._runner.run(self._client.workflow.signal(signal_id, data, expire=expire))
+    def signal(
+        self,
+        signal_id: str,
+        data: Any = None,
+        *,
+        expire: Duration | None = None,
+        connection: Any = None,
+    ) -> bool:
+        return self._runner.run(
+            self._client.workflow.signal(signal_id, data, expire=expire, connection=connection)
+        )
 
     def hook(
         self,
@@ -123,9 +132,10 @@ class SyncEntityClient:
         *,
         limit: int = 100,
         order_by: str | None = None,
-    ) -> list[EntityRecord]:
+        after: str | None = None,
+    ) -> EntityPage:
         return self._runner.run(
-            self._client.entity.find(entity, where, limit=limit, order_by=order_by)
+            self._client.entity.find(entity, where, limit=limit, order_by=order_by, after=after)
         )
 
 

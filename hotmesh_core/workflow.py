@@ -21,7 +21,7 @@ from attrs import define
 from .config import validate_name, validate_signal_id, validate_workflow_id
 from .durations import Duration, parse_duration
 from .engine import DEFAULT_SIGNAL_EXPIRE
-from .entity import WorkflowEntity
+from .entity import WorkflowEntity, WorkflowSearch
 from .errors import HookDepthExceeded
 from .replay import ContinueAsNew, current_run
 from .retry import RetryPolicy
@@ -43,6 +43,7 @@ __all__ = [
     "patched",
     "proxy_activities",
     "random",
+    "search",
     "signal",
     "sleep_for",
     "start_child",
@@ -76,6 +77,11 @@ def info() -> WorkflowInfo:
 async def entity() -> WorkflowEntity:
     """The job's entity (a hook gets the entity of the job it runs against)."""
     return WorkflowEntity(current_run())
+
+
+def search() -> WorkflowSearch:
+    """The job's search fields: ``await workflow.search().set({...})``."""
+    return WorkflowSearch(current_run())
 
 
 def _args(args: Iterable[Any] | None, what: str) -> list[Any]:

@@ -15,7 +15,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock, SystemClock, VirtualClock
+from hotmesh_core.transactions import TransactionNotSupported
 
 from .signal import MemorySignal
 from .state import MemoryState, MemoryTx
@@ -107,6 +109,9 @@ class MemoryBackend:
                 raise
         if tx.queues_to_wake or tx.jobs_to_wake:
             self.state.wake()
+        for feed in self.state.change_feeds:
+            for note in tx.change_notes:
+                feed.put(note)
 
     async def _wait_changed(self, timeout: float) -> bool:
         if not self._opened:
@@ -166,3 +171,19 @@ class MemoryBackend:
                     next_due = task.visible_at
         if next_due is not None:
             clock.advance_to(next_due)
+
+    async def joined(self, connection: Any) -> MemoryBackend:
+        raise TransactionNotSupported(
+            "the memory backend cannot join your transaction (connection=)"
+        )
+
+    @asynccontextmanager
+    async def watch_changes(self) -> AsyncIterator[ChangeQueue]:
+        if not self._opened:
+            await self.open()
+        feed = ChangeQueue()
+        self.state.change_feeds.add(feed)
+        try:
+            yield feed
+        finally:
+            self.state.change_feeds.discard(feed)

@@ -15,6 +15,7 @@ from typing import Any, TypeVar, cast
 
 import attrs
 
+from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock
 from hotmesh_core.models import (
     DeadLetter,
@@ -82,6 +83,7 @@ class MemoryState:
         self.task_ids = itertools.count(1)
         self.lock = asyncio.Lock()
         self.changed = asyncio.Event()
+        self.change_feeds: set[ChangeQueue] = set()  # entity watchers (watch)
 
     def wake(self) -> None:
         """Wake everyone waiting for a change (workers, result waiters)."""
@@ -97,6 +99,7 @@ class MemoryTx:
         self.undo: list[Callable[[], None]] = []
         self.queues_to_wake: set[str] = set()
         self.jobs_to_wake: set[str] = set()
+        self.change_notes: list[tuple[str, int]] = []  # for entity watchers, at commit
 
     def now(self) -> float:
         return self.state.clock.now()

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
 from attrs import evolve
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
+from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node
+from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
     MAIN_THREAD,
@@ -22,6 +25,8 @@ from hotmesh_core.models import (
 )
 from hotmesh_core.observe import RunCursor
 
+from .entity_query import after as comes_after
+from .entity_query import job_matches, sort_key
 from .state import MemoryTx, clone
 
 _MISSING: Any = object()
@@ -289,6 +294,7 @@ class MemoryStore:
             self.tx.put(self.state.changes, job_id, [change])
         else:
             self.tx.append(log, change)  # not copied: a long-lived entity's log grows
+        self.tx.change_notes.append((job_id, version))  # entity watchers, at commit
         return result, version
 
     async def entity_changes(self, job_id: str) -> list[EntityChange]:
@@ -411,6 +417,70 @@ class MemoryStore:
                 letters[:] = before
 
             self.tx.undo.append(undo)
+
+    # -- entity queries, search fields, change feed (hotmesh_core.entity_query) --
+
+    async def query_jobs(self, query: JobQuery) -> list[tuple[Job, list[Any]]]:
+        keyed = [
+            (sort_key(job, query.order), job)
+            for job in self.state.jobs.values()
+            if job_matches(job, query)
+        ]
+        if query.after is not None:
+            last = query.after
+            if len(last) != (4 if query.order.field == "path" else 2):
+                raise InvalidQuery("not a cursor of this query (its key does not fit)")
+            try:
+                keyed = [(k, j) for k, j in keyed if comes_after(k, last, query.order.descending)]
+            except TypeError:
+                raise InvalidQuery("not a cursor of this query (its key does not fit)") from None
+        keyed.sort(key=lambda pair: pair[0], reverse=query.order.descending)
+        return [(clone(job), key) for key, job in keyed[: query.limit]]
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        return sum(1 for job in self.state.jobs.values() if job_matches(job, query))
+
+    async def create_index(
+        self, name: str, entity: str, path: tuple[str, ...] | None, kind: str, where: Node
+    ) -> None:
+        """Nothing to make: every query scans the in-memory table."""
+
+    async def set_search(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        search = {**job.search, **clone(fields)}
+        self.tx.put(self.state.jobs, job_id, evolve(job, search=search, updated_at=self.tx.now()))
+        return clone(search)
+
+    async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
+        changes = self.state.changes.get(job_id, [])
+        start = bisect_right(changes, version, key=lambda c: c.version)  # in version order
+        return clone(changes[start : start + limit])
+
+    # -- entity operations applied outside the database (hotmesh_core.codec) --
+
+    async def lock_entity(self, job_id: str) -> tuple[Any, int] | None:
+        job = self.state.jobs.get(job_id)  # the transaction holds the state's lock
+        return None if job is None else (clone(job.context), job.version)
+
+    async def write_entity(self, job_id: str, context: Any, change: EntityChange) -> None:
+        job = self.state.jobs.get(job_id)
+        if job is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        now = self.tx.now()
+        self.tx.put(
+            self.state.jobs,
+            job_id,
+            evolve(job, context=clone(context), version=change.version, updated_at=now),
+        )
+        stored = evolve(clone(change), at=now)
+        log = self.state.changes.get(job_id)
+        if log is None:
+            self.tx.put(self.state.changes, job_id, [stored])
+        else:
+            self.tx.append(log, stored)
+        self.tx.change_notes.append((job_id, change.version))
 
     # -- worker presence ------------------------------------------------------------
     async def announce_worker(self, presence: WorkerPresence) -> None:

@@ -15,16 +15,19 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import psycopg
 from psycopg import sql
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
+from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable, UnknownApp
+from hotmesh_core.protocols import Backend
 
 from .connection import check_server_version, permission_denied, resolve_dsn
+from .joined import JoinedBackend, driver_connection
 from .migrations import app_schemas, apply_migrations
 from .roles import grant_role
 from .signal import PgSignal
@@ -101,6 +104,10 @@ class PgTransaction:
     def notify_job(self, job_id: str) -> None:
         self._notifications.add((self.backend.job_channel, job_id))
 
+    def notify_change(self, job_id: str, version: int) -> None:
+        """Tell entity watchers, at commit, which change was made (``version:job``)."""
+        self._notifications.add((self.backend.change_channel, f"{version}:{job_id}"))
+
     async def finish(self, *, commit: bool) -> None:
         """Send this transaction's NOTIFYs, and COMMIT, in one round trip.
 
@@ -133,7 +140,7 @@ class _PgWatch:
 
 class PostgresBackend:
     name = "postgres"
-    capabilities = frozenset({"multi_process", "partial_index"})
+    capabilities = frozenset({"multi_process", "partial_index", "join_transaction"})
 
     def __init__(self, app_id: str, options: dict[str, Any]) -> None:
         self.app_id = app_id
@@ -141,6 +148,8 @@ class PostgresBackend:
         self.options = options
         self.queue_channel = f"hotmesh:{app_id}:q"
         self.job_channel = f"hotmesh:{app_id}:j"
+        self.change_channel = f"hotmesh:{app_id}:c"  # entity changes, for watch
+        self._change_feeds: set[ChangeQueue] = set()
         # Names this app's connections in pg_stat_activity (operators, tests).
         self.application_name = f"hotmesh:{app_id}"
         self.dsn = ""
@@ -423,13 +432,17 @@ class PostgresBackend:
                 async with await psycopg.AsyncConnection.connect(
                     self.dsn, autocommit=True, application_name=self.application_name
                 ) as conn:
-                    for channel in (self.queue_channel, self.job_channel):
+                    for channel in (self.queue_channel, self.job_channel, self.change_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
                     self._listening.set()
                     self._wake_everyone()  # anything may have happened while we were away
                     async for note in conn.notifies():
                         if note.channel == self.queue_channel:
                             self.queue_event(note.payload).set()
+                        elif note.channel == self.change_channel:
+                            version, _, job_id = note.payload.partition(":")
+                            for feed in self._change_feeds:
+                                feed.put((job_id, int(version)))
                         else:
                             for event in self._job_watchers.get(note.payload, ()):
                                 event.set()
@@ -440,6 +453,8 @@ class PostgresBackend:
                 await asyncio.sleep(1.0)
 
     def _wake_everyone(self) -> None:
+        for feed in self._change_feeds:
+            feed.put(None)  # notes may have been missed while not listening
         for event in self._queue_events.values():
             event.set()
         for watchers in self._job_watchers.values():
@@ -475,3 +490,22 @@ class PostgresBackend:
             watchers.discard(event)
             if not watchers:
                 self._job_watchers.pop(job_id, None)
+
+    # -- the caller's transaction (connection=) --------------------------------
+    async def joined(self, connection: Any) -> Backend:
+        if self.pool is None:
+            await self.open()
+        return cast(Backend, JoinedBackend(self, await driver_connection(connection)))
+
+    # -- entity change feed (watch) --------------------------------------------
+    @asynccontextmanager
+    async def watch_changes(self) -> AsyncIterator[ChangeQueue]:
+        if self.pool is None:
+            await self.open()
+        await self._listening.wait()  # LISTEN is on: no change after this is missed
+        feed = ChangeQueue()
+        self._change_feeds.add(feed)
+        try:
+            yield feed
+        finally:
+            self._change_feeds.discard(feed)

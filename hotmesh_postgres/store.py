@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
-from hotmesh_core.entity_ops import EntityPathError, split_path
+from hotmesh_core.entity_ops import READ_ONLY_OPS, EntityPathError, split_path
+from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
@@ -26,6 +27,7 @@ from hotmesh_core.models import (
 from hotmesh_core.observe import RunCursor
 
 from . import rows
+from .entity_query import compile_query, index_statement
 from .rows import (
     CHANGE_COLUMNS,
     JOB_COLUMNS,
@@ -431,6 +433,8 @@ class PgStore:
                 raise WorkflowNotFound(error.diag.message_primary or str(error)) from None
             raise
         assert row is not None
+        if op.op not in READ_ONLY_OPS:  # a no-op change repeats a version: harmless
+            self.tx.notify_change(job_id, int(row["new_version"]))
         return row["result"], int(row["new_version"])
 
     async def entity_changes(self, job_id: str) -> list[EntityChange]:
@@ -496,6 +500,88 @@ class PgStore:
             [now, DEAD_LETTER_KEEP],
         )
         return int(row["n"]) if row else 0
+
+    # -- entity queries, search fields, change feed (hotmesh_core.entity_query) --
+
+    async def query_jobs(self, query: JobQuery) -> list[tuple[Job, list[Any]]]:
+        statement, params = compile_query(query, JOB_COLUMNS)
+        try:
+            found = await self.tx.all(statement, params)
+        except psycopg.errors.DataError:
+            if query.after is None:
+                raise
+            raise InvalidQuery("not a cursor of this query (its key does not parse)") from None
+        keys = [
+            name for name in (found[0] if found else {}) if name[:1] == "k" and name[1:].isdigit()
+        ]
+        return [
+            (rows.job({k: v for k, v in row.items() if k not in keys}), [row[k] for k in keys])
+            for row in found
+        ]
+
+    async def count_jobs(self, query: JobQuery) -> int:
+        statement, params = compile_query(query, JOB_COLUMNS, count=True)
+        row = await self.tx.one(statement, params)
+        return int(row["n"]) if row else 0
+
+    async def create_index(
+        self, name: str, entity: str, path: tuple[str, ...] | None, kind: str, where: Node
+    ) -> None:
+        await self.tx.run(index_statement(name, entity, path, kind, where), [])
+
+    async def set_search(self, job_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        row = await self._one_for_job(
+            "UPDATE jobs SET search = search || %s, updated_at = clock_timestamp()"
+            " WHERE {job} RETURNING search",
+            "id",
+            job_id,
+            [jsonb(fields)],
+            [],
+        )
+        if row is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        search: dict[str, Any] = row["search"]
+        return search
+
+    async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
+        found = await self._all_for_job(
+            f"SELECT {CHANGE_COLUMNS} FROM entity_changes WHERE {{job}} AND version > %s"
+            " ORDER BY version LIMIT %s",
+            job_id,
+            [version, limit],
+        )
+        return [rows.change(row) for row in found]
+
+    # -- entity operations applied outside the database (hotmesh_core.codec) --
+
+    async def lock_entity(self, job_id: str) -> tuple[Any, int] | None:
+        row = await self._one_for_job(
+            "SELECT context, version FROM jobs WHERE {job} FOR UPDATE", "id", job_id, [], []
+        )
+        return None if row is None else (row["context"], int(row["version"]))
+
+    async def write_entity(self, job_id: str, context: Any, change: EntityChange) -> None:
+        row = await self._one_for_job(
+            "WITH j AS (UPDATE jobs SET context = %s, version = %s,"
+            " updated_at = clock_timestamp() WHERE {job} RETURNING bucket)"
+            " INSERT INTO entity_changes (job_id, version, op, path, value, dimension, idx,"
+            " bucket) SELECT %s, %s, %s, %s, %s, %s, %s, j.bucket FROM j RETURNING 1 AS written",
+            "id",
+            job_id,
+            [jsonb(context), change.version],
+            [
+                job_id,
+                change.version,
+                change.op,
+                change.path,
+                jsonb(change.value),
+                change.dimension,
+                change.index,
+            ],
+        )
+        if row is None:
+            raise WorkflowNotFound(f"no workflow with id {job_id!r}")
+        self.tx.notify_change(job_id, change.version)
 
     # -- read-only views for people (hotmesh ui) ---------------------------------
 
