@@ -9,7 +9,7 @@ from typing import Any
 from attrs import evolve
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
-from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node
+from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node, parse_where
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
@@ -27,6 +27,7 @@ from hotmesh_core.observe import RunCursor
 
 from .entity_query import after as comes_after
 from .entity_query import job_matches, sort_key
+from .entity_query import matches as query_matches
 from .state import MemoryTx, clone
 
 _MISSING: Any = object()
@@ -394,10 +395,7 @@ class MemoryStore:
                 return False
             if before is not None and RunCursor.after(job.created_at, job.id) >= before:
                 return False
-            return all(
-                json_equal(_path_value(job.context, path), expected)
-                for path, expected in (where or {}).items()
-            )
+            return not where or query_matches(parse_where(where), job.context)
 
         found = sorted(
             (job for job in self.state.jobs.values() if matches(job)),

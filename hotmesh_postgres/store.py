@@ -10,7 +10,7 @@ import psycopg
 from psycopg import sql
 
 from hotmesh_core.entity_ops import READ_ONLY_OPS, EntityPathError, split_path
-from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node
+from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node, parse_where
 from hotmesh_core.errors import WorkflowNotFound
 from hotmesh_core.models import (
     DEAD_LETTER_KEEP,
@@ -27,7 +27,7 @@ from hotmesh_core.models import (
 from hotmesh_core.observe import RunCursor
 
 from . import rows
-from .entity_query import compile_query, index_statement
+from .entity_query import Compiled, compile_query, index_statement
 from .rows import (
     CHANGE_COLUMNS,
     JOB_COLUMNS,
@@ -617,9 +617,11 @@ class PgStore:
             escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             conditions.append(sql.SQL("id LIKE %s"))
             params.append(escaped + "%")
-        for path, value in (where or {}).items():
-            conditions.append(_equals("context", path, value))
-            params.append(jsonb(value))
+        if where:
+            # The query language of mf.entity.find: operators, $or...
+            compiled = Compiled()
+            conditions.append(compiled.node(parse_where(where), "context"))
+            params.extend(compiled.params)
         moment = "(timestamptz 'epoch' + %s * interval '1 microsecond')"
         if created_from is not None:
             conditions.append(sql.SQL(f"created_at >= {moment}"))

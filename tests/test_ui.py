@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import pytest
@@ -143,6 +144,11 @@ async def test_runs_table_filters_and_keyset_pages(mf: MemFlow) -> None:
         assert await listed(
             "entity=research&where=%7B%22stage%22%3A%22done%22%2C%22word%22%3A%22w5%22%7D"
         ) == ["a-5"]
+        # The query language of mf.entity.find: operators and $or.
+        where = quote(json.dumps({"$or": [{"word": {"$in": ["w1", "w2"]}}, {"word": "w6"}]}))
+        assert await listed(f"entity=research&where={where}") == ["a-6", "a-2", "a-1"]
+        bad = await http.get(f"/runs?where={quote(json.dumps({'word': {'$near': 1}}))}")
+        assert bad.status_code == 400 and "$near" in bad.text
         kids = await listed("entity=kid")
         assert len(kids) == 4 and all(re.fullmatch(r"a-\d-c-3", kid) for kid in kids)
         created = {r.workflow_id: r.created_at for r in everything}
@@ -365,6 +371,19 @@ async def test_operations_show_queues_and_dead_letters(mf: MemFlow) -> None:
     cells = re.findall(r"<td>(.*?)</td>", row.group(1))
     assert cells[0] == "1" and cells[1] == "30.00 s ago"
     assert '<table id="dead-letters">' in page and "Poison: cannot &lt;decode&gt;" in page
+
+
+async def test_operations_show_the_live_workers_of_a_queue(mf: MemFlow) -> None:
+    worker = await mf.worker("presence-q", workflows={"idle": waiter}, worker_id="idle-one")
+    async with mf.backend.transaction() as tx:  # a ready task makes the queue listed
+        await tx.stream.enqueue(
+            Task(queue="presence-q", kind="run", job_id="nobody", dimension="", name="other")
+        )
+    async with browser(create_app(mf)) as http:
+        page = (await http.get("/operations")).text
+    row = re.search(r"<tr><td>presence-q</td>(.*?)</tr>", page, re.S)
+    assert row is not None and ">idle-one</code>" in row.group(1)  # idle, yet live
+    await worker.stop()
 
 
 def test_the_command_line_loads_no_web_stack() -> None:

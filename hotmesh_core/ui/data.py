@@ -13,12 +13,20 @@ from typing import Any
 
 from attrs import define, field
 
+from .. import entity_query as query
 from ..client import TimelineEntry, WorkflowExport
-from ..entity_ops import split_path
 from ..errors import HotMeshError
 from ..memflow import Client
-from ..models import MAIN_THREAD, TERMINAL_STATUSES, DeadLetter, EntityChange, Job
+from ..models import (
+    MAIN_THREAD,
+    TERMINAL_STATUSES,
+    DeadLetter,
+    EntityChange,
+    Job,
+    WorkerPresence,
+)
 from ..observe import DiffEntry, QueueStats, RunCursor, diff, entity_at, version_at
+from ..presence import SEEN_WITHIN
 from ..serde import ensure_json, structure
 
 __all__ = [
@@ -42,8 +50,9 @@ class InvalidFilter(HotMeshError, ValueError):
 
 
 def parse_where(text: str) -> dict[str, Any]:
-    """Entity-field filters as typed in the search box: a JSON object, or
-    ``path=value`` pairs separated by commas or new lines, each value JSON if
+    """Entity-field filters as typed in the search box: a JSON object in the
+    query language of ``mf.entity.find`` (``{"score": {"$gte": 0.8}}``, ``$or``...),
+    or ``path=value`` pairs separated by commas or new lines, each value JSON if
     it parses (``count=3``, ``done=true``) and a string otherwise."""
     text = text.strip()
     if not text:
@@ -69,9 +78,9 @@ def parse_where(text: str) -> dict[str, Any]:
             except json.JSONDecodeError:
                 value = raw.strip()
             where[path.strip()] = value
-    for path in where:
-        split_path(path)
-    return dict(ensure_json(where, what="entity fields"))
+    where = dict(ensure_json(where, what="entity fields"))
+    query.parse_where(where)  # InvalidQuery names a bad operator or operand
+    return where
 
 
 @define
@@ -192,6 +201,9 @@ class OperationsView:
     queues: list[QueueStats]
     dead_letters: list[DeadLetter]
     now: float
+    # Live workers of each queue shown: those that announced themselves in the
+    # last presence.SEEN_WITHIN seconds (hotmesh_core.presence), busy or idle.
+    live_workers: dict[str, list[WorkerPresence]] = field(factory=dict)
 
 
 def _row(job: Job) -> RunRow:
@@ -412,8 +424,11 @@ class Dashboard:
     async def operations(self) -> OperationsView:
         async with self.backend.transaction(readonly=True) as tx:
             queues = await tx.stream.queue_stats()
+            live = {
+                q.queue: await tx.store.workers(q.queue, seen_within=SEEN_WITHIN) for q in queues
+            }
         letters = await self.client.workflow.dead_letters(limit=100)
-        return OperationsView(queues, letters, self.backend.now())
+        return OperationsView(queues, letters, self.backend.now(), live)
 
     # -- actions (only with --allow-actions; the app checks) ----------------------
 
