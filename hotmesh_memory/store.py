@@ -26,7 +26,7 @@ from hotmesh_core.models import (
 from hotmesh_core.observe import RunCursor
 
 from .entity_query import after as comes_after
-from .entity_query import job_matches, sort_key
+from .entity_query import job_matches, json_equal, sort_key
 from .entity_query import matches as query_matches
 from .state import MemoryTx, clone
 
@@ -40,19 +40,6 @@ def _path_value(doc: Any, path: str) -> Any:
             return _MISSING
         node = node[part]
     return node
-
-
-def json_equal(left: Any, right: Any) -> bool:
-    """Equality as JSON sees it: ``True`` is not ``1``."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return isinstance(left, bool) and isinstance(right, bool) and left == right
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(json_equal(left[k], right[k]) for k in left)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(json_equal, left, right))
-    if isinstance(left, (int, float)) and isinstance(right, (int, float)):
-        return left == right
-    return type(left) is type(right) and bool(left == right)
 
 
 def _sort_key(job: Job, field: str) -> tuple[int, Any]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -18,10 +20,10 @@ async def naps() -> str:
     return "rested"
 
 
-@pytest.mark.parametrize("backend", ["memory", "postgres"])
-async def test_a_poison_task_fails_its_job_with_the_cause(
-    backend: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@asynccontextmanager
+async def broken_timers(backend: str, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[MemFlow]:
+    """An app whose timer path always fails, with a worker that gives up after 2 tries."""
+
     async def broken_timer(self: Engine, task: Any) -> None:
         raise RuntimeError("the timer path is broken")
 
@@ -33,6 +35,17 @@ async def test_a_poison_task_fails_its_job_with_the_cause(
     worker = Worker(mf.backend, "q", workflows=[naps], lease=0.3, max_task_attempts=2)
     await worker.start()
     try:
+        yield mf
+    finally:
+        await worker.stop()
+        await mf.shutdown()
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_a_poison_task_fails_its_job_with_the_cause(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with broken_timers(backend, monkeypatch) as mf:
         handle = await mf.workflow.start("t", "naps", "poisoned", [], "q")
         with pytest.raises(WorkflowFailed) as caught:
             await handle.result(timeout=15)
@@ -43,26 +56,13 @@ async def test_a_poison_task_fails_its_job_with_the_cause(
         (letter,) = await mf.workflow.dead_letters("poisoned")
         assert (letter.task.kind, letter.task.attempts) == ("timer", 2)
         assert letter.error.type_name == "RuntimeError"
-    finally:
-        await worker.stop()
-        await mf.shutdown()
 
 
 @pytest.mark.parametrize("backend", ["memory", "postgres"])
 async def test_a_dead_lettered_job_resumes_once_the_cause_is_fixed(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken_timer(self: Engine, task: Any) -> None:
-        raise RuntimeError("the timer path is broken")
-
-    monkeypatch.setattr(Engine, "fire_timer", broken_timer)
-    options: dict[str, Any] = (
-        {"dsn": test_dsn(), "drop_on_close": True} if backend == "postgres" else {}
-    )
-    mf = await MemFlow.init(app_id=f"dl{uuid.uuid4().hex[:10]}", backend=backend, **options)
-    worker = Worker(mf.backend, "q", workflows=[naps], lease=0.3, max_task_attempts=2)
-    await worker.start()
-    try:
+    async with broken_timers(backend, monkeypatch) as mf:
         handle = await mf.workflow.start("t", "naps", "poisoned", [], "q")
         with pytest.raises(WorkflowFailed):
             await handle.result(timeout=15)
@@ -71,6 +71,3 @@ async def test_a_dead_lettered_job_resumes_once_the_cause_is_fixed(
         assert await handle.result(timeout=15) == "rested"
         sleeps = [e for e in (await handle.export()).timeline if e.kind == "sleep"]
         assert [(e.index, e.status) for e in sleeps] == [(0, "done")]
-    finally:
-        await worker.stop()
-        await mf.shutdown()
