@@ -558,10 +558,21 @@ class Engine:
     async def _continue_job(self, tx: Transaction, run: Run, args: list[Any]) -> None:
         """The next generation: a fresh history and a run of it, in this transaction.
         What the old one still waited on goes: its tasks (activities, timers), its
-        waiters (a signal for them is kept for the new generation)."""
+        waiters (a signal for them is kept for the new generation). A cancel
+        request the workflow has not seen (it came after this run read the
+        history, or a ``non_cancellable`` scope held it) is not the generation's
+        to drop: it carries over, and the new generation gets it at its first
+        await."""
+        request = None
+        if run.dimension == MAIN_THREAD:
+            for step in await tx.store.load_steps(run.job.id, MAIN_THREAD, [CANCEL_INDEX]):
+                if step.activation is None or run.cancel_held:
+                    request = evolve(step, activation=None)
         job = await tx.store.continue_job(run.job.id, args)
         if job is None:
             return  # interrupted meanwhile
+        if request is not None:
+            await tx.store.insert_step(request)
         await tx.stream.remove_job_tasks(job.id, MAIN_THREAD)
         for index in run.awaiting:
             await tx.signal.remove_waiter(job.id, MAIN_THREAD, index)

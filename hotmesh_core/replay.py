@@ -637,6 +637,13 @@ class Run:
         elif self.root is not None and not self.root.done():
             self.root.cancel()
 
+    @property
+    def cancel_held(self) -> bool:
+        """A delivered cancel that a ``non_cancellable`` scope still holds: the
+        workflow has not seen it (a ``continue_as_new`` in the scope carries it
+        over to the next generation)."""
+        return self._cancel_deferred
+
     def enter_shield(self) -> None:
         self._shield_depth += 1
 

@@ -1,0 +1,78 @@
+"""Adversarial regressions for cancel, resume and continue_as_new (issue #10):
+races and edge cases a demanding user meets, each one a defect found and fixed."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from conformance.plugin import Harness
+from conformance.suite.test_cancel import wait_entity
+from hotmesh_core import WorkflowCancelled, workflow
+
+pytestmark = pytest.mark.asyncio
+
+
+async def slow(n: int) -> int:
+    await asyncio.sleep(0.5)
+    return n
+
+
+async def recurring(n: int) -> Any:
+    acts = workflow.proxy_activities(activities=[slow])
+    entity = await workflow.entity()
+    await entity.set({"gen": n})
+    await acts.slow(n)
+    if n < 3:
+        await workflow.continue_as_new(n + 1)
+    await workflow.wait_for("recurring-never")
+    return "finished"
+
+
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_a_cancel_racing_continue_as_new_is_not_lost(hm: Harness, cache: int) -> None:
+    # One slot: the worker runs the activity itself and resumes the run with its
+    # answer, never seeing the cancel that came meanwhile; the generation it
+    # ends must not take the request with it (the job would recur for ever).
+    mf = await hm.memflow()
+    await mf.worker(
+        "q", workflows=[recurring], activities=[slow], max_cached_workflows=cache, concurrency=1
+    )
+    handle = await mf.workflow.start("t", "recurring", "rc", [0], "q")
+    await wait_entity(handle, "gen", 0)
+    await asyncio.sleep(0.1)
+    assert await handle.cancel("stop") is True
+    with pytest.raises(WorkflowCancelled, match="stop"):
+        await handle.result(timeout=20)
+    assert (await handle.state())["gen"] < 3
+
+
+async def shielded_recurring(n: int) -> Any:
+    entity = await workflow.entity()
+    if n == 0:
+        async with workflow.non_cancellable():
+            await entity.set({"gen": n})
+            await workflow.wait_for("shr-go")
+            await workflow.continue_as_new(n + 1)
+    await entity.set({"gen": n})
+    await workflow.wait_for("shr-never")
+    return "finished"
+
+
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_a_held_cancel_carries_over_continue_as_new(hm: Harness, cache: int) -> None:
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[shielded_recurring], max_cached_workflows=cache)
+    handle = await mf.workflow.start("t", "shielded_recurring", "shr", [0], "q")
+    await wait_entity(handle, "gen", 0)
+    await asyncio.sleep(0.2)
+    assert await handle.cancel("stop") is True
+    await asyncio.sleep(0.3)
+    await mf.workflow.signal("shr-go", 1)
+    # The scope held it; the generation ended inside it: the next one gets it
+    # at its first await.
+    with pytest.raises(WorkflowCancelled, match="stop"):
+        await handle.result(timeout=20)
+    assert await handle.state() == {"gen": 1}
