@@ -564,18 +564,27 @@ class Engine:
         to drop: it carries over, and the new generation gets it at its first
         await."""
         request = None
-        if run.dimension == MAIN_THREAD:
-            for step in await tx.store.load_steps(run.job.id, MAIN_THREAD, [CANCEL_INDEX]):
+        signals = []  # signals that reached a wait of this generation unseen: kept
+        indexes = {CANCEL_INDEX, *run.undelivered}
+        for step in await tx.store.load_steps(run.job.id, MAIN_THREAD, sorted(indexes)):
+            if step.index == CANCEL_INDEX:
                 if step.activation is None or run.cancel_held:
                     request = evolve(step, activation=None)
+            elif step.kind == "wait" and step.status == "done" and step.activation is None:
+                signals.append(step)
         job = await tx.store.continue_job(run.job.id, args)
         if job is None:
             return  # interrupted meanwhile
         if request is not None:
             await tx.store.insert_step(request)
         await tx.stream.remove_job_tasks(job.id, MAIN_THREAD)
-        for index in run.awaiting:
+        # Every wait of the ended generation goes, its branch cancelled or not:
+        # a waiter left behind would take a signal meant for the next
+        # generation's wait at its index.
+        for index in run.undelivered:
             await tx.signal.remove_waiter(job.id, MAIN_THREAD, index)
+        for step in signals:
+            await self._deliver(tx, step.name, step.result, DEFAULT_SIGNAL_EXPIRE)
         await tx.stream.enqueue(_run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name))
         await tx.signal.notify_job(job.id)
 

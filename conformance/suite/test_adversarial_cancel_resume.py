@@ -76,3 +76,37 @@ async def test_a_held_cancel_carries_over_continue_as_new(hm: Harness, cache: in
     with pytest.raises(WorkflowCancelled, match="stop"):
         await handle.result(timeout=20)
     assert await handle.state() == {"gen": 1}
+
+
+async def restarts_on_cancel(n: int) -> Any:
+    try:
+        got = await workflow.wait_for(f"gen-{n}")
+    except asyncio.CancelledError:
+        if n == 0:
+            await workflow.continue_as_new(1)  # the user's choice: start afresh
+        raise
+    return [n, got]
+
+
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_a_cancelled_wait_does_not_outlive_its_generation(hm: Harness, cache: int) -> None:
+    # The cancel cancels the wait at index 0; the workflow continues as new and
+    # waits again at index 0, for another signal. The old wait's waiter must go
+    # with its generation: it took the old signal into the new wait (and on
+    # PostgreSQL kept the new wait from ever getting its own).
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[restarts_on_cancel], max_cached_workflows=cache)
+    handle = await mf.workflow.start("t", "restarts_on_cancel", "roc", [0], "q")
+    deadline = asyncio.get_running_loop().time() + 20
+    while [e.name for e in (await handle.export()).timeline if e.kind == "wait"] != ["gen-0"]:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    await handle.cancel()
+    while (await handle.export()).generation != 1 or not (await handle.export()).timeline:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    await mf.workflow.signal("gen-0", "meant for the old wait")
+    await asyncio.sleep(0.3)
+    assert await handle.status() == "running"
+    await mf.workflow.signal("gen-1", "meant for the new wait")
+    assert await handle.result(timeout=20) == [1, "meant for the new wait"]
