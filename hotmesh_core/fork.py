@@ -19,7 +19,7 @@ from attrs import evolve
 from .client import WorkflowHandle
 from .config import validate_workflow_id
 from .engine import Engine
-from .errors import DuplicateWorkflow, WorkflowNotFound
+from .errors import DuplicateWorkflow, InvalidIdentifier, WorkflowNotFound
 from .models import MAIN_THREAD, Job, Step
 from .observe import entity_at
 from .protocols import Backend
@@ -49,6 +49,9 @@ async def fork_run(
     backend: Backend, workflow_id: str, from_step: int, new_id: str | None = None
 ) -> WorkflowHandle:
     """Start a new run from ``workflow_id``'s history before index ``from_step``."""
+    if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+        # As ``hotmesh runs fork --from-step`` takes it: a step index, 0 or more.
+        raise InvalidIdentifier(f"from_step must be a step index (0 or more), got {from_step!r}")
     fork_id = validate_workflow_id(new_id or f"{workflow_id}-fork-{uuid.uuid4().hex[:8]}")
     engine = Engine(backend)
     async with backend.transaction() as tx:

@@ -77,3 +77,21 @@ async def test_an_export_that_is_not_utf8_is_a_clear_error(tmp_path: Path) -> No
     path.write_bytes(b"\xff\xfe{}")
     with pytest.raises(HotMeshError, match="cannot read the export"):
         await replay_export({"flow": flow}, path)
+
+
+async def plain() -> Any:
+    acts = workflow.proxy_activities(activities=[lookup])
+    return await acts.lookup("p")
+
+
+@pytest.mark.parametrize("from_step", ["2", True, -1, 1.5, None])
+async def test_fork_refuses_a_from_step_that_is_not_a_step_index(from_step: Any) -> None:
+    from hotmesh_core.fork import fork_run
+
+    async with MemFlow.init(app_id=f"adv{uuid.uuid4().hex[:8]}", backend="memory") as mf:
+        await mf.worker("q", workflows=[plain], activities=[lookup])
+        handle = await mf.workflow.start("t", "plain", "p1", [], "q")
+        assert await handle.result(timeout=20) == "value of p"
+        with pytest.raises(HotMeshError, match="from_step must be a step index"):
+            await fork_run(mf.backend, "p1", from_step)
+        assert [run.workflow_id for run in await mf.workflow.list_runs()] == ["p1"]
