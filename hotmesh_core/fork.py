@@ -23,7 +23,7 @@ from .errors import DuplicateWorkflow, InvalidIdentifier, WorkflowNotFound
 from .models import MAIN_THREAD, Job, Step
 from .observe import entity_at
 from .protocols import Backend
-from .replay import SUSPENDING_KINDS
+from .replay import CANCEL_INDEX, SUSPENDING_KINDS
 
 __all__ = ["fork_run", "history_before"]
 
@@ -34,9 +34,12 @@ def history_before(steps: list[Step], from_step: int) -> list[Step]:
     cut = min(later) if later else None
     kept = []
     for step in steps:
-        if step.dimension != MAIN_THREAD or not 0 <= step.index < from_step:
+        if step.dimension != MAIN_THREAD or not CANCEL_INDEX <= step.index < from_step:
             continue
-        if step.kind in SUSPENDING_KINDS:
+        if step.kind in SUSPENDING_KINDS or step.index == CANCEL_INDEX:
+            # A cancel request is delivered like an answer: a fork past it keeps
+            # it, or the cleanup that followed it would be a history the code
+            # never reaches.
             if step.activation is None or (cut is not None and step.activation >= cut):
                 continue  # not delivered by then: issued again
         elif step.status == "pending":

@@ -110,3 +110,37 @@ async def test_a_cancelled_wait_does_not_outlive_its_generation(hm: Harness, cac
     assert await handle.status() == "running"
     await mf.workflow.signal("gen-1", "meant for the new wait")
     assert await handle.result(timeout=20) == [1, "meant for the new wait"]
+
+
+async def tidy(x: str) -> str:
+    return f"tidied {x}"
+
+
+async def cleans_after_cancel() -> Any:
+    acts = workflow.proxy_activities(activities=[tidy])
+    first = await acts.tidy("a")
+    try:
+        await workflow.wait_for("cleans-never")
+    except asyncio.CancelledError:
+        return [first, await acts.tidy("b"), await acts.tidy("c")]
+    return "not cancelled"
+
+
+@pytest.mark.parametrize("from_step", [2, 3, 4])
+async def test_a_fork_past_a_cancel_keeps_it(hm: Harness, from_step: int) -> None:
+    # The cleanup after a cancel is history only the cancel leads to: a fork
+    # that kept it without the request failed with NonDeterminismError.
+    from hotmesh_core.fork import fork_run
+
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[cleans_after_cancel], activities=[tidy])
+    handle = await mf.workflow.start("t", "cleans_after_cancel", "cac", [], "q")
+    deadline = asyncio.get_running_loop().time() + 20
+    while not [e for e in (await handle.export()).timeline if e.kind == "wait"]:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    await handle.cancel()
+    expected = ["tidied a", "tidied b", "tidied c"]
+    assert await handle.result(timeout=20) == expected
+    fork = await fork_run(mf.backend, "cac", from_step)
+    assert await fork.result(timeout=20) == expected
