@@ -19,6 +19,7 @@ from .errors import (
     DuplicateWorkflow,
     HotMeshError,
     NotResumable,
+    SerializationError,
     WorkflowClosed,
     WorkflowNotFound,
 )
@@ -43,6 +44,7 @@ from .replay import (
     RunOutcome,
     error_info,
     exception_for,
+    storable_text,
 )
 
 __all__ = ["Engine", "RunContext"]
@@ -103,6 +105,12 @@ class Engine:
 
     async def request_cancel(self, job_id: str, reason: str | None) -> bool:
         """Ask a job to stop (cooperatively), and its running children with it."""
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise SerializationError(
+                    f"a cancel reason is text (or None), not {type(reason).__name__}"
+                )
+            reason = storable_text(reason)  # NUL and lone surrogates, escaped
         async with self.backend.transaction() as tx:
             job = await tx.store.get_job(job_id)
             if job is None:

@@ -10,7 +10,7 @@ import pytest
 
 from conformance.plugin import Harness
 from conformance.suite.test_cancel import wait_entity
-from hotmesh_core import WorkflowCancelled, workflow
+from hotmesh_core import SerializationError, WorkflowCancelled, workflow
 
 pytestmark = pytest.mark.asyncio
 
@@ -144,3 +144,21 @@ async def test_a_fork_past_a_cancel_keeps_it(hm: Harness, from_step: int) -> Non
     assert await handle.result(timeout=20) == expected
     fork = await fork_run(mf.backend, "cac", from_step)
     assert await fork.result(timeout=20) == expected
+
+
+async def waits_for_ever() -> Any:
+    await workflow.wait_for("reason-never")
+
+
+async def test_a_cancel_reason_is_checked_and_stored_as_text(hm: Harness) -> None:
+    # On PostgreSQL a NUL or lone surrogate in the reason, or a reason that is
+    # not JSON, was the driver's error; the memory backend stored any object.
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[waits_for_ever])
+    handle = await mf.workflow.start("t", "waits_for_ever", "why", [], "q")
+    for bad in (123, {"a": object()}, ["x"]):
+        with pytest.raises(SerializationError, match="a cancel reason is text"):
+            await handle.cancel(bad)  # type: ignore[arg-type]
+    assert await handle.cancel("nul\x00 and \ud800") is True
+    with pytest.raises(WorkflowCancelled, match=r"nul\\x00 and \\ud800"):
+        await handle.result(timeout=20)
