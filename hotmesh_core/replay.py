@@ -559,7 +559,12 @@ class Run:
             if isinstance(raised, ContinueAsNew):
                 if self.thread is not None:
                     error = HotMeshError("continue_as_new is for a job's main function, not hooks")
-                    return RunOutcome("failed", error=error_info(error), values=self.take_values())
+                    return RunOutcome(
+                        "failed",
+                        error=error_info(error),
+                        values=self.take_values(),
+                        abandoned=self.abandoned_waits(ended=True),  # as for any end
+                    )
                 return RunOutcome("continued", result=raised.next_args, values=self.take_values())
             abandoned = self.abandoned_waits(ended=True)
             if isinstance(raised, asyncio.CancelledError) and self.cancel_delivered:

@@ -162,3 +162,40 @@ async def test_a_cancel_reason_is_checked_and_stored_as_text(hm: Harness) -> Non
     assert await handle.cancel("nul\x00 and \ud800") is True
     with pytest.raises(WorkflowCancelled, match=r"nul\\x00 and \\ud800"):
         await handle.result(timeout=20)
+
+
+async def hook_that_continues() -> Any:
+    entity = await workflow.entity()
+    left = asyncio.ensure_future(workflow.wait_for("hook-left-it"))  # a branch left waiting
+    await entity.set({"hook": "waiting"})
+    await workflow.sleep_for(0.1)  # the wait is recorded, its waiter set
+    await workflow.continue_as_new()  # refused in a hook: the hook fails
+    await left
+
+
+async def main_waits_after_the_hook() -> Any:
+    await workflow.hook(None, "hook_that_continues")
+    await workflow.wait_for("main-go")
+    return await workflow.wait_for("hook-left-it")
+
+
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_a_hook_failed_by_continue_as_new_leaves_no_waiter(hm: Harness, cache: int) -> None:
+    # The hook's waiter outlived it and took, for ever, the signal meant for
+    # the next waiter of that name.
+    mf = await hm.memflow()
+    await mf.worker(
+        "q", workflows=[main_waits_after_the_hook, hook_that_continues], max_cached_workflows=cache
+    )
+    handle = await mf.workflow.start("t", "main_waits_after_the_hook", "mwh", [], "q")
+    await wait_entity(handle, "hook", "waiting")
+    deadline = asyncio.get_running_loop().time() + 20
+    while [h["status"] for h in (await handle.export()).hooks] != ["failed"]:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    await mf.workflow.signal("main-go", 1)
+    while len([e for e in (await handle.export()).timeline if e.kind == "wait"]) < 3:
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.02)
+    await mf.workflow.signal("hook-left-it", "for main")
+    assert await handle.result(timeout=20) == "for main"
