@@ -21,6 +21,7 @@ from .errors import (
     DuplicateWorkflow,
     HotMeshError,
     NotResumable,
+    SerializationError,
     WorkflowClosed,
     WorkflowNotFound,
 )
@@ -45,6 +46,7 @@ from .replay import (
     RunOutcome,
     error_info,
     exception_for,
+    storable_text,
 )
 
 log = logging.getLogger("hotmesh.engine")
@@ -107,6 +109,12 @@ class Engine:
 
     async def request_cancel(self, job_id: str, reason: str | None) -> bool:
         """Ask a job to stop (cooperatively), and its running children with it."""
+        if reason is not None:
+            if not isinstance(reason, str):
+                raise SerializationError(
+                    f"a cancel reason is text (or None), not {type(reason).__name__}"
+                )
+            reason = storable_text(reason)  # NUL and lone surrogates, escaped
         async with self.backend.transaction() as tx:
             job = await tx.store.get_job(job_id)
             if job is None:
@@ -564,13 +572,33 @@ class Engine:
     async def _continue_job(self, tx: Transaction, run: Run, args: list[Any]) -> None:
         """The next generation: a fresh history and a run of it, in this transaction.
         What the old one still waited on goes: its tasks (activities, timers), its
-        waiters (a signal for them is kept for the new generation)."""
+        waiters (a signal for them is kept for the new generation). A cancel
+        request the workflow has not seen (it came after this run read the
+        history, or a ``non_cancellable`` scope held it) is not the generation's
+        to drop: it carries over, and the new generation gets it at its first
+        await."""
+        request = None
+        signals = []  # signals that reached a wait of this generation unseen: kept
+        indexes = {CANCEL_INDEX, *run.undelivered}
+        for step in await tx.store.load_steps(run.job.id, MAIN_THREAD, sorted(indexes)):
+            if step.index == CANCEL_INDEX:
+                if step.activation is None or run.cancel_held:
+                    request = evolve(step, activation=None)
+            elif step.kind == "wait" and step.status == "done" and step.activation is None:
+                signals.append(step)
         job = await tx.store.continue_job(run.job.id, args)
         if job is None:
             return  # interrupted meanwhile
+        if request is not None:
+            await tx.store.insert_step(request)
         await tx.stream.remove_job_tasks(job.id, MAIN_THREAD)
-        for index in run.awaiting:
+        # Every wait of the ended generation goes, its branch cancelled or not:
+        # a waiter left behind would take a signal meant for the next
+        # generation's wait at its index.
+        for index in run.undelivered:
             await tx.signal.remove_waiter(job.id, MAIN_THREAD, index)
+        for step in signals:
+            await self._deliver(tx, step.name, step.result, DEFAULT_SIGNAL_EXPIRE)
         await tx.stream.enqueue(_run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name))
         await tx.signal.notify_job(job.id)
 

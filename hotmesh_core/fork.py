@@ -19,11 +19,11 @@ from attrs import evolve
 from .client import WorkflowHandle
 from .config import validate_workflow_id
 from .engine import Engine
-from .errors import DuplicateWorkflow, WorkflowNotFound
+from .errors import DuplicateWorkflow, InvalidIdentifier, WorkflowNotFound
 from .models import MAIN_THREAD, Job, Step
 from .observe import entity_at
 from .protocols import Backend
-from .replay import SUSPENDING_KINDS
+from .replay import CANCEL_INDEX, SUSPENDING_KINDS
 
 __all__ = ["fork_run", "history_before"]
 
@@ -34,9 +34,12 @@ def history_before(steps: list[Step], from_step: int) -> list[Step]:
     cut = min(later) if later else None
     kept = []
     for step in steps:
-        if step.dimension != MAIN_THREAD or not 0 <= step.index < from_step:
+        if step.dimension != MAIN_THREAD or not CANCEL_INDEX <= step.index < from_step:
             continue
-        if step.kind in SUSPENDING_KINDS:
+        if step.kind in SUSPENDING_KINDS or step.index == CANCEL_INDEX:
+            # A cancel request is delivered like an answer: a fork past it keeps
+            # it, or the cleanup that followed it would be a history the code
+            # never reaches.
             if step.activation is None or (cut is not None and step.activation >= cut):
                 continue  # not delivered by then: issued again
         elif step.status == "pending":
@@ -49,6 +52,9 @@ async def fork_run(
     backend: Backend, workflow_id: str, from_step: int, new_id: str | None = None
 ) -> WorkflowHandle:
     """Start a new run from ``workflow_id``'s history before index ``from_step``."""
+    if isinstance(from_step, bool) or not isinstance(from_step, int) or from_step < 0:
+        # As ``hotmesh runs fork --from-step`` takes it: a step index, 0 or more.
+        raise InvalidIdentifier(f"from_step must be a step index (0 or more), got {from_step!r}")
     fork_id = validate_workflow_id(new_id or f"{workflow_id}-fork-{uuid.uuid4().hex[:8]}")
     engine = Engine(backend)
     async with backend.transaction() as tx:

@@ -559,7 +559,12 @@ class Run:
             if isinstance(raised, ContinueAsNew):
                 if self.thread is not None:
                     error = HotMeshError("continue_as_new is for a job's main function, not hooks")
-                    return RunOutcome("failed", error=error_info(error), values=self.take_values())
+                    return RunOutcome(
+                        "failed",
+                        error=error_info(error),
+                        values=self.take_values(),
+                        abandoned=self.abandoned_waits(ended=True),  # as for any end
+                    )
                 return RunOutcome("continued", result=raised.next_args, values=self.take_values())
             abandoned = self.abandoned_waits(ended=True)
             if isinstance(raised, asyncio.CancelledError) and self.cancel_delivered:
@@ -636,6 +641,13 @@ class Run:
             self._cancel_deferred = True
         elif self.root is not None and not self.root.done():
             self.root.cancel()
+
+    @property
+    def cancel_held(self) -> bool:
+        """A delivered cancel that a ``non_cancellable`` scope still holds: the
+        workflow has not seen it (a ``continue_as_new`` in the scope carries it
+        over to the next generation)."""
+        return self._cancel_deferred
 
     def enter_shield(self) -> None:
         self._shield_depth += 1

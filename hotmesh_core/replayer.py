@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from attrs import define
+from cattrs.errors import BaseValidationError
 
 from .errors import HotMeshError
 from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
@@ -264,46 +265,75 @@ async def replay_runs(
 
 def load_export(data: Mapping[str, Any]) -> tuple[Job, list[Step], list[Thread]]:
     """A job, its steps and hooks from ``WorkflowExport.to_dict()`` JSON
-    (``hotmesh runs export ID``)."""
+    (``hotmesh runs export ID``). A file that is not one (a field missing or of
+    another type) is a ``HotMeshError`` naming the field, never a traceback."""
     try:
         job = Job(
-            id=data["workflow_id"],
-            entity=data["entity"],
-            workflow_name=data["workflow_name"],
-            task_queue=data["task_queue"],
-            args=list(data["args"]),
-            status=data["status"],
-            context=data.get("context") or {},
+            id=_text(data, "workflow_id"),
+            entity=_text(data, "entity"),
+            workflow_name=_text(data, "workflow_name"),
+            task_queue=_text(data, "task_queue"),
+            args=list(_of(data, "args", list)),
+            status=_text(data, "status"),
+            context=_of(data, "context", dict, optional=True) or {},
             result=data.get("result"),
-            error=structure(data["error"], ErrorInfo) if data.get("error") else None,
-            generation=int(data.get("generation", 0)),
+            error=_error(data),
+            generation=_number(data, "generation", optional=True) or 0,
         )
         steps = [
             Step(
                 job_id=job.id,
-                dimension=entry["dimension"],
-                index=int(entry["index"]),
-                kind=entry["kind"],
-                name=entry["name"],
+                dimension=_text(entry, "dimension"),
+                index=_number(entry, "index"),
+                kind=_text(entry, "kind"),
+                name=_text(entry, "name"),
                 args=entry["args"],
-                status=entry["status"],
+                status=_text(entry, "status"),
                 result=entry["result"],
-                error=structure(entry["error"], ErrorInfo) if entry.get("error") else None,
-                activation=entry.get("activation"),
+                error=_error(entry),
+                activation=_number(entry, "activation", optional=True),
             )
-            for entry in data["timeline"]
+            for entry in _of(data, "timeline", list)
         ]
-        threads = [structure(hook, Thread) for hook in data.get("hooks", [])]
-    except (KeyError, TypeError, ValueError) as exc:
+        threads = [
+            structure(_of({"hook": hook}, "hook", dict), Thread)
+            for hook in _of(data, "hooks", list, optional=True) or []
+        ]
+    except (KeyError, TypeError, ValueError, BaseValidationError) as exc:
         raise HotMeshError(f"not a HotMesh export: {type(exc).__name__}: {exc}") from exc
     return job, steps, threads
+
+
+def _of(data: Any, key: str, kind: type, *, optional: bool = False) -> Any:
+    if not isinstance(data, Mapping):
+        raise TypeError(f"an entry is {type(data).__name__}, not an object")
+    if optional and data.get(key) is None:
+        return None
+    value = data[key]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise TypeError(f"{key!r} is {type(value).__name__}, not {kind.__name__}")
+    return value
+
+
+def _text(data: Any, key: str) -> str:
+    text: str = _of(data, key, str)
+    return text
+
+
+def _number(data: Any, key: str, *, optional: bool = False) -> Any:
+    return _of(data, key, int, optional=optional)
+
+
+def _error(data: Any) -> ErrorInfo | None:
+    error = _of(data, "error", dict, optional=True)
+    return structure(error, ErrorInfo) if error else None
 
 
 async def replay_export(workflows: Functions, path: str | Path) -> ReplayResult:
     """Replay one exported run (a JSON file of ``export``)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # unreadable, not UTF-8, not JSON
         raise HotMeshError(f"cannot read the export {str(path)!r}: {exc}") from exc
     if not isinstance(data, dict):
         raise HotMeshError(f"{str(path)!r} is not a HotMesh export (a JSON object)")

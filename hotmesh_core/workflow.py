@@ -349,9 +349,10 @@ class _NonCancellable:
         self._run.enter_shield()
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
-        if exc_type is GeneratorExit:
+        if exc_type is GeneratorExit or exc_type is ContinueAsNew:
             # A suspended run being discarded (evicted, superseded): nothing
-            # more runs, and a coroutine that is closing must not await.
+            # more runs, and a coroutine that is closing must not await. Or the
+            # generation ends here: a cancel held stays held, for the next one.
             self._run.exit_shield(discarded=True)
         elif self._run.exit_shield() and exc_type is None:
             # The cancel that waited for the scope: raised here, now (an error
