@@ -355,8 +355,10 @@ class _NonCancellable:
             # generation ends here: a cancel held stays held, for the next one.
             self._run.exit_shield(discarded=True)
         elif self._run.exit_shield() and exc_type is None:
-            # The cancel that waited for the scope: raised here, now (an error
-            # leaving the scope goes on as it is; the cancel meets the next await).
+            # The cancel that waited for the scope: raised here, now. An error
+            # leaving the scope goes on as it is, and the cancel stays requested
+            # (asyncio's rule): it is raised at the next await, and a workflow
+            # that catches the error and returns without one ends cancelled.
             await asyncio.sleep(0)
 
 
