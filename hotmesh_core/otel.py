@@ -8,7 +8,8 @@ exporters as usual), then::
 
 **Spans** (tracer ``hotmesh``): ``hotmesh.start <workflow>`` around
 ``mf.workflow.start``; ``hotmesh.run <workflow>`` per run of a workflow or hook
-by a worker; ``hotmesh.activity <name>`` per activity attempt;
+by a worker; ``hotmesh.activity <name>`` per activity attempt, under the
+``hotmesh.schedule <name>`` span of the call that dispatched it;
 ``hotmesh.entity <op>``, ``hotmesh.signal``, ``hotmesh.hook <name>``,
 ``hotmesh.child <name>`` per new durable call of those kinds (never for calls
 that replay re-runs). Attributes: ``hotmesh.workflow_id``,
