@@ -13,6 +13,7 @@ from hotmesh_core import MemFlow, RetryPolicy, VirtualClock, WorkflowFailed, wor
 from hotmesh_core.engine import Engine
 from hotmesh_core.otel import MetricsInterceptor, TracingInterceptor
 from hotmesh_core.worker import Worker
+from hotmesh_postgres.testing import test_dsn
 
 pytest.importorskip("opentelemetry.sdk")  # the test extra installs it
 
@@ -317,3 +318,40 @@ async def test_queue_depth_and_age_per_queue() -> None:
         await worker.report_unserved(older_than=0)
         found = points(reader)
         assert total(found, "hotmesh.queue.depth", queue="idle") == 4
+
+
+async def test_the_trace_crosses_processes_in_the_headers_alone() -> None:
+    """The client, the workflow's worker and the activity's worker each have their
+    own tracer provider (as separate processes would) on one PostgreSQL app: the
+    spans still form one trace, linked only by the stored ``traceparent``."""
+
+    async def remote() -> str:
+        acts = workflow.proxy_activities(activities=["greet"], task_queue="far")
+        result: str = await acts.greet("bo")
+        return result
+
+    (client_tracing, client_spans) = tracing()
+    (flow_tracing, flow_spans) = tracing()
+    (far_tracing, far_spans) = tracing()
+    app = f"otx{uuid.uuid4().hex[:10]}"
+    options: dict[str, Any] = {"dsn": test_dsn()}
+    async with (  # the first opened (it drops the app's schema) closes last
+        MemFlow.init(
+            app, "postgres", interceptors=[client_tracing], drop_on_close=True, **options
+        ) as client,
+        MemFlow.init(app, "postgres", interceptors=[far_tracing], **options) as far,
+        MemFlow.init(app, "postgres", interceptors=[flow_tracing], **options) as flows,
+    ):
+        await far.worker("far", activities=[greet])
+        await flows.worker("near", workflows={"remote": remote})
+        handle = await client.workflow.start("r", "remote", "x1", [], "near")
+        assert await handle.result(timeout=30) == "hi bo"
+    (start,) = client_spans.get_finished_spans()
+    schedule = next(s for s in flow_spans.get_finished_spans() if s.name.endswith("greet"))
+    (attempt,) = far_spans.get_finished_spans()
+    assert attempt.name == "hotmesh.activity greet"
+    trace_ids = {span.context.trace_id for span in (start, schedule, attempt) if span.context}
+    assert len(trace_ids) == 1
+    assert parent_of(attempt) == span_id(schedule)
+    runs = [s for s in flow_spans.get_finished_spans() if s.name == "hotmesh.run remote"]
+    assert runs and all(parent_of(run) == span_id(start) for run in runs)
