@@ -25,7 +25,7 @@ from .errors import (
     WorkflowInterrupted,
     WorkflowNotFound,
 )
-from .interceptors import HEADERS_KEY, Interceptor, StartInput, chain
+from .interceptors import HEADERS_KEY, Interceptor, StartInput, chain, check_headers
 from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
 from .serde import ensure_json, unstructure
@@ -285,7 +285,7 @@ class WorkflowClient:
 
         async def proceed() -> bool:
             if starting.headers:
-                job.search[HEADERS_KEY] = ensure_json(dict(starting.headers), what="headers")
+                job.search[HEADERS_KEY] = check_headers(starting.headers, f"starting {job.id!r}")
             engine = self._engine
             if connection is not None:
                 engine = Engine(await joined(self._backend, connection))

@@ -44,6 +44,8 @@ from typing import Any
 
 from attrs import define, field
 
+from .errors import SerializationError
+
 __all__ = [
     "HEADERS_KEY",
     "ActivityInfo",
@@ -52,6 +54,7 @@ __all__ = [
     "StartInput",
     "WorkerEvent",
     "WorkflowInfo",
+    "check_headers",
     "job_headers",
 ]
 
@@ -59,6 +62,18 @@ __all__ = [
 HEADERS_KEY = "$hotmesh:headers"
 
 Proceed = Callable[[], Awaitable[Any]]
+
+
+def check_headers(headers: Any, where: str) -> dict[str, str]:
+    """``headers`` as a fresh dict, or ``SerializationError`` naming what is not a string."""
+    if not isinstance(headers, dict):
+        raise SerializationError(f"{where}: headers must be a dict, not {type(headers).__name__}")
+    for key, value in headers.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise SerializationError(
+                f"{where}: headers map strings to strings; {key!r}: {value!r} is not"
+            )
+    return dict(headers)
 
 
 def job_headers(search: dict[str, Any]) -> dict[str, str]:

@@ -32,6 +32,7 @@ from .interceptors import (
     WorkerEvent,
     WorkflowInfo,
     chain,
+    check_headers,
     job_headers,
     notify,
 )
@@ -529,7 +530,8 @@ class Worker:
         def proceed() -> Awaitable[Any]:
             issued = options
             if not call.replaying and call.headers != info.headers:
-                issued = {**options, "headers": dict(call.headers)}
+                where = f"{kind} {name!r} of {info.workflow_id!r}"
+                issued = {**options, "headers": check_headers(call.headers, where)}
             return run.issue(index, recorded, kind, name, args, issued)
 
         return await chain(self.interceptors, "workflow_call", call, proceed)

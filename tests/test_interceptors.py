@@ -7,7 +7,16 @@ from typing import Any
 
 import pytest
 
-from hotmesh_core import ActivityFailed, MemFlow, RetryPolicy, WorkflowFailed, activity, workflow
+from hotmesh_core import (
+    ActivityFailed,
+    MemFlow,
+    RetryPolicy,
+    SerializationError,
+    WorkflowFailed,
+    WorkflowNotFound,
+    activity,
+    workflow,
+)
 from hotmesh_core.interceptors import (
     HEADERS_KEY,
     ActivityInfo,
@@ -234,3 +243,11 @@ def test_activity_info_outside_an_activity_is_an_error() -> None:
     assert not activity.in_activity()
     with pytest.raises(RuntimeError, match="only available inside an activity"):
         activity.info()
+
+
+async def test_headers_that_are_not_strings_are_refused_naming_them() -> None:
+    async with MemFlow.init("ic-bad", "memory") as mf:
+        with pytest.raises(SerializationError, match=r"'n': 3 is not"):
+            await mf.workflow.start("b", "parent", "bad", [], "q", headers={"n": 3})  # type: ignore[dict-item]
+        with pytest.raises(WorkflowNotFound):
+            await mf.workflow.get_handle("bad")
