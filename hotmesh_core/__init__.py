@@ -3,7 +3,7 @@
 Public names only; the engine's internals live in private-by-convention modules.
 """
 
-from . import workflow
+from . import activity, workflow
 from .client import WorkflowClient, WorkflowExport, WorkflowHandle
 from .clock import SystemClock, VirtualClock
 from .entity import Change, EntityPage, EntityRecord
@@ -72,6 +72,7 @@ __all__ = [
     "WorkflowHandle",
     "WorkflowInterrupted",
     "WorkflowNotFound",
+    "activity",
     "workflow",
 ]
 

@@ -25,6 +25,7 @@ from .errors import (
     WorkflowInterrupted,
     WorkflowNotFound,
 )
+from .interceptors import HEADERS_KEY, Interceptor, StartInput, chain, check_headers
 from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
 from .serde import ensure_json, unstructure
@@ -235,9 +236,10 @@ def _outcome(job: Job) -> Any:
 class WorkflowClient:
     """``mf.workflow``: start, find and talk to jobs."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, interceptors: Iterable[Interceptor] = ()) -> None:
         self._backend = backend
         self._engine = Engine(backend)
+        self.interceptors = list(interceptors)  # their start_workflow hooks (interceptors.py)
 
     async def start(
         self,
@@ -252,6 +254,7 @@ class WorkflowClient:
         persistent: bool = False,
         strict: bool = False,
         connection: Any = None,
+        headers: dict[str, str] | None = None,
     ) -> WorkflowHandle:
         """Create the job and its entity and enqueue its first run.
 
@@ -260,6 +263,9 @@ class WorkflowClient:
         ``connection``: your SQLAlchemy session/connection or psycopg connection,
         in a transaction: the job is created in it and exists only if you commit
         (:mod:`hotmesh_core.transactions`).
+        ``headers``: strings that travel with the job to its runs, hooks,
+        activities (``activity.info().headers``) and children
+        (:mod:`hotmesh_core.interceptors`).
         """
         if workflow_id is None:  # only None means "pick one": "" is refused, not replaced
             workflow_id = f"{entity}-{uuid.uuid4().hex}"
@@ -273,10 +279,20 @@ class WorkflowClient:
             expire=None if expire is None else parse_duration(expire),
             persistent=persistent,
         )
-        engine = self._engine
-        if connection is not None:
-            engine = Engine(await joined(self._backend, connection))
-        _stored, created = await engine.start_job(job)
+        starting = StartInput(
+            job.id, job.workflow_name, job.entity, job.task_queue, dict(headers or {})
+        )
+
+        async def proceed() -> bool:
+            if starting.headers:
+                job.search[HEADERS_KEY] = check_headers(starting.headers, f"starting {job.id!r}")
+            engine = self._engine
+            if connection is not None:
+                engine = Engine(await joined(self._backend, connection))
+            _stored, created = await engine.start_job(job)
+            return created
+
+        created = await chain(self.interceptors, "start_workflow", starting, proceed)
         if strict and not created:
             raise DuplicateWorkflow(f"a workflow with id {job.id!r} already exists")
         return WorkflowHandle(self._backend, job.id)

@@ -25,6 +25,7 @@ from .errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
+from .interceptors import HEADERS_KEY, job_headers
 from .models import (
     MAIN_THREAD,
     TERMINAL_STATUSES,
@@ -457,6 +458,7 @@ class Engine:
             parent_index=command.index if awaited else None,
             expire=options.get("expire"),
             persistent=options.get("persistent", False),
+            search=_child_search(run, command),
         )
 
     async def finish_run(
@@ -683,6 +685,7 @@ class Engine:
                     "args": command.args,
                     "retry": options["retry"],
                     "start_to_close": options["start_to_close"],
+                    **_traveling(run, command),
                 },
             )
             if local is not None and local.serves(task):
@@ -842,3 +845,25 @@ class Engine:
     async def drop_task(self, task: Task) -> None:
         async with self.backend.transaction() as tx:
             await tx.stream.ack(task.id)
+
+
+# -- headers (hotmesh_core.interceptors): from the job to its activities and children --
+
+
+def _headers(run: Run, command: Command) -> dict[str, str]:
+    headers = command.options.get("headers")
+    return dict(headers) if isinstance(headers, dict) else job_headers(run.job.search)
+
+
+def _traveling(run: Run, command: Command) -> dict[str, Any]:
+    """What an activity task carries for ``activity.info()``."""
+    headers = _headers(run, command)
+    extra: dict[str, Any] = {"workflow_name": run.workflow_name}
+    if headers:
+        extra["headers"] = headers
+    return extra
+
+
+def _child_search(run: Run, command: Command) -> dict[str, Any]:
+    headers = _headers(run, command)
+    return {HEADERS_KEY: headers} if headers else {}

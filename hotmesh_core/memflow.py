@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
 
@@ -11,6 +11,7 @@ from .client import WorkflowClient
 from .codec import CodecBackend
 from .config import choose_backend, validate_app_id, validate_name
 from .entity import EntityClient
+from .interceptors import Interceptor
 from .plugins import resolve_backend
 from .protocols import Backend
 from .worker import Functions, Worker
@@ -21,10 +22,11 @@ __all__ = ["Client", "MemFlow"]
 class Client:
     """The client surface without workers: ``.workflow`` and ``.entity``."""
 
-    def __init__(self, backend: Backend) -> None:
+    def __init__(self, backend: Backend, interceptors: Iterable[Interceptor] = ()) -> None:
         self.backend = backend
         self.app_id = backend.app_id
-        self.workflow = WorkflowClient(backend)
+        self.interceptors = list(interceptors)  # hotmesh_core.interceptors
+        self.workflow = WorkflowClient(backend, self.interceptors)
         self.entity = EntityClient(backend)
 
     @property
@@ -42,18 +44,19 @@ class Client:
         name = choose_backend(backend)
         options = dict(options)
         codec = options.pop("codec", None)  # every stored payload through it (codec.py)
+        interceptors = list(options.pop("interceptors", None) or ())
         instance = resolve_backend(name, validate_app_id(app_id), options)
         await instance.open()
         if codec is not None:
             instance = cast(Backend, CodecBackend(instance, codec))
-        return cls(instance)
+        return cls(instance, interceptors)
 
 
 class MemFlow(Client):
     """A client plus the workers of this process."""
 
-    def __init__(self, backend: Backend) -> None:
-        super().__init__(backend)
+    def __init__(self, backend: Backend, interceptors: Iterable[Interceptor] = ()) -> None:
+        super().__init__(backend, interceptors)
         self.workers: list[Worker] = []
         self._announcers: list[Any] = []
 
@@ -79,6 +82,7 @@ class MemFlow(Client):
         worker_id: str | None = None,
         max_cached_workflows: int = DEFAULT_MAX_CACHED_WORKFLOWS,
         sticky_wait: float = DEFAULT_STICKY_WAIT,
+        interceptors: Iterable[Interceptor] = (),
     ) -> Worker:
         """Start a worker for ``task_queue`` in this process (stopped by ``shutdown``).
 
@@ -95,6 +99,9 @@ class MemFlow(Client):
         keeps cached are left to that worker this long (then any worker takes
         them, and at once when that worker stops): a workflow's steps stay on
         the worker that can resume it without a replay.
+
+        ``interceptors``: this worker's, after those given to ``MemFlow.init``
+        (:mod:`hotmesh_core.interceptors`).
         """
         worker = Worker(
             self.backend,
@@ -107,6 +114,7 @@ class MemFlow(Client):
             worker_id=None if worker_id is None else validate_name(worker_id, "worker_id"),
             max_cached_workflows=max_cached_workflows,
             sticky_wait=sticky_wait,
+            interceptors=[*self.interceptors, *interceptors],
         )
         await worker.start()
         self.workers.append(worker)

@@ -392,6 +392,10 @@ class Run:
         self.worker_id: str | None = None
         self._cancel_deferred = False
         self._shield_depth = 0
+        # Set by a worker with interceptors: each durable call goes through it
+        # (index, recorded step, kind, name, args, options), and its per-run info.
+        self.outbound: Callable[..., Awaitable[Any]] | None = None
+        self.info: Any = None
 
     # -- used by the workflow API -----------------------------------------
     def _take_index(self, kind: str, name: str, args: Any = None) -> tuple[int, Step | None]:
@@ -431,6 +435,20 @@ class Run:
         """A durable call: a command, or its recorded answer when replay reaches the
         point where the workflow received it."""
         index, recorded = self._take_index(kind, name, args)
+        if self.outbound is not None:  # interceptors (hotmesh_core.interceptors)
+            return await self.outbound(self, index, recorded, kind, name, args, options)
+        return await self.issue(index, recorded, kind, name, args, options)
+
+    async def issue(
+        self,
+        index: int,
+        recorded: Step | None,
+        kind: str,
+        name: str,
+        args: Any,
+        options: dict[str, Any],
+    ) -> Any:
+        """The durable call at ``index`` (taken by :meth:`call`) and its answer."""
         future = self.loop.create_future()
         command = Command(index, kind, name, args, options, future)
         if kind in INLINE_KINDS:

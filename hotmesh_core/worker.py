@@ -20,10 +20,22 @@ from typing import Any
 
 from attrs import define, evolve
 
+from .activity import _current as activity_context
 from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT, Suspended, WorkflowCache
 from .config import validate_name
 from .engine import Engine, LocalWorker, Superseded
 from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
+from .interceptors import (
+    ActivityInfo,
+    Interceptor,
+    OutboundCall,
+    WorkerEvent,
+    WorkflowInfo,
+    chain,
+    check_headers,
+    job_headers,
+    notify,
+)
 from .models import MAIN_THREAD, TERMINAL_STATUSES, Backlog, ErrorInfo, Job, Step, Task, Thread
 from .protocols import Backend
 from .replay import Command, Run, RunOutcome, error_info
@@ -75,6 +87,7 @@ class Worker:
         worker_id: str | None = None,
         max_cached_workflows: int = DEFAULT_MAX_CACHED_WORKFLOWS,
         sticky_wait: float = DEFAULT_STICKY_WAIT,
+        interceptors: Iterable[Interceptor] = (),
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -102,6 +115,12 @@ class Worker:
         self.sticky_wait = sticky_wait
         # Activities this worker serves are run by the worker that dispatches them.
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
+        self.interceptors = list(interceptors)  # hotmesh_core.interceptors
+
+    def _event(self, kind: str, **details: Any) -> None:
+        if self.interceptors:
+            event = WorkerEvent(kind, self.task_queue, self.id, **details)
+            notify(self.interceptors, event)
 
     async def start(self) -> Worker:
         """Start claiming (again, after :meth:`stop`: the same worker, its cache kept)."""
@@ -197,6 +216,7 @@ class Worker:
                     log.warning("waiting for tasks on %r: %s; polling", self.task_queue, error)
                     await asyncio.sleep(self.poll_interval)
                 continue
+            self._event("claimed", count=len(tasks))
             for task in tasks:
                 handler = asyncio.create_task(self._handle(task))
                 self._inflight.add(handler)
@@ -253,6 +273,8 @@ class Worker:
         async with self.backend.transaction(readonly=True) as tx:
             backlog = await tx.stream.backlog(self.task_queue)
         now = self.backend.now()
+        depth = sum(entry.count for entry in backlog)
+        self._event("backlog", count=depth, backlog=backlog, now=now)
         served = {"run": self.workflows, "activity": self.activities}
         unserved = [
             entry
@@ -298,10 +320,12 @@ class Worker:
             log.warning("task %s is left to its lease: %s", task.id, exc)
         except Exception as exc:
             log.exception("task %s (%s %s) failed in the engine", task.id, task.kind, task.name)
+            self._event("failed", name=task.name, task_kind=task.kind)
             if task.attempts >= self.max_task_attempts:
                 # A poison task: keep it for inspection instead of retrying forever.
                 try:
                     await self.engine.dead_letter(task, error_info(exc))
+                    self._event("dead_letter", name=task.name, task_kind=task.kind)
                 except Exception:
                     log.exception("could not dead-letter task %s", task.id)
             # Otherwise its lease will expire and another attempt will be made.
@@ -353,6 +377,7 @@ class Worker:
                 log.exception("could not extend the lease of task %s", task.id)
                 continue
             if not kept:
+                self._event("lease_lost", name=task.name, task_kind=task.kind)
                 if lost is not None:
                     lost()
                 return
@@ -448,7 +473,9 @@ class Worker:
     ) -> RunOutcome:
         """Run ``fn`` from the top, or (``resume``) continue the suspended ``run``
         with those steps."""
-        if resume is None:
+        if self.interceptors:
+            outcome = await self._intercepted(run, fn, args, resume)
+        elif resume is None:
             outcome = await run.execute(fn, args)
         else:
             outcome = await run.resume(resume, self.backend.now())
@@ -458,6 +485,56 @@ class Worker:
             except SerializationError as exc:
                 outcome.status, outcome.result, outcome.error = "failed", None, error_info(exc)
         return outcome
+
+    async def _intercepted(
+        self, run: Run, fn: Callable[..., Any], args: list[Any], resume: list[Step] | None
+    ) -> RunOutcome:
+        """``_execute`` through the interceptors: the run, and each of its durable calls."""
+        info = run.info
+        if not isinstance(info, WorkflowInfo):
+            info = run.info = WorkflowInfo(
+                run.job.id,
+                run.workflow_name,
+                run.dimension,
+                run.task_queue,
+                job_headers(run.job.search),
+            )
+        info.replaying = resume is None and bool(run.history)
+        info.resumed = resume is not None
+        run.outbound = self._outbound
+
+        async def proceed() -> RunOutcome:
+            if resume is None:
+                return await run.execute(fn, args)
+            return await run.resume(resume, self.backend.now())
+
+        outcome: RunOutcome = await chain(self.interceptors, "execute_workflow", info, proceed)
+        return outcome
+
+    async def _outbound(
+        self,
+        run: Run,
+        index: int,
+        recorded: Step | None,
+        kind: str,
+        name: str,
+        args: Any,
+        options: dict[str, Any],
+    ) -> Any:
+        info = run.info
+        assert isinstance(info, WorkflowInfo)
+        call = OutboundCall(
+            kind, name, args, index, recorded is not None, info, dict(info.headers), options
+        )
+
+        def proceed() -> Awaitable[Any]:
+            issued = options
+            if not call.replaying and call.headers != info.headers:
+                where = f"{kind} {name!r} of {info.workflow_id!r}"
+                issued = {**options, "headers": check_headers(call.headers, where)}
+            return run.issue(index, recorded, kind, name, args, issued)
+
+        return await chain(self.interceptors, "workflow_call", call, proceed)
 
     async def _continue_inline(
         self, run: Run, fn: Callable[..., Any], args: list[Any], name: str, leased: list[Task]
@@ -573,10 +650,24 @@ class Worker:
                 running.cancel()
 
         heartbeat = asyncio.create_task(self._heartbeat(task, lease_lost))
+        info = ActivityInfo(
+            task.job_id,
+            str(payload.get("workflow_name", "")),
+            task.dimension,
+            task.name,
+            task.attempts,
+            task.queue,
+            dict(payload.get("headers") or {}),
+            task.index,
+            task.id,
+        )
+        current = activity_context.set(info)
         try:
-            result = await asyncio.wait_for(
-                _invoke(fn, payload.get("args", [])), payload.get("start_to_close") or None
+            arguments = payload.get("args", [])
+            invoked: Awaitable[Any] = chain(
+                self.interceptors, "execute_activity", info, lambda: _invoke(fn, arguments)
             )
+            result = await asyncio.wait_for(invoked, payload.get("start_to_close") or None)
             return ActivityOutcome(
                 task, ensure_json(result, what=f"the result of activity {task.name!r}")
             )
@@ -597,6 +688,7 @@ class Worker:
                 if isinstance(exc, SerializationError)
                 else retry_delay(payload["retry"], task.attempts, error.type_name)
             )
+            self._event("failed", name=task.name, task_kind=task.kind)
             if delay is None:
                 log.error(
                     "activity %s of %r failed on attempt %d, no retry left: %s: %s",
@@ -609,6 +701,7 @@ class Worker:
                 )  # fmt: skip
             return ActivityOutcome(task, None, error, delay)
         finally:
+            activity_context.reset(current)
             heartbeat.cancel()
 
 
