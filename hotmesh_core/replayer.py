@@ -190,6 +190,11 @@ def _failed_by_nondeterminism(job: Job, thread: Thread | None) -> bool:
     return error is not None and error.type_name == "NonDeterminismError"
 
 
+def _not_given(job: Job, what: str, name: str) -> ReplayResult:
+    error = f"{what} {name!r} is not among the workflows given"
+    return ReplayResult(job.id, job.workflow_name, job.status, ok=False, error=error)
+
+
 async def replay_job(
     workflows: Mapping[str, Callable[..., Any]],
     job: Job,
@@ -199,13 +204,7 @@ async def replay_job(
     """Replay a job's main thread and hooks; the first divergence of any."""
     fn = workflows.get(job.workflow_name)
     if fn is None:
-        return ReplayResult(
-            job.id,
-            job.workflow_name,
-            job.status,
-            ok=False,
-            error=f"workflow {job.workflow_name!r} is not among the workflows given",
-        )
+        return _not_given(job, "workflow", job.workflow_name)
     by_dimension: dict[str, list[Step]] = {}
     for step in steps:
         if step.index != CANCEL_INDEX or step.dimension == MAIN_THREAD:
@@ -216,13 +215,7 @@ async def replay_job(
             break
         hook = workflows.get(thread.workflow_name)
         if hook is None:
-            return ReplayResult(
-                job.id,
-                job.workflow_name,
-                job.status,
-                ok=False,
-                error=f"hook {thread.workflow_name!r} is not among the workflows given",
-            )
+            return _not_given(job, "hook", thread.workflow_name)
         divergence = await replay_thread(hook, job, thread, by_dimension.get(thread.dimension, []))
     return ReplayResult(
         job.id, job.workflow_name, job.status, ok=divergence is None, divergence=divergence

@@ -456,16 +456,9 @@ class PgStore:
         limit: int = 100,
         order_by: str | None = None,
     ) -> list[Job]:
-        conditions: list[sql.Composable] = []
-        params: list[Any] = []
-        for column, value in (
-            ("entity", entity),
-            ("status", status),
-            ("workflow_name", workflow_name),
-        ):
-            if value is not None:
-                conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-                params.append(value)
+        conditions, params = _column_equals(
+            entity=entity, status=status, workflow_name=workflow_name
+        )
         for column, filters in (("context", where), ("search", search)):
             for path, value in (filters or {}).items():
                 conditions.append(_equals(column, path, value))
@@ -602,17 +595,9 @@ class PgStore:
         # Served by jobs_created_id / jobs_status_created_id / jobs_entity_created
         # (migration 0010), read backwards; times compare in whole microseconds,
         # the precision of timestamptz, so a cursor never skips or repeats a row.
-        conditions: list[sql.Composable] = []
-        params: list[Any] = []
-        for column, value in (
-            ("entity", entity),
-            ("status", status),
-            ("workflow_name", workflow_name),
-            ("parent_id", parent_id),
-        ):
-            if value is not None:
-                conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
-                params.append(value)
+        conditions, params = _column_equals(
+            entity=entity, status=status, workflow_name=workflow_name, parent_id=parent_id
+        )
         if id_prefix is not None:
             escaped = id_prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             conditions.append(sql.SQL("id LIKE %s"))
@@ -687,3 +672,14 @@ def _index_match(indexes: Sequence[int]) -> tuple[str, Any]:
     if len(indexes) == 1:
         return "idx = %s", indexes[0]
     return "idx = ANY(%s)", list(indexes)
+
+
+def _column_equals(**columns: str | None) -> tuple[list[sql.Composable], list[Any]]:
+    """``column = %s`` for each jobs column given a value, with the values."""
+    conditions: list[sql.Composable] = []
+    params: list[Any] = []
+    for column, value in columns.items():
+        if value is not None:
+            conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
+            params.append(value)
+    return conditions, params
