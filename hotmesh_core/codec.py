@@ -38,6 +38,7 @@ from typing import Any, Protocol
 
 from attrs import evolve
 
+from .advance import Advance, Advanced
 from .entity_ops import READ_ONLY_OPS, apply_op
 from .entity_query import AllOf, InvalidQuery, JobQuery
 from .errors import HotMeshError, WorkflowNotFound
@@ -238,9 +239,37 @@ class _Role:
 
 
 class _Store(_Role):
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        stored, created = await self._inner.create_job(self._v.enc_job(job))
+    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
+        stored, created = await self._inner.create_job(
+            self._v.enc_job(job), run=None if run is None else self._v.enc_task(run)
+        )
         return self._v.dec_job(stored), created
+
+    async def advance(self, plan: Advance) -> Advanced:
+        v = self._v
+        encoded = evolve(
+            plan,
+            answers=[
+                evolve(a, result=v.enc(a.result), error=v.enc_error(a.error)) for a in plan.answers
+            ],
+            values=[v.enc_step(step) for step in plan.values],
+            dispatches=[
+                evolve(
+                    d,
+                    step=v.enc_step(d.step),
+                    task=None if d.task is None else v.enc_task(d.task),
+                )
+                for d in plan.dispatches
+            ],
+            finish=None
+            if plan.finish is None
+            else evolve(
+                plan.finish,
+                result=v.enc(plan.finish.result),
+                error=v.enc_error(plan.finish.error),
+            ),
+        )
+        return await self._inner.advance(encoded)  # type: ignore[no-any-return]
 
     async def get_job(self, job_id: str) -> Job | None:
         return self._v.dec_job(await self._inner.get_job(job_id))  # type: ignore[no-any-return]

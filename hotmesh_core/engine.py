@@ -15,6 +15,7 @@ from typing import Any
 
 from attrs import define, evolve
 
+from .advance import Advance, Advanced, Answer, Dispatch, Finish, Superseded
 from .entity_query import SEARCH_SET
 from .errors import (
     BackendUnavailable,
@@ -52,13 +53,11 @@ from .replay import (
 
 log = logging.getLogger("hotmesh.engine")
 
-__all__ = ["Engine", "RunContext"]
+__all__ = ["Engine", "RunContext", "Superseded"]
+
+PLAIN_COMMANDS = frozenset({"activity", "sleep"})  # what Store.advance dispatches
 
 DEFAULT_SIGNAL_EXPIRE = 86400.0  # a kept signal lives one day by default
-
-
-class Superseded(RunAborted):
-    """An inline continuation lost a race: another worker answered one of its steps."""
 
 
 @define(frozen=True)
@@ -97,7 +96,8 @@ class Engine:
 
     # -- jobs ----------------------------------------------------------------
     async def start_job(self, job: Job) -> tuple[Job, bool]:
-        async with self.backend.transaction() as tx:
+        # One call (create_job with its run): a single statement, no BEGIN/COMMIT.
+        async with self.backend.transaction(single=True) as tx:
             stored, created = await self._create_job(tx, job)
         return stored, created
 
@@ -256,13 +256,7 @@ class Engine:
             await self._wake(tx, step)
 
     async def _wake(self, tx: Transaction, step: Step) -> None:
-        """An answered step wakes the run of its thread, on the worker that keeps
-        the run in its cache if there is one (see ``Task.sticky``)."""
-        await tx.stream.enqueue(
-            _run_task(
-                step.wake_queue, step.job_id, step.dimension, step.wake_name, step.wake_worker
-            )
-        )
+        await tx.stream.enqueue(_wake_task(step))
 
     # -- signals and hooks ---------------------------------------------------
     async def send_signal(self, signal_id: str, data: Any, expire: float) -> bool:
@@ -337,12 +331,8 @@ class Engine:
 
     async def _create_job(self, tx: Transaction, job: Job) -> tuple[Job, bool]:
         """Create a job unless its id exists; a new job's first run is enqueued with it."""
-        stored, created = await tx.store.create_job(job)
-        if created:
-            await tx.stream.enqueue(
-                _run_task(stored.task_queue, stored.id, MAIN_THREAD, stored.workflow_name)
-            )
-        return stored, created
+        run = _run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name)
+        return await tx.store.create_job(job, run=run)
 
     # -- runs ------------------------------------------------------------------
     async def load_run(self, task: Task, indexes: list[int] | None = None) -> RunContext | None:
@@ -466,8 +456,13 @@ class Engine:
     ) -> list[Task]:
         """Commit a run's outcome and ack its task; return the activity tasks leased to
         ``local`` (activities the finishing worker will run itself)."""
+        marks = run.take_marks()
+        plan = self._plan(run, outcome, marks, local)
+        if plan is not None:
+            plan.acks.append(task.id)
+            return await self._advance(run, plan, outcome)
         async with self.backend.transaction() as tx:
-            await self._record_progress(tx, run, [], run.take_marks())
+            await self._record_progress(tx, run, [], marks)
             leased = await self._apply_outcome(tx, run, outcome, local)
             await tx.stream.ack(task.id)
         return leased
@@ -489,21 +484,82 @@ class Engine:
         (a lease ran out), nothing is written and :class:`Superseded` is raised.
         ``run_task`` is the run task :meth:`record_answers` leased, acked here.
         """
+        marks = run.take_marks()
+        # Other steps were pending: one may have been answered while this
+        # worker ran its activities, by a run that could not see them.
+        # A fresh run sees both (the queue holds at most one such run).
+        waiting = {c.index for c in outcome.commands}
+        wake = outcome.status == "suspended" and any(index not in waiting for index in run.awaiting)
+        plan = self._plan(run, outcome, marks, local)
+        if plan is not None:
+            plan.answers = [
+                Answer(task.id, _index(task), result, error, task.attempts)
+                for task, result, error in answers
+            ]
+            if wake:
+                plan.wake = _wake_task(Command(0, "", "").step(run))
+            if run_task is not None:
+                plan.acks.append(run_task.id)
+            return await self._advance(run, plan, outcome)
         async with self.backend.transaction() as tx:
             await self._record_answers(tx, answers)
-            await self._record_progress(tx, run, [], run.take_marks())
+            await self._record_progress(tx, run, [], marks)
             # An interrupted job takes no new step, so nothing more is dispatched.
             leased = await self._apply_outcome(tx, run, outcome, local)
-            waiting = {c.index for c in outcome.commands}
-            if outcome.status == "suspended" and any(
-                index not in waiting for index in run.awaiting
-            ):
-                # Other steps were pending: one may have been answered while this
-                # worker ran its activities, by a run that could not see them.
-                # A fresh run sees both (the queue holds at most one such run).
+            if wake:
                 await self._wake(tx, Command(0, "", "").step(run))
             if run_task is not None:
                 await tx.stream.ack(run_task.id)
+        return leased
+
+    def _plan(
+        self,
+        run: Run,
+        outcome: RunOutcome,
+        marks: tuple[int, list[int]] | None,
+        local: LocalWorker | None,
+    ) -> Advance | None:
+        """The run's commit as one :class:`Advance`, when it is plain (see
+        :mod:`hotmesh_core.advance`); None when it needs the general path."""
+        if (marks is not None and run.handed_on) or outcome.abandoned:
+            return None
+        plan = Advance(run.job.id, run.dimension, delivered=marks, values=list(outcome.values))
+        if outcome.status == "suspended":
+            if any(command.kind not in PLAIN_COMMANDS for command in outcome.commands):
+                return None
+            plan.running = run.dimension == MAIN_THREAD and run.job.status == "pending"
+            for command in outcome.commands:
+                plan.dispatches.append(self._dispatch(run, command, local))
+            return plan
+        answered_parent = run.job.parent_id is not None and run.job.parent_index is not None
+        if outcome.status == "continued" or run.dimension != MAIN_THREAD or answered_parent:
+            return None
+        plan.finish = Finish(_end_status(outcome), outcome.result, outcome.error)
+        return plan
+
+    def _dispatch(self, run: Run, command: Command, local: LocalWorker | None) -> Dispatch:
+        if command.kind == "sleep":
+            timer = _timer_task(run, command, {})
+            return Dispatch(command.step(run), timer, delay=command.options["seconds"])
+        task = _activity_task(run, command)
+        if local is not None and local.serves(task):
+            return Dispatch(command.step(run), task, owner=local.owner, lease=local.lease)
+        return Dispatch(command.step(run), task)
+
+    async def _advance(self, run: Run, plan: Advance, outcome: RunOutcome) -> list[Task]:
+        """Apply a plain run's commit (one backend call); the tasks leased to this worker."""
+        async with self.backend.transaction(single=True) as tx:
+            done: Advanced = await tx.store.advance(plan)
+        if plan.running:
+            run.job.status = "running"
+        if done.finished and outcome.error is not None:
+            error = outcome.error
+            log.warning("job %r failed: %s: %s", run.job.id, error.type_name, error.message)
+        leased: list[Task] = []
+        for dispatch, task_id in zip(plan.dispatches, done.task_ids, strict=True):
+            if dispatch.owner is not None and dispatch.task is not None and task_id is not None:
+                task = evolve(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
+                leased.append(task)
         return leased
 
     async def record_answers(
@@ -630,9 +686,8 @@ class Engine:
 
     async def _finish_job(self, tx: Transaction, job_id: str, outcome: RunOutcome) -> bool:
         """End the job; False if it had ended already."""
-        status = outcome.status if outcome.status in ("completed", "cancelled") else "failed"
         job = await tx.store.set_job_status(
-            job_id, status, result=outcome.result, error=outcome.error
+            job_id, _end_status(outcome), result=outcome.result, error=outcome.error
         )
         if job is None:
             return False
@@ -674,20 +729,7 @@ class Engine:
             return None  # a concurrent run of the same thread recorded it already
         options = command.options
         if command.kind == "activity":
-            task = Task(
-                queue=options["task_queue"] or run.task_queue,
-                kind="activity",
-                job_id=run.job.id,
-                dimension=run.dimension,
-                name=command.name,
-                index=command.index,
-                payload={
-                    "args": command.args,
-                    "retry": options["retry"],
-                    "start_to_close": options["start_to_close"],
-                    **_traveling(run, command),
-                },
-            )
+            task = _activity_task(run, command)
             if local is not None and local.serves(task):
                 task.id = await tx.stream.enqueue(task, owner=local.owner, lease=local.lease) or ""
                 task.attempts, task.lease_owner = 1, local.owner
@@ -709,18 +751,7 @@ class Engine:
     async def _timer(
         self, tx: Transaction, run: Run, command: Command, delay: float, payload: dict[str, Any]
     ) -> None:
-        await tx.stream.enqueue(
-            Task(
-                queue=run.task_queue,
-                kind="timer",
-                job_id=run.job.id,
-                dimension=run.dimension,
-                name=run.workflow_name,
-                index=command.index,
-                payload=payload,
-            ),
-            delay=delay,
-        )
+        await tx.stream.enqueue(_timer_task(run, command, payload), delay=delay)
 
     async def _wait(
         self, tx: Transaction, run: Run, command: Command, signal_id: str, timeout: float | None
@@ -845,6 +876,51 @@ class Engine:
     async def drop_task(self, task: Task) -> None:
         async with self.backend.transaction() as tx:
             await tx.stream.ack(task.id)
+
+
+def _end_status(outcome: RunOutcome) -> str:
+    return outcome.status if outcome.status in ("completed", "cancelled") else "failed"
+
+
+def _index(task: Task) -> int:
+    assert task.index is not None
+    return task.index
+
+
+def _wake_task(step: Step) -> Task:
+    """The run an answered step wakes: of its thread, on the worker that keeps the
+    run in its cache if there is one (see ``Task.sticky``)."""
+    return _run_task(step.wake_queue, step.job_id, step.dimension, step.wake_name, step.wake_worker)
+
+
+def _activity_task(run: Run, command: Command) -> Task:
+    options = command.options
+    return Task(
+        queue=options["task_queue"] or run.task_queue,
+        kind="activity",
+        job_id=run.job.id,
+        dimension=run.dimension,
+        name=command.name,
+        index=command.index,
+        payload={
+            "args": command.args,
+            "retry": options["retry"],
+            "start_to_close": options["start_to_close"],
+            **_traveling(run, command),
+        },
+    )
+
+
+def _timer_task(run: Run, command: Command, payload: dict[str, Any]) -> Task:
+    return Task(
+        queue=run.task_queue,
+        kind="timer",
+        job_id=run.job.id,
+        dimension=run.dimension,
+        name=run.workflow_name,
+        index=command.index,
+        payload=payload,
+    )
 
 
 # -- headers (hotmesh_core.interceptors): from the job to its activities and children --

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from .advance import Advance, Advanced
 from .changes import ChangeQueue
 from .entity_query import JobQuery, Node
 from .models import (
@@ -39,8 +40,12 @@ __all__ = ["Backend", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
 class Store(Protocol):
     """Jobs with their entity, hook threads, step history, entity changes, search."""
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
-        """Insert ``job`` unless its id exists; return the stored job and whether it was created."""
+    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
+        """Insert ``job`` unless its id exists; return the stored job and whether it was created.
+
+        With ``run`` (its first run task), a job that is created has it enqueued
+        with it, as :meth:`Stream.enqueue` would, idle workers woken: a start is
+        one call (on PostgreSQL one statement)."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
@@ -114,6 +119,15 @@ class Store(Protocol):
         succeed, whichever steps each delivers) and the steps get it. Returns
         False, changing nothing, when another run of the thread got there
         first: this run must give way."""
+
+    async def advance(self, plan: Advance) -> Advanced:
+        """Apply one run's commit atomically, as :func:`hotmesh_core.advance.apply_advance`
+        does with this transaction's primitive calls (the reference semantics):
+        answers if pending, the delivered activation's compare-and-set, values,
+        a pending job made running, each dispatch's step if absent and then its
+        task, the job's end with its wake-up, a run of the thread, acks.
+        Raises :class:`hotmesh_core.advance.Superseded`, having changed nothing,
+        when an answer was not pending or the activation had moved."""
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

@@ -8,6 +8,7 @@ from typing import Any
 
 from attrs import evolve
 
+from hotmesh_core.advance import Advance, Advanced, apply_advance
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
 from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node, parse_where
 from hotmesh_core.errors import WorkflowNotFound
@@ -20,6 +21,7 @@ from hotmesh_core.models import (
     ErrorInfo,
     Job,
     Step,
+    Task,
     Thread,
     WorkerPresence,
 )
@@ -28,7 +30,9 @@ from hotmesh_core.observe import RunCursor
 from .entity_query import after as comes_after
 from .entity_query import job_matches, json_equal, sort_key
 from .entity_query import matches as query_matches
+from .signal import MemorySignal
 from .state import MemoryTx, clone
+from .stream import MemoryStream
 
 _MISSING: Any = object()
 
@@ -56,7 +60,7 @@ class MemoryStore:
         self.tx = tx
         self.state = tx.state
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
+    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
         existing = self.state.jobs.get(job.id)
         if existing is not None:
             return clone(existing), False
@@ -67,7 +71,13 @@ class MemoryStore:
             siblings = dict(self.state.children.get(job.parent_id, {}))
             siblings[job.id] = None
             self.tx.put(self.state.children, job.parent_id, siblings)
+        if run is not None:
+            await MemoryStream(self.tx).enqueue(run)
         return clone(stored), True
+
+    async def advance(self, plan: Advance) -> Advanced:
+        # The reference semantics, in this transaction (undone as a whole on Superseded).
+        return await apply_advance(self, MemoryStream(self.tx), MemorySignal(self.tx), plan)
 
     async def get_job(self, job_id: str) -> Job | None:
         job = self.state.jobs.get(job_id)

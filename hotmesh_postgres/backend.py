@@ -48,10 +48,13 @@ Params = Sequence[Any]
 class PgTransaction:
     """One database transaction, seen through the Store, Stream and Signal roles."""
 
-    def __init__(self, backend: PostgresBackend, conn: Connection, *, readonly: bool) -> None:
+    def __init__(
+        self, backend: PostgresBackend, conn: Connection, *, readonly: bool, single: bool = False
+    ) -> None:
         self.backend = backend
         self.conn = conn
         self.readonly = readonly
+        self.single = single  # one call, run without BEGIN/COMMIT
         self.store = PgStore(self)
         self.stream = PgStream(self)
         self.signal = PgSignal(self)
@@ -395,7 +398,7 @@ class PostgresBackend:
         # statements (no BEGIN/COMMIT round trips); the rest BEGINs and COMMITs
         # by hand, so that the NOTIFYs ride with the COMMIT.
         begun = not (readonly or single)
-        tx = PgTransaction(self, conn, readonly=readonly)
+        tx = PgTransaction(self, conn, readonly=readonly, single=single and not readonly)
         try:
             if begun:
                 await tx.begin()

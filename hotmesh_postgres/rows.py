@@ -10,6 +10,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from hotmesh_core.advance import Advance
 from hotmesh_core.models import (
     DeadLetter,
     EntityChange,
@@ -181,3 +182,75 @@ def dead_letter(row: dict[str, Any]) -> DeadLetter:
     error = _error(row["error"])
     assert error is not None
     return DeadLetter(task, error, row["created_at"])
+
+
+def _step_document(step: Step) -> dict[str, Any]:
+    return {
+        "dimension": step.dimension,
+        "index": step.index,
+        "kind": step.kind,
+        "name": step.name,
+        "args": step.args,
+        "status": step.status,
+        "result": step.result,
+        "error": None if step.error is None else unstructure(step.error),
+        "attempts": step.attempts,
+        "wake_queue": step.wake_queue,
+        "wake_name": step.wake_name,
+        "wake_worker": step.wake_worker,
+    }
+
+
+def _task_document(task: Task | None) -> dict[str, Any] | None:
+    if task is None:
+        return None
+    return {
+        "queue": task.queue,
+        "kind": task.kind,
+        "job_id": task.job_id,
+        "dimension": task.dimension,
+        "name": task.name,
+        "index": task.index,
+        "payload": task.payload,
+        "sticky": task.sticky,
+    }
+
+
+def advance_document(plan: Advance) -> dict[str, Any]:
+    """An :class:`Advance` as the JSON document ``hm_advance`` reads."""
+    return {
+        "job_id": plan.job_id,
+        "dimension": plan.dimension,
+        "answers": [
+            {
+                "task_id": int(answer.task_id),
+                "index": answer.index,
+                "result": answer.result,
+                "error": None if answer.error is None else unstructure(answer.error),
+                "attempts": answer.attempts,
+            }
+            for answer in plan.answers
+        ],
+        "delivered": None if plan.delivered is None else list(plan.delivered),
+        "values": [_step_document(step) for step in plan.values],
+        "running": plan.running,
+        "dispatches": [
+            {
+                "step": _step_document(d.step),
+                "task": _task_document(d.task),
+                "delay": d.delay,
+                "owner": d.owner,
+                "lease": d.lease,
+            }
+            for d in plan.dispatches
+        ],
+        "finish": None
+        if plan.finish is None
+        else {
+            "status": plan.finish.status,
+            "result": plan.finish.result,
+            "error": None if plan.finish.error is None else unstructure(plan.finish.error),
+        },
+        "wake": _task_document(plan.wake),
+        "acks": [int(task_id) for task_id in plan.acks],
+    }

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 from psycopg import sql
 
+from hotmesh_core.advance import Advance, Advanced, Superseded
 from hotmesh_core.entity_ops import READ_ONLY_OPS, EntityPathError, split_path
 from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node, parse_where
 from hotmesh_core.errors import WorkflowNotFound
@@ -21,6 +22,7 @@ from hotmesh_core.models import (
     ErrorInfo,
     Job,
     Step,
+    Task,
     Thread,
     WorkerPresence,
 )
@@ -120,39 +122,70 @@ class PgStore:
         self.tx.found_jobs.add(row["id"])
         return rows.job(row)
 
-    async def create_job(self, job: Job) -> tuple[Job, bool]:
+    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
         # The primary key is (id, bucket), so "does this id exist" looks in every
         # bucket. A job without expire always goes to 'keep', where two starts of
         # one id meet (ON CONFLICT); one with expire goes to its day's bucket,
         # which two starts on either side of midnight would not share, so those
-        # take a lock on the id first (and read after it, in a new statement).
+        # take a lock on the id first (and read after it, in a new statement:
+        # a transaction of its own when the caller asked for a single call).
+        if job.expire is not None and self.tx.single:
+            async with self.tx.conn.transaction():
+                return await self._create_job(job, run)
+        return await self._create_job(job, run)
+
+    async def _create_job(self, job: Job, run: Task | None) -> tuple[Job, bool]:
         if job.expire is not None:
             await self.tx.run("SELECT pg_advisory_xact_lock(hashtextextended(%s, 13))", [job.id])
-        row = await self.tx.one(
+        params: list[Any] = [
+            job.id,
+            job.entity,
+            job.workflow_name,
+            job.task_queue,
+            jsonb(job.args),
+            job.status,
+            jsonb(job.context),
+            job.parent_id,
+            job.parent_dimension,
+            job.parent_index,
+            job.persistent,
+            jsonb(job.search),
+            job.expire,
+            job.expire,
+            job.id,
+        ]
+        insert = (
             f"INSERT INTO jobs (id, entity, workflow_name, task_queue, args, status, context,"
             f" parent_id, parent_dimension, parent_index, persistent, search, expire, bucket)"
             f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             f" hm_bucket('jobs', clock_timestamp() + make_interval(secs => %s), 'keep')"
             f" WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s)"
-            f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}, bucket",
-            [
-                job.id,
-                job.entity,
-                job.workflow_name,
-                job.task_queue,
-                jsonb(job.args),
-                job.status,
-                jsonb(job.context),
-                job.parent_id,
-                job.parent_dimension,
-                job.parent_index,
-                job.persistent,
-                jsonb(job.search),
-                job.expire,
-                job.expire,
-                job.id,
-            ],
+            f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}, bucket"
         )
+        if run is None:
+            row = await self.tx.one(insert, params)
+        else:
+            # The job, its first run and the wake-up of idle workers: one statement.
+            row = await self.tx.one(
+                f"WITH created AS ({insert}),"
+                " run AS (INSERT INTO tasks (queue, kind, job_id, dimension, name, payload,"
+                "  sticky) SELECT %s, 'run', id, %s, %s, %s, %s FROM created"
+                "  ON CONFLICT (job_id, dimension) WHERE kind = 'run' AND lease_owner IS NULL"
+                "  DO NOTHING RETURNING queue),"
+                " woken AS (SELECT pg_notify(%s, queue) FROM run)"
+                " SELECT created.*, (SELECT count(*) FROM woken) AS woken FROM created",
+                [
+                    *params,
+                    run.queue,
+                    run.dimension,
+                    run.name,
+                    jsonb(run.payload),
+                    run.sticky,
+                    self.tx.backend.queue_channel,
+                ],
+            )
+            if row is not None:
+                row.pop("woken")
         if row is not None:
             return self._learn(row), True
         existing = await self.get_job(job.id)
@@ -406,6 +439,30 @@ class PgStore:
             if row is not None:
                 return bool(row["marked"] == len(indexes))
         return False
+
+    async def advance(self, plan: Advance) -> Advanced:
+        # hm_advance (migration 0008): the whole commit in one statement.
+        try:
+            row = await self.tx.one(
+                "SELECT hm_advance(%s, %s, %s, %s, %s) AS done",
+                [
+                    jsonb(rows.advance_document(plan)),
+                    self._hint(plan.job_id),
+                    TERMINAL,
+                    self.tx.backend.queue_channel,
+                    self.tx.backend.job_channel,
+                ],
+            )
+        except psycopg.Error as error:
+            if error.sqlstate == "HM010":
+                raise Superseded(error.diag.message_primary or str(error)) from None
+            raise
+        assert row is not None
+        done = row["done"]
+        return Advanced(
+            [None if task_id is None else str(task_id) for task_id in done["task_ids"]],
+            bool(done["finished"]),
+        )
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo

@@ -1,0 +1,269 @@
+"""``Store.advance`` and ``create_job(run=)``: one run's commit as one call, with
+the reference semantics of ``hotmesh_core.advance.apply_advance`` (the memory
+backend runs it; PostgreSQL runs it as one statement). Each test drives the
+protocol directly and checks what a worker would then see."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from conformance.plugin import Harness
+from hotmesh_core.advance import Advance, Answer, Dispatch, Finish, Superseded
+from hotmesh_core.models import ErrorInfo, Job, Step, Task
+
+pytestmark = pytest.mark.asyncio
+
+QUEUE = "adv"
+
+
+def _job(job_id: str) -> Job:
+    return Job(id=job_id, entity="e", workflow_name="wf", task_queue=QUEUE, args=[1])
+
+
+def _run(job_id: str) -> Task:
+    return Task(queue=QUEUE, kind="run", job_id=job_id, dimension="", name="wf")
+
+
+def _step(job_id: str, index: int, status: str = "pending") -> Step:
+    return Step(
+        job_id=job_id,
+        dimension="",
+        index=index,
+        kind="activity",
+        name="act",
+        args=[index],
+        status=status,
+        wake_queue=QUEUE,
+        wake_name="wf",
+    )
+
+
+def _activity(job_id: str, index: int) -> Task:
+    return Task(
+        queue=QUEUE,
+        kind="activity",
+        job_id=job_id,
+        dimension="",
+        name="act",
+        index=index,
+        payload={"args": [index]},
+    )
+
+
+async def _claim(mf: Any, owner: str = "w#1") -> list[Task]:
+    async with mf.backend.transaction() as tx:
+        found: list[Task] = await tx.stream.claim(
+            QUEUE, owner=owner, lease=30, workflow_names=["wf"], activity_names=["act"], limit=50
+        )
+    return found
+
+
+async def _started(mf: Any, job_id: str) -> None:
+    async with mf.backend.transaction() as tx:
+        _job_row, created = await tx.store.create_job(_job(job_id), run=_run(job_id))
+        assert created
+    (run,) = await _claim(mf)
+    assert (run.kind, run.job_id) == ("run", job_id)
+    async with mf.backend.transaction() as tx:
+        await tx.stream.ack(run.id)
+
+
+async def test_a_start_enqueues_its_first_run_once(hm: Harness) -> None:
+    mf = await hm.memflow()
+    async with mf.backend.transaction(single=True) as tx:
+        job, created = await tx.store.create_job(_job("a1"), run=_run("a1"))
+    assert created and job.id == "a1" and job.args == [1]
+    async with mf.backend.transaction(single=True) as tx:
+        again, created = await tx.store.create_job(_job("a1"), run=_run("a1"))
+    assert not created and again.id == "a1"
+    claimed = await _claim(mf)
+    assert [(t.kind, t.job_id) for t in claimed] == [("run", "a1")]
+
+
+async def test_a_start_with_expire_in_a_single_call(hm: Harness) -> None:
+    mf = await hm.memflow()
+    job = Job(id="a2", entity="e", workflow_name="wf", task_queue=QUEUE, expire=3600.0)
+    async with mf.backend.transaction(single=True) as tx:
+        _stored, created = await tx.store.create_job(job, run=_run("a2"))
+    assert created
+    async with mf.backend.transaction(single=True) as tx:
+        _stored, created = await tx.store.create_job(job, run=_run("a2"))
+    assert not created
+    assert [t.job_id for t in await _claim(mf)] == ["a2"]
+
+
+async def test_dispatches_record_steps_and_lease_or_queue_their_tasks(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a3")
+    plan = Advance(
+        "a3",
+        "",
+        running=True,
+        dispatches=[
+            Dispatch(_step("a3", 0), _activity("a3", 0), owner="w#r1", lease=30),
+            Dispatch(_step("a3", 1), _activity("a3", 1)),
+        ],
+    )
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance(plan)
+    assert done.finished is False
+    assert all(task_id is not None for task_id in done.task_ids)
+    async with mf.backend.transaction(readonly=True) as tx:
+        job = await tx.store.get_job("a3")
+        steps = await tx.store.load_steps("a3", "")
+    assert job is not None and job.status == "running"
+    assert [(s.index, s.status, s.args) for s in steps] == [
+        (0, "pending", [0]),
+        (1, "pending", [1]),
+    ]
+    # The leased one is not anyone's; the other is.
+    assert [(t.index, t.attempts) for t in await _claim(mf, "w2#1")] == [(1, 1)]
+    # The same dispatches again (a racing run of the thread): no new task.
+    async with mf.backend.transaction(single=True) as tx:
+        again = await tx.store.advance(Advance("a3", "", dispatches=plan.dispatches))
+    assert again.task_ids == [None, None]
+    assert await _claim(mf, "w3#1") == []
+
+
+async def test_answers_record_ack_and_end_the_job(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a4")
+    async with mf.backend.transaction(single=True) as tx:
+        first = await tx.store.advance(
+            Advance(
+                "a4",
+                "",
+                running=True,
+                dispatches=[Dispatch(_step("a4", 0), _activity("a4", 0), owner="w#r1", lease=30)],
+            )
+        )
+    (task_id,) = first.task_ids
+    assert task_id is not None
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance(
+            Advance(
+                "a4",
+                "",
+                answers=[Answer(task_id, 0, result={"v": 2}, attempts=1)],
+                delivered=(1, [0]),
+                finish=Finish("completed", result=3),
+            )
+        )
+    assert done.finished is True
+    async with mf.backend.transaction(readonly=True) as tx:
+        job = await tx.store.get_job("a4")
+        (step,) = await tx.store.load_steps("a4", "")
+    assert job is not None and (job.status, job.result, job.activation) == ("completed", 3, 1)
+    assert job.finished_at is not None
+    assert (step.status, step.result, step.activation, step.attempts) == ("done", {"v": 2}, 1, 1)
+    assert await _claim(mf, "w9#1") == []  # the task was acked, its lease does not run out
+    # A job that ended does not end again.
+    async with mf.backend.transaction(single=True) as tx:
+        late = await tx.store.advance(Advance("a4", "", finish=Finish("failed")))
+    assert late.finished is False
+
+
+async def test_an_answer_recorded_elsewhere_supersedes_and_changes_nothing(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a5")
+    async with mf.backend.transaction(single=True) as tx:
+        first = await tx.store.advance(
+            Advance(
+                "a5",
+                "",
+                running=True,
+                dispatches=[
+                    Dispatch(_step("a5", 0), _activity("a5", 0), owner="w#r1", lease=30),
+                    Dispatch(_step("a5", 1), _activity("a5", 1), owner="w#r1", lease=30),
+                ],
+            )
+        )
+    ids = [task_id for task_id in first.task_ids if task_id is not None]
+    async with mf.backend.transaction() as tx:  # another worker answered step 1
+        assert await tx.store.resolve_step("a5", "", 1, result="theirs") is not None
+    with pytest.raises(Superseded):
+        async with mf.backend.transaction(single=True) as tx:
+            await tx.store.advance(
+                Advance(
+                    "a5",
+                    "",
+                    answers=[Answer(ids[0], 0, result="ours"), Answer(ids[1], 1, result="ours")],
+                    delivered=(1, [0, 1]),
+                    dispatches=[Dispatch(_step("a5", 2), _activity("a5", 2))],
+                )
+            )
+    async with mf.backend.transaction(readonly=True) as tx:
+        job = await tx.store.get_job("a5")
+        steps = await tx.store.load_steps("a5", "")
+    assert job is not None and job.activation == 0
+    assert [(s.index, s.status, s.result) for s in steps] == [
+        (0, "pending", None),
+        (1, "done", "theirs"),
+    ]
+
+
+async def test_a_moved_activation_supersedes_and_changes_nothing(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a6")
+    async with mf.backend.transaction(single=True) as tx:
+        await tx.store.advance(
+            Advance("a6", "", running=True, dispatches=[Dispatch(_step("a6", 0), None)])
+        )
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.resolve_step("a6", "", 0, error=ErrorInfo("E", "no")) is not None
+        assert await tx.store.mark_delivered("a6", "", [0], 1)  # another run delivered it
+    with pytest.raises(Superseded):
+        async with mf.backend.transaction(single=True) as tx:
+            await tx.store.advance(
+                Advance(
+                    "a6",
+                    "",
+                    delivered=(1, [0]),
+                    finish=Finish("failed", error=ErrorInfo("E", "no")),
+                    acks=[],
+                )
+            )
+    async with mf.backend.transaction(readonly=True) as tx:
+        job = await tx.store.get_job("a6")
+    assert job is not None and job.status == "running"
+
+
+async def test_an_interrupted_job_takes_no_new_step(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a7")
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.set_job_status("a7", "interrupted") is not None
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance(
+            Advance("a7", "", dispatches=[Dispatch(_step("a7", 0), _activity("a7", 0))])
+        )
+    assert done.task_ids == [None]
+    async with mf.backend.transaction(readonly=True) as tx:
+        assert await tx.store.load_steps("a7", "") == []
+    assert await _claim(mf) == []
+
+
+async def test_a_wake_joins_a_queued_run_and_values_are_recorded(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a8")
+    value = Step(
+        job_id="a8",
+        dimension="",
+        index=0,
+        kind="now",
+        name="now",
+        status="done",
+        result=12.5,
+        wake_queue=QUEUE,
+        wake_name="wf",
+    )
+    async with mf.backend.transaction() as tx:
+        await tx.stream.enqueue(_run("a8"))
+    async with mf.backend.transaction(single=True) as tx:
+        await tx.store.advance(Advance("a8", "", values=[value], wake=_run("a8")))
+    assert [(t.kind, t.job_id) for t in await _claim(mf)] == [("run", "a8")]  # one, not two
+    async with mf.backend.transaction(readonly=True) as tx:
+        (stored,) = await tx.store.load_steps("a8", "")
+    assert (stored.kind, stored.status, stored.result) == ("now", "done", 12.5)

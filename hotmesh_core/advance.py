@@ -1,0 +1,158 @@
+"""One run's commit as one backend call: the hot path's state transition.
+
+A run that finishes (or an inline activity chain that continues) commits a
+handful of writes that depend on each other only through conditions a store
+can check itself: answers are recorded *if pending*, the activation is moved
+*if it is still the one the run read* (compare-and-set), a command's step is
+inserted *if absent* and its task enqueued only then, the job ends *if it has
+not ended*. The engine decides what to write (:class:`Advance`); a backend
+applies it atomically with :meth:`hotmesh_core.protocols.Store.advance` —
+PostgreSQL in one statement (``hm_advance``), which spares the client the
+round trip of every write (on 2 cores that CPU, not the server, bounds a
+workflow). :func:`apply_advance` is the reference semantics, written with the
+primitive calls of the three roles; the memory backend runs it, and it is
+what every other backend must match (conformance ``test_advance.py``).
+
+Only plain outcomes take this path: new activities and sleeps, or the end of
+a main thread that no parent waits for. Everything else (waits, children,
+hooks, continue-as-new, abandoned waits, signals handed on) goes the general
+way in ``engine.py``, whose order of effects those need.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attrs import Factory, define
+
+from .models import ErrorInfo, Step, Task
+from .replay import RunAborted
+
+if TYPE_CHECKING:  # the protocols name this module's records
+    from .protocols import Signal, Store, Stream
+
+__all__ = [
+    "Advance",
+    "Advanced",
+    "Answer",
+    "Dispatch",
+    "Finish",
+    "Superseded",
+    "apply_advance",
+]
+
+
+class Superseded(RunAborted):
+    """A run (or an inline continuation) lost a race: another run of its thread
+    delivered first, or another worker answered one of its steps. Nothing it
+    meant to commit was written; its task is run again on what the other left."""
+
+
+@define
+class Answer:
+    """An activity's outcome the run used: recorded if its step is still pending
+    (else the whole advance is :class:`Superseded`), and its task acked."""
+
+    task_id: str
+    index: int
+    result: Any = None
+    error: ErrorInfo | None = None
+    attempts: int | None = None
+
+
+@define
+class Dispatch:
+    """A new command's step, inserted if absent (and the job not interrupted);
+    only then is ``task`` enqueued: visible after ``delay``, or leased at once
+    to ``owner`` for ``lease`` seconds (an activity its own worker runs)."""
+
+    step: Step
+    task: Task | None = None
+    delay: float = 0.0
+    owner: str | None = None
+    lease: float = 0.0
+
+
+@define
+class Finish:
+    """The main thread's end: the job moves to ``status`` unless it has ended,
+    and the clients waiting on it are woken."""
+
+    status: str
+    result: Any = None
+    error: ErrorInfo | None = None
+
+
+@define
+class Advance:
+    """Everything one run commits, in the order it is applied."""
+
+    job_id: str
+    dimension: str
+    answers: list[Answer] = Factory(list)
+    delivered: tuple[int, list[int]] | None = None  # (activation, indexes): the CAS
+    values: list[Step] = Factory(list)  # recorded now/random/uuid4 values
+    running: bool = False  # a pending job becomes running
+    dispatches: list[Dispatch] = Factory(list)
+    finish: Finish | None = None
+    wake: Task | None = None  # a run of the thread, queued (at most one unclaimed)
+    acks: list[str] = Factory(list)
+
+
+@define
+class Advanced:
+    """What an advance did: each dispatch's task id (None where the step was
+    recorded already, by a racing run of the thread), and whether it ended the job."""
+
+    task_ids: list[str | None]
+    finished: bool
+
+
+async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Advance) -> Advanced:
+    """The reference semantics of :meth:`Store.advance`, in one transaction's calls."""
+    job_id, dimension = plan.job_id, plan.dimension
+    for answer in plan.answers:
+        step = await store.resolve_step(
+            job_id,
+            dimension,
+            answer.index,
+            result=answer.result,
+            error=answer.error,
+            attempts=answer.attempts,
+        )
+        if step is None:
+            raise Superseded(f"step {answer.index} of {job_id!r} was answered elsewhere")
+        await stream.ack(answer.task_id)
+    if plan.delivered is not None:
+        activation, indexes = plan.delivered
+        if not await store.mark_delivered(job_id, dimension, indexes, activation):
+            raise Superseded(
+                f"another run of {job_id!r} ({dimension or 'main'}) delivered"
+                f" answers of activation {activation} first"
+            )
+    for value in plan.values:
+        await store.insert_step(value)
+    if plan.running:
+        await store.set_job_status(job_id, "running")
+    task_ids: list[str | None] = []
+    for dispatch in plan.dispatches:
+        task_id = None
+        if await store.insert_step(dispatch.step) and dispatch.task is not None:
+            task_id = await stream.enqueue(
+                dispatch.task, delay=dispatch.delay, owner=dispatch.owner, lease=dispatch.lease
+            )
+        task_ids.append(task_id)
+    finished = False
+    if plan.finish is not None:
+        finish = plan.finish
+        ended = await store.set_job_status(
+            job_id, finish.status, result=finish.result, error=finish.error
+        )
+        if ended is not None:
+            finished = True
+            await signal.notify_job(job_id)
+    if plan.wake is not None:
+        await stream.enqueue(plan.wake)
+    for task_id in plan.acks:
+        await stream.ack(task_id)
+    return Advanced(task_ids, finished)
