@@ -39,6 +39,7 @@ __all__ = [
     "Finish",
     "Superseded",
     "apply_advance",
+    "deliver_signal",
 ]
 
 
@@ -156,3 +157,27 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
     for task_id in plan.acks:
         await stream.ack(task_id)
     return Advanced(task_ids, finished)
+
+
+async def deliver_signal(
+    store: Store, stream: Stream, signal: Signal, signal_id: str, data: Any, expire: float
+) -> bool:
+    """The reference semantics of :meth:`Signal.deliver`: to the oldest waiter whose
+    step is still pending, exactly once, waking its thread's run (on the worker
+    that caches it); else kept ``expire`` seconds for the first wait to come."""
+    while (waiter := await signal.take_waiter(signal_id)) is not None:
+        step = await store.resolve_step(waiter.job_id, waiter.dimension, waiter.index, result=data)
+        if step is not None:
+            await stream.enqueue(
+                Task(
+                    queue=step.wake_queue,
+                    kind="run",
+                    job_id=step.job_id,
+                    dimension=step.dimension,
+                    name=step.wake_name,
+                    sticky=step.wake_worker,
+                )
+            )
+            return True
+    await signal.buffer(signal_id, data, expire=expire)
+    return False

@@ -399,6 +399,9 @@ class _Stream(_Role):
 
 
 class _Signal(_Role):
+    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
+        return bool(await self._inner.deliver(signal_id, self._v.enc(data), expire=expire))
+
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         await self._inner.buffer(signal_id, self._v.enc(data), expire=expire)
 

@@ -260,20 +260,12 @@ class Engine:
 
     # -- signals and hooks ---------------------------------------------------
     async def send_signal(self, signal_id: str, data: Any, expire: float) -> bool:
-        async with self.backend.transaction() as tx:
+        async with self.backend.transaction(single=True) as tx:
             return await self._deliver(tx, signal_id, data, expire)
 
     async def _deliver(self, tx: Transaction, signal_id: str, data: Any, expire: float) -> bool:
         """To the oldest live waiter, exactly once; else kept for the first one to come."""
-        while (waiter := await tx.signal.take_waiter(signal_id)) is not None:
-            step = await tx.store.resolve_step(
-                waiter.job_id, waiter.dimension, waiter.index, result=data
-            )
-            if step is not None:
-                await self._wake(tx, step)
-                return True
-        await tx.signal.buffer(signal_id, data, expire=expire)
-        return False
+        return await tx.signal.deliver(signal_id, data, expire=expire)
 
     async def start_outside_hook(
         self, workflow_id: str, task_queue: str, workflow_name: str, args: list[Any]
@@ -539,7 +531,7 @@ class Engine:
 
     def _dispatch(self, run: Run, command: Command, local: LocalWorker | None) -> Dispatch:
         if command.kind == "sleep":
-            timer = _timer_task(run, command, {})
+            timer = _timer_task(run, command, _sleep_payload(run))
             return Dispatch(command.step(run), timer, delay=command.options["seconds"])
         task = _activity_task(run, command)
         if local is not None and local.serves(task):
@@ -736,7 +728,7 @@ class Engine:
                 return task
             await tx.stream.enqueue(task)
         elif command.kind == "sleep":
-            await self._timer(tx, run, command, options["seconds"], {})
+            await self._timer(tx, run, command, options["seconds"], _sleep_payload(run))
         elif command.kind == "wait":
             await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
         elif command.kind == "child":
@@ -839,6 +831,20 @@ class Engine:
 
     async def fire_timer(self, task: Task) -> None:
         assert task.index is not None
+        if task.payload.get("signal") is None:
+            # A sleep: its answer, its wake-up and the ack in one call. If the
+            # step was answered already (interrupted, say), the general path acks.
+            wake = _run_task(
+                task.queue, task.job_id, task.dimension, task.name, task.payload.get("wake_worker")
+            )
+            plan = Advance(task.job_id, task.dimension, answers=[Answer(task.id, task.index)])
+            plan.wake = wake
+            try:
+                async with self.backend.transaction(single=True) as tx:
+                    await tx.store.advance(plan)
+                return
+            except Superseded:
+                pass
         async with self.backend.transaction() as tx:
             signal_id = task.payload.get("signal")
             if signal_id is None:
@@ -909,6 +915,11 @@ def _activity_task(run: Run, command: Command) -> Task:
             **_traveling(run, command),
         },
     )
+
+
+def _sleep_payload(run: Run) -> dict[str, Any]:
+    """A sleep's timer names the worker that caches the run it wakes (Task.sticky)."""
+    return {} if run.worker_id is None else {"wake_worker": run.worker_id}
 
 
 def _timer_task(run: Run, command: Command, payload: dict[str, Any]) -> Task:

@@ -321,6 +321,12 @@ class Signal(Protocol):
 
     async def remove_job_waiters(self, job_id: str) -> None: ...
 
+    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
+        """Deliver a signal as :func:`hotmesh_core.advance.deliver_signal` does with
+        this transaction's primitive calls (to the oldest live waiter, its run
+        woken; else buffered); True if a waiter took it. One call (on
+        PostgreSQL one statement) that serializes with waits on ``signal_id``."""
+
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         """Keep a signal nobody waits for yet, for ``expire`` seconds."""
 

@@ -40,6 +40,7 @@ log = logging.getLogger("hotmesh.postgres")
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 BUCKET_HINTS = 100_000
+FRESH_CLAIM = 0.05  # seconds: a claim's "next due" serves the idle wait right after it
 # Jobs first: once its row is gone a job is gone, whatever history follows it.
 DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals", "dead_letters")
 Params = Sequence[Any]
@@ -160,6 +161,9 @@ class PostgresBackend:
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
         self._queue_events: dict[str, asyncio.Event] = {}
+        # queue -> (monotonic time, seconds until its next task was due then),
+        # from a claim that found nothing: the idle wait that follows uses it.
+        self._next_due: dict[str, tuple[float, float | None]] = {}
         self._job_watchers: dict[str, set[asyncio.Event]] = {}
         self.buckets: dict[str, str] = {}  # job id -> bucket (PgStore's hint)
         self._told_not_maintaining = False  # said once: this role skips maintenance
@@ -464,15 +468,29 @@ class PostgresBackend:
             for event in watchers:
                 event.set()
 
-    async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
+    def note_next_due(self, queue: str, due: float | None) -> None:
+        """A claim of ``queue`` found nothing; its next task is due in ``due`` seconds."""
+        self._next_due[queue] = (time.monotonic(), due)
+
+    async def _seconds_to_next_due(self, queues: Sequence[str]) -> float | None:
+        noted = self._next_due.pop(queues[0], None) if len(queues) == 1 else None
+        if noted is not None and time.monotonic() - noted[0] < FRESH_CLAIM:
+            at, due = noted
+            return None if due is None else due - (time.monotonic() - at)
         async with self.transaction(readonly=True) as tx:
             row = await tx.one(
                 "SELECT extract(epoch FROM min(visible_at) - clock_timestamp())::float8 AS due"
                 " FROM tasks WHERE queue = ANY(%s) AND visible_at > clock_timestamp()",
                 [list(queues)],
             )
-        if row is not None and row["due"] is not None:
-            timeout = min(timeout, float(row["due"]) + 0.001)
+        return None if row is None or row["due"] is None else float(row["due"])
+
+    async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
+        # Anything enqueued after the claim that told us the due time NOTIFYs
+        # (its queue event was cleared before the claim), so it is not missed.
+        due = await self._seconds_to_next_due(queues)
+        if due is not None:
+            timeout = min(timeout, due + 0.001)
         waits = [asyncio.ensure_future(self.queue_event(q).wait()) for q in queues]
         try:
             await asyncio.wait(

@@ -53,6 +53,14 @@ class PgSignal:
     async def remove_job_waiters(self, job_id: str) -> None:
         await self.tx.run("DELETE FROM waiters WHERE job_id = %s", [job_id])
 
+    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
+        # hm_deliver (migration 0008): lock, waiters, answer, wake or buffer in one statement.
+        row = await self.tx.one(
+            "SELECT hm_deliver(%s, %s, %s, %s) AS taken",
+            [signal_id, jsonb(data), expire, self.tx.backend.queue_channel],
+        )
+        return bool(row is not None and row["taken"])
+
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         await self.tx.run(
             "INSERT INTO signals (signal_id, data, expires_at, bucket)"

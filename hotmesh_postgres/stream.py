@@ -90,10 +90,17 @@ class PgStream:
             f"  AND (sticky IS NULL OR sticky = %s OR lease_owner IS NOT NULL"
             f"       OR visible_at <= clock_timestamp() - make_interval(secs => %s)"
             f"       OR sticky IN (SELECT worker FROM stopped_workers WHERE queue = %s))"
-            f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED)"
-            f" UPDATE tasks t SET lease_owner = %s{ASYNC_COMMIT}, attempts = t.attempts + 1,"
+            f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED),"
+            f" claimed AS (UPDATE tasks t SET lease_owner = %s{ASYNC_COMMIT},"
+            f"  attempts = t.attempts + 1,"
             f"  visible_at = clock_timestamp() + make_interval(secs => %s)"
-            f" FROM ready WHERE t.id = ready.id RETURNING {task_columns('t')}",
+            f"  FROM ready WHERE t.id = ready.id RETURNING {task_columns('t')}),"
+            # Nothing to claim: when the next task of the queue comes due (or a
+            # lease runs out), so that the idle wait needs no query of its own.
+            f" due AS (SELECT extract(epoch FROM min(visible_at) - clock_timestamp())::float8"
+            f"  AS next_due FROM tasks WHERE queue = %s AND visible_at > clock_timestamp()"
+            f"  AND NOT EXISTS (SELECT 1 FROM claimed))"
+            f" SELECT claimed.*, due.next_due FROM due LEFT JOIN claimed ON true",
             [
                 queue,
                 list(workflow_names),
@@ -104,8 +111,14 @@ class PgStream:
                 limit,
                 owner,
                 lease,
+                queue,
             ],
         )
+        if len(found) == 1 and found[0]["id"] is None:
+            self.tx.backend.note_next_due(queue, found[0]["next_due"])
+            return []
+        for row in found:
+            row.pop("next_due")
         return [rows.task(row) for row in found]
 
     async def worker_stopped(self, queue: str, worker: str) -> int:

@@ -161,3 +161,43 @@ BEGIN
     RETURN jsonb_build_object('task_ids', v_ids, 'finished', v_ended);
 END
 $$;
+
+-- Signal.deliver in one statement. The lock is its own statement, so the
+-- waiter query after it sees every waiter committed before the lock was
+-- granted (a statement's snapshot predates any lock it waits for).
+CREATE OR REPLACE FUNCTION hm_deliver(p_signal text, p_data jsonb, p_expire double precision,
+                                      p_queue_channel text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    w_job   text;
+    w_dim   text;
+    w_idx   integer;
+    s       record;
+    expires timestamptz;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_signal, 11));
+    LOOP
+        DELETE FROM waiters w USING (
+            SELECT job_id, dimension, idx FROM waiters WHERE signal_id = p_signal
+             ORDER BY created_at LIMIT 1 FOR UPDATE) first
+         WHERE (w.job_id, w.dimension, w.idx) = (first.job_id, first.dimension, first.idx)
+        RETURNING w.job_id, w.dimension, w.idx INTO w_job, w_dim, w_idx;
+        EXIT WHEN NOT FOUND;
+        UPDATE steps SET status = 'done', result = p_data, error = NULL,
+                         finished_at = clock_timestamp()
+         WHERE job_id = w_job AND dimension = w_dim AND idx = w_idx AND status = 'pending'
+        RETURNING job_id, dimension, wake_queue, wake_name, wake_worker INTO s;
+        IF FOUND THEN
+            PERFORM hm_enqueue(jsonb_build_object('queue', s.wake_queue, 'kind', 'run',
+                                                  'job_id', s.job_id, 'dimension', s.dimension,
+                                                  'name', s.wake_name, 'sticky', s.wake_worker),
+                               0, NULL, 0, p_queue_channel);
+            RETURN true;
+        END IF;
+    END LOOP;
+    expires := clock_timestamp() + make_interval(secs => p_expire);
+    INSERT INTO signals (signal_id, data, expires_at, bucket)
+    VALUES (p_signal, p_data, expires, hm_bucket('signals', expires, 'later'));
+    RETURN false;
+END
+$$;
