@@ -82,13 +82,17 @@ class PgStream:
         found = await self.tx.all(
             f"WITH ready AS ("
             f"  SELECT id FROM tasks"
-            f"  WHERE queue = %s AND visible_at <= clock_timestamp()"
+            # statement_timestamp(), not clock_timestamp(): a stable value is an
+            # index condition, so the scan of tasks_claim starts and stops at
+            # the ready rows (clock_timestamp() filtered every queued row,
+            # leased ones included: 1.1 ms for an empty claim among 8,000).
+            f"  WHERE queue = %s AND visible_at <= statement_timestamp()"
             f"  AND (kind = 'timer' OR (kind = 'run' AND name = ANY(%s))"
             f"       OR (kind = 'activity' AND name = ANY(%s)))"
             # A run another worker keeps cached is left to it a while (or until
             # it stops); a lease that ran out makes it anyone's.
             f"  AND (sticky IS NULL OR sticky = %s OR lease_owner IS NOT NULL"
-            f"       OR visible_at <= clock_timestamp() - make_interval(secs => %s)"
+            f"       OR visible_at <= statement_timestamp() - make_interval(secs => %s)"
             f"       OR sticky IN (SELECT worker FROM stopped_workers WHERE queue = %s))"
             f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED),"
             f" claimed AS (UPDATE tasks t SET lease_owner = %s{ASYNC_COMMIT},"
@@ -98,7 +102,7 @@ class PgStream:
             # Nothing to claim: when the next task of the queue comes due (or a
             # lease runs out), so that the idle wait needs no query of its own.
             f" due AS (SELECT extract(epoch FROM min(visible_at) - clock_timestamp())::float8"
-            f"  AS next_due FROM tasks WHERE queue = %s AND visible_at > clock_timestamp()"
+            f"  AS next_due FROM tasks WHERE queue = %s AND visible_at > statement_timestamp()"
             f"  AND NOT EXISTS (SELECT 1 FROM claimed))"
             f" SELECT claimed.*, due.next_due FROM due LEFT JOIN claimed ON true",
             [
