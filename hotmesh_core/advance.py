@@ -25,10 +25,12 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import Factory, define
 
-from .models import ErrorInfo, Step, Task
+from .models import MAIN_THREAD, ErrorInfo, Job, Step, Task, Thread
 from .replay import RunAborted
 
 if TYPE_CHECKING:  # the protocols name this module's records
+    from collections.abc import Sequence
+
     from .protocols import Signal, Store, Stream
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "Superseded",
     "apply_advance",
     "deliver_signal",
+    "read_thread",
 ]
 
 
@@ -181,3 +184,18 @@ async def deliver_signal(
             return True
     await signal.buffer(signal_id, data, expire=expire)
     return False
+
+
+async def read_thread(
+    store: Store, job_id: str, dimension: str, indexes: Sequence[int] | None
+) -> tuple[Job | None, Thread | None, list[Step]]:
+    """The reference semantics of :meth:`Store.load_thread`: what a run reads."""
+    job = await store.get_job(job_id)
+    if job is None:
+        return None, None, []
+    thread = None
+    if dimension != MAIN_THREAD:
+        thread = await store.get_thread(job_id, dimension)
+        if thread is None:
+            return job, None, []
+    return job, thread, await store.load_steps(job_id, dimension, indexes)

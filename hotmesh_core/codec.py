@@ -311,6 +311,13 @@ class _Store(_Role):
     async def insert_step(self, step: Step) -> bool:
         return bool(await self._inner.insert_step(self._v.enc_step(step)))
 
+    async def load_thread(
+        self, *args: Any, **kwargs: Any
+    ) -> tuple[Job | None, Thread | None, list[Step]]:
+        job, thread, steps = await self._inner.load_thread(*args, **kwargs)
+        decoded = [self._v.dec_step(step) for step in steps]
+        return self._v.dec_job(job), self._v.dec_thread(thread), decoded
+
     async def resolve_step(
         self,
         job_id: str,

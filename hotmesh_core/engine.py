@@ -331,15 +331,9 @@ class Engine:
         """The job, its hook thread and the thread's history; with ``indexes``, only
         those steps (what a cached run waits for)."""
         async with self.backend.transaction(readonly=True) as tx:
-            job = await tx.store.get_job(task.job_id)
-            if job is None:
-                return None
-            thread = None
-            if task.dimension != MAIN_THREAD:
-                thread = await tx.store.get_thread(task.job_id, task.dimension)
-                if thread is None:
-                    return None
-            history = await tx.store.load_steps(task.job_id, task.dimension, indexes)
+            job, thread, history = await tx.store.load_thread(task.job_id, task.dimension, indexes)
+        if job is None or (task.dimension != MAIN_THREAD and thread is None):
+            return None
         return RunContext(job, thread, history)
 
     async def execute_inline(self, run: Run, command: Command) -> Any:
@@ -820,7 +814,10 @@ class Engine:
                 await tx.store.note_attempt(
                     task.job_id, task.dimension, task.index, task.attempts, error
                 )
-                await tx.stream.retry(task.id, delay=retry_in)
+                # Only while this attempt holds the task: repeated after a lost
+                # commit, it must not push back (or take from another worker)
+                # a retry that is already under way.
+                await tx.stream.retry(task.id, delay=retry_in, owner=task.lease_owner)
                 return
             step = await tx.store.resolve_step(
                 task.job_id, task.dimension, task.index, error=error, attempts=task.attempts

@@ -93,6 +93,14 @@ class Store(Protocol):
         with ``indexes``, only those steps of the dimension (a cached run reads
         just the answers it waits for: constant cost, however long the history)."""
 
+    async def load_thread(
+        self, job_id: str, dimension: str, indexes: Sequence[int] | None = None
+    ) -> tuple[Job | None, Thread | None, list[Step]]:
+        """What a run of a thread reads, as :func:`hotmesh_core.advance.read_thread`
+        does: the job (None if there is none), the hook thread (for a hook's
+        dimension; None if there is none, and then no steps) and the thread's
+        steps (``indexes``: only those). One call (on PostgreSQL one statement)."""
+
     async def insert_step(self, step: Step) -> bool:
         """Record a step unless (job, dimension, index) exists or the job was interrupted
         (an interrupted job takes no new step); return whether it was inserted."""
@@ -302,8 +310,10 @@ class Stream(Protocol):
     async def ack(self, task_id: str) -> None:
         """Remove a finished task."""
 
-    async def retry(self, task_id: str, *, delay: float) -> None:
-        """Release a task's lease and make it visible again after ``delay`` seconds."""
+    async def retry(self, task_id: str, *, delay: float, owner: str | None = None) -> None:
+        """Release a task's lease and make it visible again after ``delay`` seconds;
+        with ``owner``, only while ``owner`` holds it: a retry repeated after a lost
+        commit then moves nothing (the task may be another worker's by now)."""
 
     async def dead_letter(self, task_id: str, error: ErrorInfo) -> None:
         """Move a task that can never succeed out of its queue, keeping it for inspection."""

@@ -159,6 +159,11 @@ class MemoryBackend:
 
     def _skip_if_idle(self, clock: VirtualClock) -> None:
         """Jump to the next timer when no task is ready or in flight (time skipping)."""
+        if self.state.lock.locked():
+            # A transaction is open: its changes (a retry's new due time, say)
+            # are not committed and may be rolled back, so they are no ground
+            # for moving time. The next idle wait looks again.
+            return
         now = clock.now()
         next_due: float | None = None
         for queue in self.state.queues.values():

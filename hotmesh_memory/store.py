@@ -8,7 +8,7 @@ from typing import Any
 
 from attrs import evolve
 
-from hotmesh_core.advance import Advance, Advanced, apply_advance
+from hotmesh_core.advance import Advance, Advanced, apply_advance, read_thread
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
 from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node, parse_where
 from hotmesh_core.errors import WorkflowNotFound
@@ -74,6 +74,11 @@ class MemoryStore:
         if run is not None:
             await MemoryStream(self.tx).enqueue(run)
         return clone(stored), True
+
+    async def load_thread(
+        self, job_id: str, dimension: str, indexes: Sequence[int] | None = None
+    ) -> tuple[Job | None, Thread | None, list[Step]]:
+        return await read_thread(self, job_id, dimension, indexes)
 
     async def advance(self, plan: Advance) -> Advanced:
         # The reference semantics, in this transaction (undone as a whole on Superseded).

@@ -207,9 +207,9 @@ class MemoryStream:
         if task is not None:
             self._remove(task)
 
-    async def retry(self, task_id: str, *, delay: float) -> None:
+    async def retry(self, task_id: str, *, delay: float, owner: str | None = None) -> None:
         task = self._find(task_id)
-        if task is None:
+        if task is None or (owner is not None and task.lease_owner != owner):
             return
         run_key = (task.job_id, task.dimension)
         if task.kind == "run":

@@ -340,6 +340,41 @@ class PgStore:
             )
         return [rows.step(row) for row in found]
 
+    async def load_thread(
+        self, job_id: str, dimension: str, indexes: Sequence[int] | None = None
+    ) -> tuple[Job | None, Thread | None, list[Step]]:
+        # One statement: the job, with its thread and its steps as JSON (their
+        # own rows' columns, so rows.thread/rows.step read them as usual).
+        match, params = "", [dimension]
+        if indexes is not None:
+            index_match, param = _index_match(indexes)
+            match, params = f" AND {index_match}", [dimension, param]
+        thread_doc = (
+            "NULL::jsonb"
+            if dimension == MAIN_THREAD
+            else f"(SELECT to_jsonb(t) FROM (SELECT {THREAD_COLUMNS} FROM threads"
+            " WHERE job_id = j.id AND bucket = j.bucket AND dimension = %s) t)"
+        )
+        row = await self._one_for_job(
+            f"SELECT {JOB_COLUMNS}, j.bucket, {thread_doc} AS thread_doc,"
+            f" (SELECT coalesce(jsonb_agg(to_jsonb(s) ORDER BY s.idx), '[]')"
+            f"  FROM (SELECT {STEP_COLUMNS} FROM steps WHERE job_id = j.id AND bucket = j.bucket"
+            f"  AND dimension = %s{match}) s) AS steps_doc"
+            f" FROM jobs j WHERE {{job}}",
+            "j.id",
+            job_id,
+            [*([] if dimension == MAIN_THREAD else [dimension]), *params],
+            [],
+        )
+        if row is None:
+            return None, None, []
+        thread_doc, steps_doc = row.pop("thread_doc"), row.pop("steps_doc")
+        job = self._learn(row)
+        if dimension != MAIN_THREAD and thread_doc is None:
+            return job, None, []
+        thread = None if thread_doc is None else rows.thread(thread_doc)
+        return job, thread, [rows.step(step) for step in steps_doc]
+
     async def insert_step(self, step: Step) -> bool:
         row = await self._one_for_job(
             "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"

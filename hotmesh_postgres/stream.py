@@ -230,13 +230,14 @@ class PgStream:
     async def ack(self, task_id: str) -> None:
         await self.tx.run("DELETE FROM tasks WHERE id = %s", [int(task_id)])
 
-    async def retry(self, task_id: str, *, delay: float) -> None:
+    async def retry(self, task_id: str, *, delay: float, owner: str | None = None) -> None:
         # A run task is moved (deleted and queued again, "unless an unclaimed run
         # of its thread is queued": that one will do). An UPDATE guarded by NOT
         # EXISTS raced a run queued concurrently and broke the unique index of
         # unclaimed runs; ON CONFLICT waits for it and gives way.
         row = await self.tx.one(
             "WITH gone AS (DELETE FROM tasks WHERE id = %s AND kind = 'run'"
+            "  AND (%s::text IS NULL OR lease_owner = %s)"
             "  RETURNING queue, kind, job_id, dimension, name, idx, payload, attempts),"
             " moved AS (INSERT INTO tasks (queue, kind, job_id, dimension, name, idx, payload,"
             "  visible_at, lease_owner, attempts)"
@@ -246,9 +247,10 @@ class PgStream:
             "  DO NOTHING RETURNING queue),"
             " kept AS (UPDATE tasks SET lease_owner = NULL,"
             "  visible_at = clock_timestamp() + make_interval(secs => %s)"
-            "  WHERE id = %s AND kind <> 'run' RETURNING queue)"
+            "  WHERE id = %s AND kind <> 'run' AND (%s::text IS NULL OR lease_owner = %s)"
+            "  RETURNING queue)"
             " SELECT queue FROM moved UNION ALL SELECT queue FROM kept",
-            [int(task_id), delay, delay, int(task_id)],
+            [int(task_id), owner, owner, delay, delay, int(task_id), owner, owner],
         )
         if row is not None:
             self.tx.notify_queue(row["queue"])

@@ -267,3 +267,52 @@ async def test_a_wake_joins_a_queued_run_and_values_are_recorded(hm: Harness) ->
     async with mf.backend.transaction(readonly=True) as tx:
         (stored,) = await tx.store.load_steps("a8", "")
     assert (stored.kind, stored.status, stored.result) == ("now", "done", 12.5)
+
+
+async def test_load_thread_reads_the_job_its_thread_and_steps(hm: Harness) -> None:
+    from hotmesh_core.models import Thread
+
+    mf = await hm.memflow()
+    await _started(mf, "a9")
+    async with mf.backend.transaction(single=True) as tx:
+        await tx.store.advance(
+            Advance(
+                "a9",
+                "",
+                dispatches=[Dispatch(_step("a9", i), None) for i in range(3)],
+            )
+        )
+    async with mf.backend.transaction(readonly=True) as tx:
+        job, thread, steps = await tx.store.load_thread("a9", "")
+        _job, _thread, some = await tx.store.load_thread("a9", "", [2, 0])
+        missing = await tx.store.load_thread("nope", "")
+        no_hook = await tx.store.load_thread("a9", "hook-x")
+    assert job is not None and job.id == "a9" and thread is None
+    assert [s.index for s in steps] == [0, 1, 2] and steps[1].args == [1]
+    assert [s.index for s in some] == [0, 2]
+    assert missing == (None, None, [])
+    assert no_hook[0] is not None and no_hook[1:] == (None, [])
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.create_thread(
+            Thread(job_id="a9", dimension="hook-y", workflow_name="wf", task_queue=QUEUE)
+        )
+    async with mf.backend.transaction(readonly=True) as tx:
+        _job, hook, hook_steps = await tx.store.load_thread("a9", "hook-y")
+    assert hook is not None and (hook.dimension, hook.status) == ("hook-y", "running")
+    assert hook_steps == []
+
+
+async def test_a_retry_moves_a_task_only_for_the_worker_holding_it(hm: Harness) -> None:
+    # fail_activity repeated after a lost COMMIT (it did commit) must not push
+    # the retry back again, nor take the task from the worker now running it.
+    mf = await hm.memflow()
+    async with mf.backend.transaction() as tx:
+        await tx.stream.enqueue(_activity("a10", 0))
+    (task,) = await _claim(mf, "w1#1")
+    async with mf.backend.transaction() as tx:
+        await tx.stream.retry(task.id, delay=0.0, owner="w1#1")
+    (again,) = await _claim(mf, "w2#1")  # visible at once, and w2's now
+    async with mf.backend.transaction() as tx:
+        await tx.stream.retry(task.id, delay=0.0, owner="w1#1")  # the repeat: nothing
+    assert await _claim(mf, "w3#1") == []
+    assert again.id == task.id and again.attempts == 2
