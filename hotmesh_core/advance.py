@@ -54,14 +54,17 @@ class Superseded(RunAborted):
 
 @define
 class Answer:
-    """An activity's outcome the run used: recorded if its step is still pending
-    (else the whole advance is :class:`Superseded`), and its task acked."""
+    """An activity's outcome the run used (or a timer's): recorded if its step is
+    still pending (else the whole advance is :class:`Superseded`), and its task
+    acked. ``task_must_exist``: only if the task is still there (a timer fired
+    by the worker that armed it, while its row may be gone: interrupted)."""
 
     task_id: str
     index: int
     result: Any = None
     error: ErrorInfo | None = None
     attempts: int | None = None
+    task_must_exist: bool = False
 
 
 @define
@@ -116,6 +119,8 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
     """The reference semantics of :meth:`Store.advance`, in one transaction's calls."""
     job_id, dimension = plan.job_id, plan.dimension
     for answer in plan.answers:
+        if answer.task_must_exist and not await stream.ack(answer.task_id):
+            raise Superseded(f"the task of step {answer.index} of {job_id!r} is gone")
         step = await store.resolve_step(
             job_id,
             dimension,

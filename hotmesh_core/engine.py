@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from attrs import define, evolve
@@ -93,6 +94,9 @@ class RunContext:
 class Engine:
     def __init__(self, backend: Backend) -> None:
         self.backend = backend
+        # Told of every sleep's timer this engine dispatched (the worker arms
+        # it in-process: see Worker._arm_timer); None: the stored row only.
+        self.timer_armed: Callable[[Task, float], None] | None = None
 
     # -- jobs ----------------------------------------------------------------
     async def start_job(self, job: Job) -> tuple[Job, bool]:
@@ -543,9 +547,13 @@ class Engine:
             log.warning("job %r failed: %s: %s", run.job.id, error.type_name, error.message)
         leased: list[Task] = []
         for dispatch, task_id in zip(plan.dispatches, done.task_ids, strict=True):
-            if dispatch.owner is not None and dispatch.task is not None and task_id is not None:
+            if dispatch.task is None or task_id is None:
+                continue
+            if dispatch.owner is not None:
                 task = evolve(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
                 leased.append(task)
+            elif dispatch.task.kind == "timer" and self.timer_armed is not None:
+                self.timer_armed(evolve(dispatch.task, id=task_id), dispatch.delay)
         return leased
 
     async def record_answers(
@@ -826,16 +834,32 @@ class Engine:
                 await self._wake(tx, step)
             await tx.stream.ack(task.id)
 
+    async def fire_armed_timer(self, task: Task) -> bool:
+        """Fire a sleep's timer that this worker armed in-process at its due time,
+        without claiming its row: answer, wake and ack in one call, only while
+        the row is there and the step pending. False when it was not (fired by
+        whoever claimed the row, or its job was interrupted): nothing changed."""
+        assert task.index is not None
+        plan = Advance(
+            task.job_id,
+            task.dimension,
+            answers=[Answer(task.id, task.index, task_must_exist=True)],
+            wake=_sleep_wake(task),
+        )
+        try:
+            async with self.backend.transaction(single=True) as tx:
+                await tx.store.advance(plan)
+        except Superseded:
+            return False
+        return True
+
     async def fire_timer(self, task: Task) -> None:
         assert task.index is not None
         if task.payload.get("signal") is None:
             # A sleep: its answer, its wake-up and the ack in one call. If the
             # step was answered already (interrupted, say), the general path acks.
-            wake = _run_task(
-                task.queue, task.job_id, task.dimension, task.name, task.payload.get("wake_worker")
-            )
             plan = Advance(task.job_id, task.dimension, answers=[Answer(task.id, task.index)])
-            plan.wake = wake
+            plan.wake = _sleep_wake(task)
             try:
                 async with self.backend.transaction(single=True) as tx:
                     await tx.store.advance(plan)
@@ -917,6 +941,12 @@ def _activity_task(run: Run, command: Command) -> Task:
 def _sleep_payload(run: Run) -> dict[str, Any]:
     """A sleep's timer names the worker that caches the run it wakes (Task.sticky)."""
     return {} if run.worker_id is None else {"wake_worker": run.worker_id}
+
+
+def _sleep_wake(timer: Task) -> Task:
+    """The run a sleep's timer wakes (its task carries the thread's queue and name)."""
+    sticky = timer.payload.get("wake_worker")
+    return _run_task(timer.queue, timer.job_id, timer.dimension, timer.name, sticky)
 
 
 def _timer_task(run: Run, command: Command, payload: dict[str, Any]) -> Task:

@@ -307,8 +307,8 @@ class Stream(Protocol):
     async def worker_started(self, queue: str, worker: str) -> None:
         """``worker`` serves ``queue`` (again): its sticky tasks are its own first."""
 
-    async def ack(self, task_id: str) -> None:
-        """Remove a finished task."""
+    async def ack(self, task_id: str) -> bool:
+        """Remove a finished task; False if it was gone already."""
 
     async def retry(self, task_id: str, *, delay: float, owner: str | None = None) -> None:
         """Release a task's lease and make it visible again after ``delay`` seconds;

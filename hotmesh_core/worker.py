@@ -116,6 +116,13 @@ class Worker:
         # Activities this worker serves are run by the worker that dispatches them.
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
         self.interceptors = list(interceptors)  # hotmesh_core.interceptors
+        # Sleeps this worker dispatched fire from an in-process timer at their
+        # due time; the stored timer row is the fallback (a crash, a restart).
+        # Not under a virtual clock, whose time is not the event loop's.
+        self._armed: dict[str, asyncio.TimerHandle] = {}
+        clock = getattr(backend, "clock", None)
+        if not getattr(clock, "virtual", False):
+            self.engine.timer_armed = self._arm_timer
 
     def _event(self, kind: str, **details: Any) -> None:
         if self.interceptors:
@@ -142,6 +149,9 @@ class Worker:
     async def stop(self, *, drain: bool = True) -> None:
         """Stop claiming; with ``drain``, let the tasks in hand finish (else abandon them)."""
         self._stopping = True
+        for armed in self._armed.values():
+            armed.cancel()  # their rows fire them: whoever claims them next
+        self._armed.clear()
         for background in (self._loop_task, self._expiry_task):
             if background is not None:
                 background.cancel()
@@ -221,6 +231,31 @@ class Worker:
                 handler = asyncio.create_task(self._handle(task))
                 self._inflight.add(handler)
                 handler.add_done_callback(self._inflight.discard)
+
+    def _arm_timer(self, task: Task, delay: float) -> None:
+        """Fire ``task`` (a sleep's timer this worker just committed) from this
+        process after ``delay`` seconds of the event loop's clock. The delay is
+        counted from after the commit, so it never fires before its row comes
+        due; whoever gets there first fires it, the other finds it done."""
+        if not self._stopping:
+            loop = asyncio.get_running_loop()
+            self._armed[task.id] = loop.call_later(delay, self._fire_armed, task)
+
+    def _fire_armed(self, task: Task) -> None:
+        self._armed.pop(task.id, None)
+        if self._stopping:
+            return
+        firing = asyncio.create_task(self._fire_own_timer(task))
+        self._inflight.add(firing)
+        firing.add_done_callback(self._inflight.discard)
+
+    async def _fire_own_timer(self, task: Task) -> None:
+        try:
+            await self.engine.fire_armed_timer(task)
+        except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as error:  # a shortcut only: the row fires it
+            log.debug("armed timer %s is left to its row: %r", task.id, error)
 
     def _next_local(self) -> LocalWorker:
         """This worker as the runner of the activities one commit leases to it, under

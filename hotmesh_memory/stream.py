@@ -202,10 +202,11 @@ class MemoryStream:
         if stopped is not None and worker in stopped:
             self.tx.pop(stopped, worker)
 
-    async def ack(self, task_id: str) -> None:
+    async def ack(self, task_id: str) -> bool:
         task = self._find(task_id)
         if task is not None:
             self._remove(task)
+        return task is not None
 
     async def retry(self, task_id: str, *, delay: float, owner: str | None = None) -> None:
         task = self._find(task_id)

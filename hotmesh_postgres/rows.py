@@ -228,6 +228,7 @@ def advance_document(plan: Advance) -> dict[str, Any]:
                 "result": answer.result,
                 "error": None if answer.error is None else unstructure(answer.error),
                 "attempts": answer.attempts,
+                "must_exist": answer.task_must_exist,
             }
             for answer in plan.answers
         ],

@@ -227,8 +227,11 @@ class PgStream:
         )
         return len(found)
 
-    async def ack(self, task_id: str) -> None:
-        await self.tx.run("DELETE FROM tasks WHERE id = %s", [int(task_id)])
+    async def ack(self, task_id: str) -> bool:
+        row = await self.tx.one(
+            "DELETE FROM tasks WHERE id = %s RETURNING 1 AS gone", [int(task_id)]
+        )
+        return row is not None
 
     async def retry(self, task_id: str, *, delay: float, owner: str | None = None) -> None:
         # A run task is moved (deleted and queued again, "unless an unclaimed run

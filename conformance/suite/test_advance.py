@@ -316,3 +316,38 @@ async def test_a_retry_moves_a_task_only_for_the_worker_holding_it(hm: Harness) 
         await tx.stream.retry(task.id, delay=0.0, owner="w1#1")  # the repeat: nothing
     assert await _claim(mf, "w3#1") == []
     assert again.id == task.id and again.attempts == 2
+
+
+async def test_an_answer_whose_task_must_exist_needs_its_task(hm: Harness) -> None:
+    # A timer fired in-process by the worker that armed it (not claimed): the
+    # job interrupted meanwhile deleted the row, so nothing is answered.
+    mf = await hm.memflow()
+    await _started(mf, "a11")
+    sleep = Step(
+        job_id="a11",
+        dimension="",
+        index=0,
+        kind="sleep",
+        name="sleep",
+        status="pending",
+        wake_queue=QUEUE,
+        wake_name="wf",
+    )
+    timer = Task(queue=QUEUE, kind="timer", job_id="a11", dimension="", name="wf", index=0)
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance(
+            Advance("a11", "", running=True, dispatches=[Dispatch(sleep, timer, delay=3600)])
+        )
+    (timer_id,) = done.task_ids
+    assert timer_id is not None
+    fire = Advance("a11", "", answers=[Answer(timer_id, 0, task_must_exist=True)], wake=_run("a11"))
+    async with mf.backend.transaction() as tx:
+        assert await tx.stream.remove_job_tasks("a11") == 1  # as an interrupt does
+        assert await tx.stream.ack(timer_id) is False
+    with pytest.raises(Superseded):
+        async with mf.backend.transaction(single=True) as tx:
+            await tx.store.advance(fire)
+    async with mf.backend.transaction(readonly=True) as tx:
+        (step,) = await tx.store.load_steps("a11", "")
+    assert step.status == "pending"
+    assert await _claim(mf) == []

@@ -79,6 +79,13 @@ BEGIN
     END IF;
 
     FOR e IN SELECT value FROM jsonb_array_elements(p->'answers') LOOP
+        IF (e->>'must_exist')::boolean THEN
+            DELETE FROM tasks WHERE id = (e->>'task_id')::bigint;
+            IF NOT FOUND THEN
+                RAISE EXCEPTION 'the task of step % of % is gone', e->>'index', quote_literal(v_job)
+                    USING ERRCODE = 'HM010';
+            END IF;
+        END IF;
         UPDATE steps SET status = CASE WHEN nullif(e->'error', 'null'::jsonb) IS NULL
                                        THEN 'done' ELSE 'failed' END,
                          result = e->'result', error = nullif(e->'error', 'null'::jsonb),
