@@ -207,13 +207,22 @@ def main() -> None:
             results[name]["w5"] = run_recovery(name, dsn, size["w5"])
     postgres_engines = [name for name in engines if name != "hotmesh-memory"]
     if not args.skip_scale:
-        for name in postgres_engines:
-            dsn = fresh_database(server, f"bench_scale_{name.replace('-', '_')}")
-            for workers in size["scale"]:
-                print(f"W1 {name}, {workers} worker process(es) ...", flush=True)
-                results[name][f"scale_{workers}"] = asyncio.run(
-                    w1_split(name, dsn, size["w1"], workers, size["reps"])
-                )
+        # Repetitions interleave the engines (each with a fresh database and its
+        # own processes every time): on a shared, noisy machine a burst of load
+        # then hits every engine alike.
+        for workers in size["scale"]:
+            print(f"W1 scale, {workers} worker process(es) ...", flush=True)
+            reps: dict[str, list[dict[str, Any]]] = {name: [] for name in postgres_engines}
+            for rep in range(size["reps"]):
+                for name in postgres_engines:
+                    dsn = fresh_database(
+                        server, f"bench_scale_{name.replace('-', '_')}_{workers}_{rep}"
+                    )
+                    reps[name].append(asyncio.run(w1_split(name, dsn, size["w1"], workers)))
+            for name, figures in reps.items():
+                results[name][f"scale_{workers}"] = {
+                    key: median([f[key] for f in figures]) for key in figures[0]
+                }
     if not args.skip_history:
         for name in postgres_engines:
             if name == "pgqueuer":

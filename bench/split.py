@@ -117,8 +117,8 @@ def _stop(processes: list[subprocess.Popen[str]]) -> None:
             process.wait()
 
 
-async def w1_split(engine: str, dsn: str, n: int, workers: int, reps: int) -> dict[str, Any]:
-    """W1 against ``workers`` worker processes; medians over ``reps`` repetitions."""
+async def w1_split(engine: str, dsn: str, n: int, workers: int, reps: int = 1) -> dict[str, Any]:
+    """W1 against ``workers`` fresh worker processes; medians over ``reps`` repetitions."""
     app_id = f"bench{uuid.uuid4().hex[:8]}"
     await prepare(engine, dsn)
     client = _client(engine, app_id)
