@@ -94,11 +94,12 @@ def commits(dsn: str) -> int:
     return int(row[0])
 
 
-def make_engine(name: str) -> Any:
+def make_engine(name: str, keep: bool = False) -> Any:
+    """The engine ``name`` in one process; ``keep``: HotMesh keeps its schema at close."""
     if name.startswith("hotmesh-"):
         from .adapters.hotmesh import HotMeshEngine
 
-        return HotMeshEngine(name.removeprefix("hotmesh-"))
+        return HotMeshEngine(name.removeprefix("hotmesh-"), drop_on_close=not keep)
     if name == "absurd":
         from .adapters.absurd_engine import AbsurdEngine
 
@@ -188,6 +189,9 @@ def main() -> None:
     parser.add_argument("--skip-scale", action="store_true", help="skip the scale table")
     parser.add_argument("--skip-history", action="store_true", help="skip the history table")
     parser.add_argument(
+        "--skip-main", action="store_true", help="skip W0-W6 (only the scale/history tables)"
+    )
+    parser.add_argument(
         "--out",
         type=Path,
         default=None,
@@ -199,7 +203,7 @@ def main() -> None:
     server = server_dsn()
     began = time.time()
     results: dict[str, dict[str, Any]] = {}
-    for name in engines:
+    for name in [] if args.skip_main else engines:
         dsn = fresh_database(server, f"bench_{name.replace('-', '_')}")
         print(f"measuring {name} ...", flush=True)
         results[name] = asyncio.run(measure(name, dsn, size))
@@ -220,20 +224,31 @@ def main() -> None:
                     )
                     reps[name].append(asyncio.run(w1_split(name, dsn, size["w1"], workers)))
             for name, figures in reps.items():
-                results[name][f"scale_{workers}"] = {
+                results.setdefault(name, {})[f"scale_{workers}"] = {
                     key: median([f[key] for f in figures]) for key in figures[0]
                 }
     if not args.skip_history:
         for name in postgres_engines:
             if name == "pgqueuer":
                 continue
-            dsn = fresh_database(server, f"bench_history_{name.replace('-', '_')}")
             print(f"W1 {name} with {size['history']:,} finished workflows ...", flush=True)
-            results[name]["history"] = asyncio.run(
-                w1_history(make_engine(name), dsn, size["w1"], size["reps"], size["history"])
+            label = f"bench_history_{name.replace('-', '_')}"
+            results.setdefault(name, {})["history"] = asyncio.run(
+                w1_history(
+                    lambda keep, name=name: make_engine(name, keep=keep),  # type: ignore[misc]
+                    lambda label=label: fresh_database(server, label + "_f"),  # type: ignore[misc]
+                    fresh_database(server, label + "_s"),
+                    size["w1"],
+                    size["reps"],
+                    size["history"],
+                )
             )
     clients = 10
-    w0 = ceiling_tps(fresh_database(server, "bench_w0"), clients, size["w0_seconds"])
+    w0 = (
+        None
+        if args.skip_main
+        else ceiling_tps(fresh_database(server, "bench_w0"), clients, size["w0_seconds"])
+    )
     rows: list[Row] = render(results, w0, clients)
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     with psycopg.connect(server) as conn:
@@ -263,7 +278,8 @@ def main() -> None:
     if not args.skip_history:
         sections += [
             "## W1 with a long history of finished workflows",
-            f"In one process as in the main table; N={size['w1']}, median of {size['reps']}.",
+            f"In one process as in the main table; N={size['w1']}, median of {size['reps']}"
+            " pairs, each a fresh database and then the seeded one, seconds apart.",
             history_table(results),
         ]
     table = "\n\n".join(sections)

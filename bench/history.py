@@ -1,7 +1,14 @@
-"""W1 before and after a big history: 200,000 finished workflows already in the database.
+"""W1 with and without a big history: 200,000 finished workflows already in the database.
+
+Two databases per engine: a seeded one, and a fresh one for each repetition;
+the repetitions alternate between them (fresh, seeded, fresh, seeded, ...),
+each opening the engine, warming it up with 50 workflows and timing W1, so
+that both figures of a pair are taken seconds apart: on a shared machine the
+load then falls on both alike (measured one after the other, minutes apart,
+the ratio crossed 1 in both directions between two runs).
 
 Seeding runs no workflow: the rows that the engine itself wrote for the
-finished workflows of the warm-up and the "before" repetitions are copied
+finished workflows of one W1 (the template) are copied
 with bulk ``INSERT ... SELECT ... generate_series`` until the database holds
 at least ``target`` finished workflows, each copy with ids of its own (text
 ids get a suffix, uuids a derived uuid, consistently across tables, so a
@@ -18,9 +25,9 @@ read by the dequeue), so it is not measured.
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -100,20 +107,40 @@ def schema_of(engine: Any) -> str:
     return "dbos" if engine.name == "dbos" else "absurd"
 
 
-async def w1_history(engine: Any, dsn: str, n: int, reps: int, target: int) -> dict[str, Any]:
-    """In-process W1 workflows/s with the warm-up's history, then with ``target`` finished."""
+async def timed_w1(engine: Any, dsn: str, n: int) -> float:
+    """Open, warm up with 50 workflows, W1 of n; workflows/s."""
     await engine.open(dsn)
     try:
         await engine.w1_sequential(min(n, 50))
-        before = [await engine.w1_sequential(n) for _ in range(reps)]
-        jobs, seconds = await asyncio.to_thread(seed, engine.name, dsn, schema_of(engine), target)
-        await engine.w1_sequential(min(n, 50))
-        after = [await engine.w1_sequential(n) for _ in range(reps)]
+        return n / await engine.w1_sequential(n)
     finally:
         await engine.close()
-    return {
-        "before": n / median(before),
-        "after": n / median(after),
-        "jobs": jobs,
-        "seed_s": seconds,
-    }
+
+
+async def w1_history(
+    make: Callable[[bool], Any],
+    fresh_dsn: Callable[[], str],
+    seeded_dsn: str,
+    n: int,
+    reps: int,
+    target: int,
+) -> dict[str, Any]:
+    """Median W1 workflows/s on fresh databases and on one holding ``target`` finished.
+
+    ``make(keep)`` builds the engine (``keep``: its data outlives ``close()``),
+    ``fresh_dsn()`` makes a new empty database.
+    """
+    engine = make(True)
+    await engine.open(seeded_dsn)
+    try:
+        await engine.w1_sequential(n)  # the template rows
+    finally:
+        await engine.close()
+    # Not in the loop's default executor: DBOS installs its own there and shuts
+    # it down at close. Nothing else runs meanwhile, so blocking is fine.
+    jobs, seconds = seed(engine.name, seeded_dsn, schema_of(engine), target)
+    before, after = [], []
+    for _ in range(reps):
+        before.append(await timed_w1(make(False), fresh_dsn(), n))
+        after.append(await timed_w1(engine, seeded_dsn, n))
+    return {"before": median(before), "after": median(after), "jobs": jobs, "seed_s": seconds}

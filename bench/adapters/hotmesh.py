@@ -81,12 +81,14 @@ class HotMeshEngine:
         concurrency: int = CONCURRENCY,
         local_worker: bool = True,
         app_id: str | None = None,
+        drop_on_close: bool = True,
     ) -> None:
         self.backend = backend
         self.name = f"hotmesh-{backend}"
         self.concurrency = concurrency
         self.local_worker = local_worker
         self.app_id = app_id or f"bench{uuid.uuid4().hex[:8]}"
+        self.drop_on_close = drop_on_close
         self.mf: MemFlow | None = None
 
     async def open(self, dsn: str) -> None:
@@ -94,7 +96,10 @@ class HotMeshEngine:
         # contention (measured: pool 20 / concurrency 50 was slower than 10 / 20).
         options: dict[str, Any] = {"dsn": dsn} if self.backend == "postgres" else {}
         self.mf = await MemFlow.init(
-            app_id=self.app_id, backend=self.backend, drop_on_close=True, **options
+            app_id=self.app_id,
+            backend=self.backend,
+            drop_on_close=self.drop_on_close,
+            **options,
         )
         if self.local_worker:
             await self.mf.worker(
