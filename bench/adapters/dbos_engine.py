@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 try:
-    from dbos import DBOS, DBOSConfig
+    from dbos import DBOS, DBOSClient, DBOSConfig
 except ImportError:  # the bench extra is optional
     DBOS = None
 
@@ -137,3 +137,47 @@ class DBOSEngine:
             ).fetchone()
         assert row is not None
         return int(row[0]), elapsed
+
+
+class DBOSClientEngine:
+    """W1 from outside the application: ``DBOSClient`` enqueues on the worker processes' queue.
+
+    Completions are read in one batched ``list_workflows`` every 5 ms (a
+    handle's ``get_result`` polls one workflow at a time, by default each 1 s).
+    """
+
+    name = "dbos"
+
+    def __init__(self) -> None:
+        if DBOS is None:
+            raise RuntimeError("DBOS is not installed: pip install -e '.[bench]'")
+        self.client: Any = None
+
+    async def open(self, dsn: str) -> None:
+        self.client = DBOSClient(system_database_url=dsn, application_name="hotmesh-bench")
+
+    async def close(self) -> None:
+        if self.client is not None:
+            self.client.destroy()
+
+    async def w1_sequential(self, n: int) -> float:
+        options: Any = {"queue_name": "bench", "workflow_name": "sequential_3"}
+        began = time.perf_counter()
+        ids = [(await self.client.enqueue_async(options, i)).get_workflow_id() for i in range(n)]
+        results: dict[str, Any] = {}
+        pending = set(ids)
+        deadline = time.monotonic() + 600
+        while pending:
+            done = await self.client.list_workflows_async(
+                workflow_ids=list(pending), status=["SUCCESS", "ERROR"], load_input=False
+            )
+            for status in done:
+                assert status.status == "SUCCESS", status
+                results[status.workflow_id] = status.output
+                pending.discard(status.workflow_id)
+            if pending:
+                assert time.monotonic() < deadline, f"{len(pending)} DBOS workflows not done"
+                await asyncio.sleep(0.005)
+        elapsed = time.perf_counter() - began
+        assert [results[w] for w in ids] == [i + 3 for i in range(n)], "W1 wrong results"
+        return elapsed

@@ -55,26 +55,56 @@ async def contended(writers: int, times: int) -> int:
 
 
 WORKFLOWS = [sequential_3, fanout, signal_waiter, sleeper, counter_hook, contended]
+CONCURRENCY = 20
+
+# What a worker process serves: `hotmesh worker bench.adapters.hotmesh:TARGET -q bench`.
+TARGET = {"workflows": WORKFLOWS, "activities": [plus_one]}
+
+
+def worker_argv(dsn: str, app_id: str) -> list[str]:
+    """A worker process as a user starts one: the ``hotmesh worker`` command."""
+    import os
+    import sys
+
+    hotmesh = os.path.join(os.path.dirname(sys.executable), "hotmesh")
+    return [
+        *([hotmesh] if os.path.exists(hotmesh) else [sys.executable, "-m", "hotmesh_core.cli"]),
+        *("--dsn", dsn, "--app", app_id, "worker", "bench.adapters.hotmesh:TARGET"),
+        *("-q", "bench", "--concurrency", str(CONCURRENCY), "--log-level", "warning"),
+    ]
 
 
 class HotMeshEngine:
-    def __init__(self, backend: str = "postgres", concurrency: int = 20) -> None:
+    def __init__(
+        self,
+        backend: str = "postgres",
+        concurrency: int = CONCURRENCY,
+        local_worker: bool = True,
+        app_id: str | None = None,
+        drop_on_close: bool = True,
+    ) -> None:
         self.backend = backend
         self.name = f"hotmesh-{backend}"
         self.concurrency = concurrency
+        self.local_worker = local_worker
+        self.app_id = app_id or f"bench{uuid.uuid4().hex[:8]}"
+        self.drop_on_close = drop_on_close
         self.mf: MemFlow | None = None
 
     async def open(self, dsn: str) -> None:
         # The library's default pool (10): on 2 cores, more connections only add
         # contention (measured: pool 20 / concurrency 50 was slower than 10 / 20).
         options: dict[str, Any] = {"dsn": dsn} if self.backend == "postgres" else {}
-        app_id = f"bench{uuid.uuid4().hex[:8]}"
         self.mf = await MemFlow.init(
-            app_id=app_id, backend=self.backend, drop_on_close=True, **options
+            app_id=self.app_id,
+            backend=self.backend,
+            drop_on_close=self.drop_on_close,
+            **options,
         )
-        await self.mf.worker(
-            "bench", workflows=WORKFLOWS, activities=[plus_one], concurrency=self.concurrency
-        )
+        if self.local_worker:
+            await self.mf.worker(
+                "bench", workflows=WORKFLOWS, activities=[plus_one], concurrency=self.concurrency
+            )
 
     async def close(self) -> None:
         if self.mf is not None:
