@@ -119,8 +119,8 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
     """The reference semantics of :meth:`Store.advance`, in one transaction's calls."""
     job_id, dimension = plan.job_id, plan.dimension
     for answer in plan.answers:
-        if answer.task_must_exist and not await stream.ack(answer.task_id):
-            raise Superseded(f"the task of step {answer.index} of {job_id!r} is gone")
+        # The step, then its task (the order of every transition that answers
+        # and acks: on PostgreSQL, racing ones wait for each other, never deadlock).
         step = await store.resolve_step(
             job_id,
             dimension,
@@ -131,7 +131,8 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
         )
         if step is None:
             raise Superseded(f"step {answer.index} of {job_id!r} was answered elsewhere")
-        await stream.ack(answer.task_id)
+        if not await stream.ack(answer.task_id) and answer.task_must_exist:
+            raise Superseded(f"the task of step {answer.index} of {job_id!r} is gone")
     if plan.delivered is not None:
         activation, indexes = plan.delivered
         if not await store.mark_delivered(job_id, dimension, indexes, activation):

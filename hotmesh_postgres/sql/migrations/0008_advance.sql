@@ -79,13 +79,10 @@ BEGIN
     END IF;
 
     FOR e IN SELECT value FROM jsonb_array_elements(p->'answers') LOOP
-        IF (e->>'must_exist')::boolean THEN
-            DELETE FROM tasks WHERE id = (e->>'task_id')::bigint;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'the task of step % of % is gone', e->>'index', quote_literal(v_job)
-                    USING ERRCODE = 'HM010';
-            END IF;
-        END IF;
+        -- The step first, then its task: the order of every other transition
+        -- that answers a step and acks its task (fire_timer, complete_activity),
+        -- so that two of them racing on one step wait for each other, never
+        -- deadlock.
         UPDATE steps SET status = CASE WHEN nullif(e->'error', 'null'::jsonb) IS NULL
                                        THEN 'done' ELSE 'failed' END,
                          result = e->'result', error = nullif(e->'error', 'null'::jsonb),
@@ -98,6 +95,10 @@ BEGIN
                 USING ERRCODE = 'HM010';
         END IF;
         DELETE FROM tasks WHERE id = (e->>'task_id')::bigint;
+        IF NOT FOUND AND (e->>'must_exist')::boolean THEN
+            RAISE EXCEPTION 'the task of step % of % is gone', e->>'index', quote_literal(v_job)
+                USING ERRCODE = 'HM010';
+        END IF;
     END LOOP;
 
     IF jsonb_typeof(p->'delivered') = 'array' THEN
