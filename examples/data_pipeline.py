@@ -76,13 +76,15 @@ WORKFLOWS = [data_pipeline, clean_data]
 
 
 async def trigger_refresh(mf: MemFlow, workflow_id: str, timeout: float = 30) -> dict[str, Any]:
-    """Run a cleaning from outside; wait until it is logged."""
+    """Run a cleaning from outside; wait until it is logged (and the log trimmed:
+    the hook appends, then trims, so a read between the two would see KEEP + 1)."""
     handle = await mf.workflow.get_handle(workflow_id)
     before = (await handle.state())["runs"]
     await mf.workflow.hook(workflow_id, QUEUE, "clean_data", [])
     for _ in range(int(timeout * 20)):
         state = await handle.state()
-        if state["runs"] > before and state["changeLog"][-1]["action"] == "triggered":
+        log = state["changeLog"]
+        if state["runs"] > before and log[-1]["action"] == "triggered" and len(log) <= KEEP:
             return state
         await asyncio.sleep(0.05)
     raise TimeoutError("the triggered refresh did not run")
