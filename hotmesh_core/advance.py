@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from attrs import Factory, define
 
-from .models import MAIN_THREAD, ErrorInfo, Job, Step, Task, Thread
+from .models import MAIN_THREAD, ErrorInfo, Job, Step, Task, Thread, Waiter
 from .replay import RunAborted
 
 if TYPE_CHECKING:  # the protocols name this module's records
@@ -41,7 +41,9 @@ __all__ = [
     "Finish",
     "Superseded",
     "apply_advance",
+    "apply_dispatch",
     "deliver_signal",
+    "follow_dispatch",
     "read_thread",
 ]
 
@@ -71,13 +73,19 @@ class Answer:
 class Dispatch:
     """A new command's step, inserted if absent (and the job not interrupted);
     only then is ``task`` enqueued: visible after ``delay``, or leased at once
-    to ``owner`` for ``lease`` seconds (an activity its own worker runs)."""
+    to ``owner`` for ``lease`` seconds (an activity its own worker runs).
+
+    ``signal_id``: the step waits for that signal. A buffered one answers it
+    at once (its run woken, ``task`` — the timeout's timer — not enqueued);
+    else a waiter is added, then the timer if any. Serialized with deliveries
+    of the id (PostgreSQL: the same advisory lock)."""
 
     step: Step
     task: Task | None = None
     delay: float = 0.0
     owner: str | None = None
     lease: float = 0.0
+    signal_id: str | None = None
 
 
 @define
@@ -146,12 +154,7 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
         await store.set_job_status(job_id, "running")
     task_ids: list[str | None] = []
     for dispatch in plan.dispatches:
-        task_id = None
-        if await store.insert_step(dispatch.step) and dispatch.task is not None:
-            task_id = await stream.enqueue(
-                dispatch.task, delay=dispatch.delay, owner=dispatch.owner, lease=dispatch.lease
-            )
-        task_ids.append(task_id)
+        task_ids.append(await apply_dispatch(store, stream, signal, dispatch))
     finished = False
     if plan.finish is not None:
         finish = plan.finish
@@ -168,6 +171,60 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
     return Advanced(task_ids, finished)
 
 
+async def apply_dispatch(
+    store: Store, stream: Stream, signal: Signal, dispatch: Dispatch
+) -> str | None:
+    """One dispatch (reference semantics): its step if absent, then what answers
+    it (:func:`follow_dispatch`); the enqueued task's id."""
+    if not await store.insert_step(dispatch.step):
+        return None
+    return await follow_dispatch(store, stream, signal, dispatch)
+
+
+async def follow_dispatch(
+    store: Store, stream: Stream, signal: Signal, dispatch: Dispatch
+) -> str | None:
+    """What answers a recorded step: a buffered signal or a waiter (with
+    ``signal_id``), then ``task``. The general path calls it too (``exec_hook``
+    waits after starting its hook)."""
+    step = dispatch.step
+    if dispatch.signal_id is not None:
+        found, data = await signal.take_buffered(dispatch.signal_id)
+        if found:
+            answered = await store.resolve_step(
+                step.job_id, step.dimension, step.index, result=data
+            )
+            if answered is not None:
+                await stream.enqueue(_wake(answered))
+            return None
+        await signal.add_waiter(
+            Waiter(
+                signal_id=dispatch.signal_id,
+                job_id=step.job_id,
+                dimension=step.dimension,
+                index=step.index,
+            )
+        )
+    if dispatch.task is None:
+        return None
+    return await stream.enqueue(
+        dispatch.task, delay=dispatch.delay, owner=dispatch.owner, lease=dispatch.lease
+    )
+
+
+def _wake(step: Step) -> Task:
+    """The run an answered step wakes: of its thread, sticky to the worker that
+    caches it."""
+    return Task(
+        queue=step.wake_queue,
+        kind="run",
+        job_id=step.job_id,
+        dimension=step.dimension,
+        name=step.wake_name,
+        sticky=step.wake_worker,
+    )
+
+
 async def deliver_signal(
     store: Store, stream: Stream, signal: Signal, signal_id: str, data: Any, expire: float
 ) -> bool:
@@ -177,16 +234,7 @@ async def deliver_signal(
     while (waiter := await signal.take_waiter(signal_id)) is not None:
         step = await store.resolve_step(waiter.job_id, waiter.dimension, waiter.index, result=data)
         if step is not None:
-            await stream.enqueue(
-                Task(
-                    queue=step.wake_queue,
-                    kind="run",
-                    job_id=step.job_id,
-                    dimension=step.dimension,
-                    name=step.wake_name,
-                    sticky=step.wake_worker,
-                )
-            )
+            await stream.enqueue(_wake(step))
             return True
     await signal.buffer(signal_id, data, expire=expire)
     return False

@@ -16,7 +16,16 @@ from typing import Any
 
 from attrs import define, evolve
 
-from .advance import Advance, Advanced, Answer, Dispatch, Finish, Superseded
+from .advance import (
+    Advance,
+    Advanced,
+    Answer,
+    Dispatch,
+    Finish,
+    Superseded,
+    apply_dispatch,
+    follow_dispatch,
+)
 from .entity_query import SEARCH_SET
 from .errors import (
     BackendUnavailable,
@@ -37,7 +46,6 @@ from .models import (
     Step,
     Task,
     Thread,
-    Waiter,
 )
 from .protocols import Backend, Transaction
 from .replay import (
@@ -56,7 +64,7 @@ log = logging.getLogger("hotmesh.engine")
 
 __all__ = ["Engine", "RunContext", "Superseded"]
 
-PLAIN_COMMANDS = frozenset({"activity", "sleep"})  # what Store.advance dispatches
+PLAIN_COMMANDS = frozenset({"activity", "sleep", "wait"})  # what Store.advance dispatches
 
 DEFAULT_SIGNAL_EXPIRE = 86400.0  # a kept signal lives one day by default
 
@@ -528,6 +536,12 @@ class Engine:
         return plan
 
     def _dispatch(self, run: Run, command: Command, local: LocalWorker | None) -> Dispatch:
+        if command.kind == "wait":
+            signal_id, timeout = command.options["signal_id"], command.options.get("timeout")
+            if timeout is None:
+                return Dispatch(command.step(run), signal_id=signal_id)
+            timer = _timer_task(run, command, {"signal": signal_id, "timeout": timeout})
+            return Dispatch(command.step(run), timer, delay=timeout, signal_id=signal_id)
         if command.kind == "sleep":
             timer = _timer_task(run, command, _sleep_payload(run))
             return Dispatch(command.step(run), timer, delay=command.options["seconds"])
@@ -552,7 +566,11 @@ class Engine:
             if dispatch.owner is not None:
                 task = evolve(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
                 leased.append(task)
-            elif dispatch.task.kind == "timer" and self.timer_armed is not None:
+            elif (
+                dispatch.task.kind == "timer"
+                and dispatch.signal_id is None  # a sleep's (a wait's timeout fires from its row)
+                and self.timer_armed is not None
+            ):
                 self.timer_armed(evolve(dispatch.task, id=task_id), dispatch.delay)
         return leased
 
@@ -718,53 +736,25 @@ class Engine:
 
         Returns the activity task when it was leased to ``local`` at once.
         """
+        if command.kind in PLAIN_COMMANDS:  # as Store.advance would
+            dispatch = self._dispatch(run, command, local)
+            task_id = await apply_dispatch(tx.store, tx.stream, tx.signal, dispatch)
+            if task_id is None or dispatch.owner is None or dispatch.task is None:
+                return None
+            return evolve(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
         step = command.step(run)
         if not await tx.store.insert_step(step):
             return None  # a concurrent run of the same thread recorded it already
         options = command.options
-        if command.kind == "activity":
-            task = _activity_task(run, command)
-            if local is not None and local.serves(task):
-                task.id = await tx.stream.enqueue(task, owner=local.owner, lease=local.lease) or ""
-                task.attempts, task.lease_owner = 1, local.owner
-                return task
-            await tx.stream.enqueue(task)
-        elif command.kind == "sleep":
-            await self._timer(tx, run, command, options["seconds"], _sleep_payload(run))
-        elif command.kind == "wait":
-            await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
-        elif command.kind == "child":
+        if command.kind == "child":
             await self._start_awaited_child(tx, run, command, step)
         elif command.kind == "exec_hook":
             await self._start_command_hook(tx, run, command, options["signal_id"])
-            await self._wait(tx, run, command, options["signal_id"], options.get("timeout"))
+            wait = self._dispatch(run, evolve(command, kind="wait"), None)
+            await follow_dispatch(tx.store, tx.stream, tx.signal, wait)
         else:
             raise HotMeshError(f"unknown command {command.kind!r}")
         return None
-
-    async def _timer(
-        self, tx: Transaction, run: Run, command: Command, delay: float, payload: dict[str, Any]
-    ) -> None:
-        await tx.stream.enqueue(_timer_task(run, command, payload), delay=delay)
-
-    async def _wait(
-        self, tx: Transaction, run: Run, command: Command, signal_id: str, timeout: float | None
-    ) -> None:
-        found, data = await tx.signal.take_buffered(signal_id)
-        if found:
-            answered = await tx.store.resolve_step(
-                run.job.id, run.dimension, command.index, result=data
-            )
-            if answered is not None:
-                await self._wake(tx, answered)
-            return
-        await tx.signal.add_waiter(
-            Waiter(
-                signal_id=signal_id, job_id=run.job.id, dimension=run.dimension, index=command.index
-            )
-        )
-        if timeout is not None:
-            await self._timer(tx, run, command, timeout, {"signal": signal_id, "timeout": timeout})
 
     async def _start_awaited_child(
         self, tx: Transaction, run: Run, command: Command, step: Step

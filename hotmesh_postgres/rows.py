@@ -242,6 +242,7 @@ def advance_document(plan: Advance) -> dict[str, Any]:
                 "delay": d.delay,
                 "owner": d.owner,
                 "lease": d.lease,
+                "signal_id": d.signal_id,
             }
             for d in plan.dispatches
         ],

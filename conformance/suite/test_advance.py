@@ -351,3 +351,58 @@ async def test_an_answer_whose_task_must_exist_needs_its_task(hm: Harness) -> No
         (step,) = await tx.store.load_steps("a11", "")
     assert step.status == "pending"
     assert await _claim(mf) == []
+
+
+def _wait_step(job_id: str, index: int) -> Step:
+    return Step(
+        job_id=job_id,
+        dimension="",
+        index=index,
+        kind="wait",
+        name="sig",
+        status="pending",
+        wake_queue=QUEUE,
+        wake_name="wf",
+    )
+
+
+async def test_a_wait_takes_a_buffered_signal_or_leaves_a_waiter(hm: Harness) -> None:
+    mf = await hm.memflow()
+    await _started(mf, "a12")
+    sig_a, sig_b = "a12-early", "a12-late"
+    timeout = Task(
+        queue=QUEUE,
+        kind="timer",
+        job_id="a12",
+        dimension="",
+        name="wf",
+        index=1,
+        payload={"signal": sig_b, "timeout": 3600},
+    )
+    async with mf.backend.transaction(single=True) as tx:
+        assert await tx.signal.deliver(sig_a, {"n": 1}, expire=60) is False  # buffered
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance(
+            Advance(
+                "a12",
+                "",
+                running=True,
+                dispatches=[
+                    Dispatch(_wait_step("a12", 0), signal_id=sig_a),
+                    Dispatch(_wait_step("a12", 1), timeout, delay=3600, signal_id=sig_b),
+                ],
+            )
+        )
+    assert done.task_ids[0] is None and done.task_ids[1] is not None  # the timeout's timer
+    async with mf.backend.transaction(readonly=True) as tx:
+        steps = await tx.store.load_steps("a12", "")
+    assert [(s.index, s.status, s.result) for s in steps] == [
+        (0, "done", {"n": 1}),
+        (1, "pending", None),
+    ]
+    assert [(t.kind, t.job_id) for t in await _claim(mf)] == [("run", "a12")]  # woken once
+    async with mf.backend.transaction(single=True) as tx:
+        assert await tx.signal.deliver(sig_b, "late", expire=60) is True  # the waiter took it
+    async with mf.backend.transaction(readonly=True) as tx:
+        (_first, second) = await tx.store.load_steps("a12", "")
+    assert (second.status, second.result) == ("done", "late")

@@ -56,6 +56,30 @@ BEGIN
 END
 $$;
 
+-- A signal's data answers a waiting step (if pending) and wakes its thread's
+-- run, sticky to the worker that caches it: Signal.deliver and a wait that
+-- finds its signal buffered.
+CREATE OR REPLACE FUNCTION hm_answer_wait(p_job text, p_dim text, p_idx integer, p_data jsonb,
+                                          p_queue_channel text)
+RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    s record;
+BEGIN
+    UPDATE steps SET status = 'done', result = p_data, error = NULL,
+                     finished_at = clock_timestamp()
+     WHERE job_id = p_job AND dimension = p_dim AND idx = p_idx AND status = 'pending'
+    RETURNING job_id, dimension, wake_queue, wake_name, wake_worker INTO s;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    PERFORM hm_enqueue(jsonb_build_object('queue', s.wake_queue, 'kind', 'run',
+                                          'job_id', s.job_id, 'dimension', s.dimension,
+                                          'name', s.wake_name, 'sticky', s.wake_worker),
+                       0, NULL, 0, p_queue_channel);
+    RETURN true;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION hm_advance(p jsonb, p_bucket text, p_terminal text[],
                                       p_queue_channel text, p_job_channel text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -70,6 +94,8 @@ DECLARE
     v_ids     jsonb := '[]';
     v_id      bigint;
     v_ended   boolean := false;
+    v_follow  boolean;
+    v_data    jsonb;
 BEGIN
     IF p_bucket IS NOT NULL THEN
         SELECT bucket INTO v_bucket FROM jobs WHERE id = v_job AND bucket = p_bucket;
@@ -139,7 +165,26 @@ BEGIN
 
     FOR e IN SELECT value FROM jsonb_array_elements(p->'dispatches') LOOP
         v_id := NULL;
-        IF hm_insert_step(v_job, v_bucket, e->'step') AND jsonb_typeof(e->'task') = 'object' THEN
+        v_follow := hm_insert_step(v_job, v_bucket, e->'step');
+        IF v_follow AND e->>'signal_id' IS NOT NULL THEN
+            -- A wait: the lock deliveries of the id take, then (a new snapshot)
+            -- a buffered signal answers it at once, or a waiter is added.
+            PERFORM pg_advisory_xact_lock(hashtextextended(e->>'signal_id', 11));
+            DELETE FROM signals WHERE id = (
+                SELECT id FROM signals WHERE signal_id = e->>'signal_id'
+                   AND expires_at > clock_timestamp() ORDER BY id LIMIT 1 FOR UPDATE)
+            RETURNING data INTO v_data;
+            IF FOUND THEN
+                PERFORM hm_answer_wait(v_job, v_dim, (e->'step'->>'index')::integer, v_data,
+                                       p_queue_channel);
+                v_follow := false;
+            ELSE
+                INSERT INTO waiters (signal_id, job_id, dimension, idx)
+                VALUES (e->>'signal_id', v_job, v_dim, (e->'step'->>'index')::integer)
+                ON CONFLICT DO NOTHING;
+            END IF;
+        END IF;
+        IF v_follow AND jsonb_typeof(e->'task') = 'object' THEN
             v_id := hm_enqueue(e->'task', (e->>'delay')::float8, e->>'owner',
                                (e->>'lease')::float8, p_queue_channel);
         END IF;
@@ -180,7 +225,6 @@ DECLARE
     w_job   text;
     w_dim   text;
     w_idx   integer;
-    s       record;
     expires timestamptz;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(p_signal, 11));
@@ -191,15 +235,7 @@ BEGIN
          WHERE (w.job_id, w.dimension, w.idx) = (first.job_id, first.dimension, first.idx)
         RETURNING w.job_id, w.dimension, w.idx INTO w_job, w_dim, w_idx;
         EXIT WHEN NOT FOUND;
-        UPDATE steps SET status = 'done', result = p_data, error = NULL,
-                         finished_at = clock_timestamp()
-         WHERE job_id = w_job AND dimension = w_dim AND idx = w_idx AND status = 'pending'
-        RETURNING job_id, dimension, wake_queue, wake_name, wake_worker INTO s;
-        IF FOUND THEN
-            PERFORM hm_enqueue(jsonb_build_object('queue', s.wake_queue, 'kind', 'run',
-                                                  'job_id', s.job_id, 'dimension', s.dimension,
-                                                  'name', s.wake_name, 'sticky', s.wake_worker),
-                               0, NULL, 0, p_queue_channel);
+        IF hm_answer_wait(w_job, w_dim, w_idx, p_data, p_queue_channel) THEN
             RETURN true;
         END IF;
     END LOOP;
