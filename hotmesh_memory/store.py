@@ -71,6 +71,12 @@ class MemoryStore:
         job = self.state.jobs.get(job_id)
         return clone(job) if job is not None else None
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        jobs = self.state.jobs
+        return [
+            clone(job) for job_id in dict.fromkeys(job_ids) if (job := jobs.get(job_id)) is not None
+        ]
+
     async def set_job_status(
         self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
     ) -> Job | None:

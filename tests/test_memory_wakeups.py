@@ -200,13 +200,14 @@ async def test_mutating_what_went_in_or_came_out_never_changes_what_is_stored(
 
     async with backend.transaction() as tx:
         got = await tx.store.get_job("iso")
+        many = await tx.store.get_jobs(["iso"])
         steps = await tx.store.load_steps("iso", "")
         changes = await tx.store.entity_changes("iso")
         workers = await tx.store.workers("q", seen_within=60)
         claimed = await tx.stream.claim(
             "q", owner="me", lease=30, workflow_names=[], activity_names=["a"], limit=10
         )
-    for item in (got,):
+    for item in (got, many[0]):
         assert item.args == [{"a": [1, 2]}]
         assert item.status == "pending"
         assert item.context["doc"] == {"list": [1, {"deep": "x"}], "extra": {"v": [1]}}
@@ -219,6 +220,7 @@ async def test_mutating_what_went_in_or_came_out_never_changes_what_is_stored(
     # Mutate every read, deeply, then read again.
     got.context["doc"]["list"].append("x")
     got.search["s"]["t"].clear()
+    many[0].args.clear()
     steps[0].args[0]["k"].clear()
     changes[0].value["v"].clear()
     workers[0].workflows.clear()
