@@ -34,6 +34,12 @@ from .transactions import joined
 
 __all__ = ["RunSummary", "TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
 
+# The longest wait for a job's wake-up once the poll of result_waiters is the
+# safety net: a waiting handle wakes every 30 s, not every second. On a virtual clock
+# it stays SAFETY_POLL: waiting results drive its time skipping, and a wait
+# whose wake-up was dropped (fault injection) must not hold time still.
+WAKE_WAIT = 30.0
+
 # A wait for the job's wake-up that returned before this share of its timeout
 # was woken (or ended by a backend's own shorter wait): the handle looks at its
 # job. One that ran out does not: the batched poll of result_waiters does.
@@ -152,9 +158,10 @@ class WorkflowHandle:
             # A longer wait: the safety net for a lost wake-up is the backend's
             # one batched poll of every waiting handle (result_waiters), not a
             # re-read of this job every second.
+            longest = SAFETY_POLL if _virtual_time(self._backend) else WAKE_WAIT
             with poller_for(self._backend).waiting(self.workflow_id) as waiter:
                 while True:
-                    remaining = SAFETY_POLL if deadline is None else deadline - loop.time()
+                    remaining = longest if deadline is None else deadline - loop.time()
                     if remaining <= 0:
                         job = await self._job()  # a last look before giving up
                         if job.status in TERMINAL_STATUSES:
@@ -162,10 +169,8 @@ class WorkflowHandle:
                         raise TimeoutError(
                             f"workflow {self.workflow_id!r} did not finish within {timeout}"
                         )
-                    # Still a short wait (a dropped wake-up costs no more than
-                    # before, and the memory backend's virtual clock skips time
-                    # while results wait), but one that runs out reads nothing.
-                    wait = min(remaining, SAFETY_POLL)
+                    # One that runs out reads nothing: the poll looks instead.
+                    wait = min(remaining, longest)
                     began = loop.time()
                     watching = asyncio.ensure_future(watch.wait(wait))
                     try:
@@ -260,6 +265,11 @@ class WorkflowHandle:
             hooks=[unstructure(t) for t in threads],
             generation=job.generation,
         )
+
+
+def _virtual_time(backend: Backend) -> bool:
+    clock = getattr(backend, "clock", None)  # the memory backend's (wrappers pass it on)
+    return bool(getattr(clock, "virtual", False))
 
 
 def _outcome(job: Job) -> Any:
