@@ -28,12 +28,22 @@ from .errors import (
 from .interceptors import HEADERS_KEY, Interceptor, StartInput, chain, check_headers
 from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
+from .result_waiters import SAFETY_POLL, poller_for
 from .serde import ensure_json, unstructure
 from .transactions import joined
 
 __all__ = ["RunSummary", "TimelineEntry", "WorkflowClient", "WorkflowExport", "WorkflowHandle"]
 
-SAFETY_POLL = 1.0  # seconds between re-reads of a job when no wake-up arrives
+# The longest wait for a job's wake-up once the poll of result_waiters is the
+# safety net: a waiting handle wakes every 30 s, not every second. On a virtual clock
+# it stays SAFETY_POLL: waiting results drive its time skipping, and a wait
+# whose wake-up was dropped (fault injection) must not hold time still.
+WAKE_WAIT = 30.0
+
+# A wait for the job's wake-up that returned before this share of its timeout
+# was woken (or ended by a backend's own shorter wait): the handle looks at its
+# job. One that ran out does not: the batched poll of result_waiters does.
+EARLY = 0.95
 
 
 @define(frozen=True)
@@ -134,17 +144,52 @@ class WorkflowHandle:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + parse_duration(timeout)
         async with self._backend.watch_job(self.workflow_id) as watch:
-            while True:
+            job = await self._job()
+            if job.status in TERMINAL_STATUSES:
+                return _outcome(job)
+            # Woken by the backend when the job changes. Most results come
+            # within a poll interval: that first wait costs nothing more.
+            remaining = SAFETY_POLL if deadline is None else deadline - loop.time()
+            if remaining > 0:
+                await watch.wait(min(remaining, SAFETY_POLL))
                 job = await self._job()
                 if job.status in TERMINAL_STATUSES:
                     return _outcome(job)
-                remaining = SAFETY_POLL if deadline is None else deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError(
-                        f"workflow {self.workflow_id!r} did not finish within {timeout}"
-                    )
-                # Woken by the backend on change; the poll is only a safety net.
-                await watch.wait(min(remaining, SAFETY_POLL))
+            # A longer wait: the safety net for a lost wake-up is the backend's
+            # one batched poll of every waiting handle (result_waiters), not a
+            # re-read of this job every second.
+            longest = SAFETY_POLL if _virtual_time(self._backend) else WAKE_WAIT
+            with poller_for(self._backend).waiting(self.workflow_id) as waiter:
+                while True:
+                    remaining = longest if deadline is None else deadline - loop.time()
+                    if remaining <= 0:
+                        job = await self._job()  # a last look before giving up
+                        if job.status in TERMINAL_STATUSES:
+                            return _outcome(job)
+                        raise TimeoutError(
+                            f"workflow {self.workflow_id!r} did not finish within {timeout}"
+                        )
+                    # One that runs out reads nothing: the poll looks instead.
+                    wait = min(remaining, longest)
+                    began = loop.time()
+                    watching = asyncio.ensure_future(watch.wait(wait))
+                    try:
+                        await asyncio.wait(
+                            (watching, waiter.polled), return_when=asyncio.FIRST_COMPLETED
+                        )
+                    finally:
+                        watching.cancel()  # not awaited: a cancel of result() must stay one
+                    if watching.done() and not watching.cancelled():
+                        watching.result()  # a failed wait raises, as it did unbatched
+                    polled = waiter.polled
+                    if polled.done() and not polled.cancelled():
+                        job = polled.result() or await self._job()  # None: gone, raises
+                    elif loop.time() - began < wait * EARLY:
+                        job = await self._job()  # returned early: woken, so look
+                    else:
+                        continue  # ran out: the poll looks for this handle
+                    if job.status in TERMINAL_STATUSES:
+                        return _outcome(job)
 
     def watch(self, since_version: int | None = None) -> AsyncGenerator[Change, None]:
         """``async for change in handle.watch()``: the entity's changes as they
@@ -220,6 +265,11 @@ class WorkflowHandle:
             hooks=[unstructure(t) for t in threads],
             generation=job.generation,
         )
+
+
+def _virtual_time(backend: Backend) -> bool:
+    clock = getattr(backend, "clock", None)  # the memory backend's (wrappers pass it on)
+    return bool(getattr(clock, "virtual", False))
 
 
 def _outcome(job: Job) -> Any:

@@ -32,7 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
@@ -273,6 +273,9 @@ class _Store(_Role):
 
     async def get_job(self, job_id: str) -> Job | None:
         return self._v.dec_job(await self._inner.get_job(job_id))  # type: ignore[no-any-return]
+
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        return [self._v.dec_job(job) for job in await self._inner.get_jobs(job_ids)]
 
     async def set_job_status(
         self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None

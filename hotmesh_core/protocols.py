@@ -49,6 +49,11 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        """The jobs of ``job_ids`` that exist, each once, in no particular order:
+        one read for many (the safety poll of every waiting ``result()``,
+        :mod:`hotmesh_core.result_waiters`)."""
+
     async def set_job_status(
         self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
     ) -> Job | None:

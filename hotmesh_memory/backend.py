@@ -42,15 +42,16 @@ class MemoryTransaction:
 
 
 class _MemoryWatch:
-    """Holds the change event current when watching began, so no wake-up is missed."""
+    """One watcher's event, registered before the caller first reads the job: a
+    commit notifying the job after that sets it, so no wake-up is missed."""
 
-    def __init__(self, backend: MemoryBackend) -> None:
+    def __init__(self, backend: MemoryBackend, event: asyncio.Event) -> None:
         self._backend = backend
-        self._event = backend.state.changed
+        self._event = event
 
     async def wait(self, timeout: float) -> None:
         await self._backend.wait_changed(self._event, timeout)
-        self._event = self._backend.state.changed
+        self._event.clear()  # the caller reads the job next: it sees what woke it
 
 
 class MemoryBackend:
@@ -79,7 +80,7 @@ class MemoryBackend:
             state = MemoryState(self.clock)
             databases[self.app_id] = state
             if isinstance(self.clock, VirtualClock):
-                self.clock.subscribe(state.wake)
+                self.clock.subscribe(state.wake_workers)
         self.state = state
         self.clock = state.clock
         self._opened = True
@@ -107,20 +108,13 @@ class MemoryBackend:
             except BaseException:
                 tx.rollback()
                 raise
-        if tx.queues_to_wake or tx.jobs_to_wake:
-            self.state.wake()
+        if tx.queues_to_wake:
+            self.state.wake_queues(tx.queues_to_wake)
+        if tx.jobs_to_wake:
+            self.state.wake_jobs(tx.jobs_to_wake)
         for feed in self.state.change_feeds:
             for note in tx.change_notes:
                 feed.put(note)
-
-    async def _wait_changed(self, timeout: float) -> bool:
-        if not self._opened:
-            await self.open()
-        try:
-            await asyncio.wait_for(self.state.changed.wait(), max(timeout, 0.0))
-        except asyncio.TimeoutError:
-            return False
-        return True
 
     def _next_due(self, queues: Sequence[str] | None) -> float | None:
         names = self.state.queues.keys() if queues is None else queues
@@ -134,17 +128,38 @@ class MemoryBackend:
         return due
 
     async def wait_for_tasks(self, queues: Sequence[str], timeout: float) -> None:
+        """Sleep until a commit makes work on one of ``queues``, or, on the real
+        clock, until its next delayed task is due (on a virtual clock, a move of
+        the clock wakes every worker instead)."""
+        if not self._opened:
+            await self.open()
         if not self.clock.virtual:
             due = self._next_due(queues)
             if due is not None:
                 timeout = min(timeout, max(due - self.clock.now(), 0.0) + 0.0005)
-        await self._wait_changed(timeout)
+        state = self.state
+        event = asyncio.Event()
+        for queue in queues:
+            state.watchers(state.queue_waiters, queue).add(event)
+        try:
+            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            for queue in queues:
+                state.unwatch(state.queue_waiters, queue, event)
 
     @asynccontextmanager
     async def watch_job(self, job_id: str) -> AsyncIterator[_MemoryWatch]:
         if not self._opened:
             await self.open()
-        yield _MemoryWatch(self)
+        state = self.state
+        event = asyncio.Event()
+        state.watchers(state.job_watchers, job_id).add(event)
+        try:
+            yield _MemoryWatch(self, event)
+        finally:
+            state.unwatch(state.job_watchers, job_id, event)
 
     async def wait_changed(self, event: asyncio.Event, timeout: float) -> None:
         clock = self.clock

@@ -2,16 +2,17 @@
 
 Every write goes through :class:`MemoryTx`, which remembers how to undo it, so a
 failing transaction leaves the state exactly as it was — the same guarantee a
-database gives.  Records are replaced (``attrs.evolve``), never edited in place,
-and values are deep-copied in and out so callers cannot alias stored documents.
+database gives.  Records are replaced (:func:`revise`), never edited in place,
+and what a caller could mutate (records, JSON values) is copied in and out
+(:func:`clone`), so callers cannot alias stored documents.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import Callable, MutableMapping
-from typing import Any, TypeVar, cast
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, TypeVar
 
 import attrs
 
@@ -35,30 +36,150 @@ _MISSING: Any = object()
 
 
 def clone(value: V) -> V:
-    """A copy safe to hand out or keep: records copied, JSON containers copied deeply.
+    """A copy safe to hand out or keep: what a caller could mutate is copied, nothing else.
 
-    Much cheaper than ``copy.deepcopy``: stored records are replaced, never edited
-    in place, so only the JSON values inside them (dicts, lists) need copying.
+    Records (attrs classes, mutable) are copied field by field, and of their
+    fields only those that can hold something mutable (JSON values, lists,
+    records) are copied further; strings, numbers and frozen records of them
+    are shared. JSON containers are copied deeply. Each record class gets a
+    copier generated once (``_copier``): the generic field loop this replaces
+    was a quarter of the memory backend's CPU under W1.
     """
-    if isinstance(value, dict):
-        return cast(V, {key: clone(item) for key, item in value.items()})
-    if isinstance(value, list):
-        return cast(V, [clone(item) for item in value])
-    cls = type(value)
-    names = _FIELDS.get(cls)
-    if names is None:
-        if not attrs.has(cls):
-            return value
-        names = _FIELDS[cls] = tuple(a.name for a in attrs.fields(cls))
-    # Field by field: several times faster than copy.copy on slotted classes.
-    copied = object.__new__(cls)
-    for name in names:
-        item = getattr(value, name)
-        object.__setattr__(copied, name, clone(item) if isinstance(item, (dict, list)) else item)
-    return copied
+    cls = value.__class__
+    if cls in _SCALARS:
+        return value
+    if cls is dict:
+        return _copy_dict(value)  # type: ignore[arg-type, return-value]
+    if cls is list:
+        return _copy_list(value)  # type: ignore[arg-type, return-value]
+    copier = _COPIERS.get(cls)
+    if copier is None:
+        copier = _copier(cls)
+    return copier(value)  # type: ignore[no-any-return]
 
 
-_FIELDS: dict[type, tuple[str, ...]] = {}
+_SCALARS: frozenset[type] = frozenset({str, int, float, bool, type(None)})
+
+
+def _copy_dict(value: dict[Any, Any]) -> dict[Any, Any]:
+    # Inlined dispatch (no call per scalar): most of a document is scalars.
+    return {
+        key: item
+        if item.__class__ in _SCALARS
+        else _copy_dict(item)
+        if item.__class__ is dict
+        else clone(item)
+        for key, item in value.items()
+    }
+
+
+def _copy_list(value: list[Any]) -> list[Any]:
+    return [
+        item
+        if item.__class__ in _SCALARS
+        else _copy_dict(item)
+        if item.__class__ is dict
+        else clone(item)
+        for item in value
+    ]
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+# Annotations of fields that hold nothing a caller can mutate: shared, not copied.
+_IMMUTABLE_TYPES = frozenset({"str", "int", "float", "bool", "None", "ErrorInfo"})
+
+
+def _immutable_field(annotation: Any) -> bool:
+    if not isinstance(annotation, str):
+        return False
+    return all(part.strip() in _IMMUTABLE_TYPES for part in annotation.split("|"))
+
+
+def _frozen(cls: Any) -> bool:
+    """Whether ``cls`` refuses attribute assignment (attrs' frozen classes)."""
+    return cls.__setattr__ is not object.__setattr__
+
+
+def _copier(cls: type) -> Callable[[Any], Any]:
+    """The copy function of ``cls``, generated and cached on first use."""
+    if not attrs.has(cls):
+        if isinstance(cls, type) and issubclass(cls, dict):
+            copier: Callable[[Any], Any] = _copy_dict  # a dict subclass: a plain dict copy
+        elif isinstance(cls, type) and issubclass(cls, list):
+            copier = _copy_list
+        else:
+            copier = _identity  # tuples, and anything else JSON cannot hold
+        _COPIERS[cls] = copier
+        return copier
+    fields = attrs.fields(cls)
+    frozen = _frozen(cls)
+    if frozen and all(_immutable_field(f.type) for f in fields):
+        _COPIERS[cls] = _identity  # nothing in it can change (ErrorInfo, Backlog)
+        return _identity
+    lines = ["def copy(value):", "    copied = new(cls)"]
+    for f in fields:
+        if _immutable_field(f.type):
+            item = f"value.{f.name}"
+        else:
+            lines.append(f"    item = value.{f.name}")
+            item = "item if item.__class__ in scalars else clone(item)"
+        if frozen:
+            lines.append(f"    setattr(copied, {f.name!r}, {item})")
+        else:
+            lines.append(f"    copied.{f.name} = {item}")
+    lines.append("    return copied")
+    namespace: dict[str, Any] = {
+        "new": object.__new__,
+        "cls": cls,
+        "clone": clone,
+        "scalars": _SCALARS,
+        "setattr": object.__setattr__,
+    }
+    exec("\n".join(lines), namespace)  # generated from the class's own fields
+    copier = namespace["copy"]
+    _COPIERS[cls] = copier
+    return copier
+
+
+_COPIERS: dict[type, Callable[[Any], Any]] = {}
+
+R = TypeVar("R")
+
+
+def revise(record: R, **changes: Any) -> R:
+    """``record`` with ``changes``, as a new record (what ``attrs.evolve`` does,
+    at a fraction of its cost: it walks the fields and runs ``__init__`` per
+    call). The fields not changed are shared, so give it a stored record or a
+    fresh copy, never a caller's."""
+    cls = record.__class__
+    shallow = _SHALLOW.get(cls)
+    if shallow is None:
+        shallow = _shallow_copier(cls)
+    copied = shallow(record)
+    for name, value in changes.items():
+        object.__setattr__(copied, name, value)  # slots: an unknown name raises
+    return copied  # type: ignore[no-any-return]
+
+
+def _shallow_copier(cls: type) -> Callable[[Any], Any]:
+    names = [f.name for f in attrs.fields(cls)]
+    lines = ["def copy(value):", "    copied = new(cls)"]
+    if _frozen(cls):
+        lines += [f"    setattr(copied, {name!r}, value.{name})" for name in names]
+    else:
+        lines += [f"    copied.{name} = value.{name}" for name in names]
+    lines.append("    return copied")
+    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls, "setattr": object.__setattr__}
+    exec("\n".join(lines), namespace)  # generated from the class's own fields
+    copier: Callable[[Any], Any] = namespace["copy"]
+    _SHALLOW[cls] = copier
+    return copier
+
+
+_SHALLOW: dict[type, Callable[[Any], Any]] = {}
 
 
 class MemoryState:
@@ -82,13 +203,52 @@ class MemoryState:
         self.buffered: dict[str, list[tuple[float, Any]]] = {}
         self.task_ids = itertools.count(1)
         self.lock = asyncio.Lock()
-        self.changed = asyncio.Event()
+        # Who waits for what: a commit wakes the watchers of the jobs it notified
+        # and the waiters of the queues it touched, nobody else. (One event for
+        # all made every commit wake every waiting result(), which then re-read
+        # its job: O(N^2) reads with N workflows waited on.)
+        self.job_watchers: dict[str, set[asyncio.Event]] = {}
+        self.queue_waiters: dict[str, set[asyncio.Event]] = {}
         self.change_feeds: set[ChangeQueue] = set()  # entity watchers (watch)
 
+    def wake_jobs(self, job_ids: Iterable[str]) -> None:
+        """Wake the watchers of ``job_ids`` (a commit notified them)."""
+        for job_id in job_ids:
+            for event in self.job_watchers.get(job_id, ()):
+                event.set()
+
+    def wake_queues(self, queues: Iterable[str]) -> None:
+        """Wake the workers waiting on ``queues`` (a commit made work there)."""
+        for queue in queues:
+            for event in self.queue_waiters.get(queue, ()):
+                event.set()
+
+    def wake_workers(self) -> None:
+        """Wake every worker: the virtual clock moved, so delayed tasks may be due."""
+        for waiters in self.queue_waiters.values():
+            for event in waiters:
+                event.set()
+
     def wake(self) -> None:
-        """Wake everyone waiting for a change (workers, result waiters)."""
-        self.changed.set()
-        self.changed = asyncio.Event()
+        """Wake everyone waiting (the backend closes)."""
+        self.wake_workers()
+        for watchers in self.job_watchers.values():
+            for event in watchers:
+                event.set()
+
+    def watchers(self, table: dict[str, set[asyncio.Event]], key: str) -> set[asyncio.Event]:
+        found = table.get(key)
+        if found is None:
+            found = table[key] = set()
+        return found
+
+    @staticmethod
+    def unwatch(table: dict[str, set[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+        found = table.get(key)
+        if found is not None:
+            found.discard(event)
+            if not found:
+                del table[key]
 
 
 class MemoryTx:

@@ -6,8 +6,6 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from typing import Any
 
-from attrs import evolve
-
 from hotmesh_core.advance import Advance, Advanced, apply_advance, read_thread
 from hotmesh_core.entity_ops import READ_ONLY_OPS, apply_op, split_path
 from hotmesh_core.entity_query import InvalidQuery, JobQuery, Node, parse_where
@@ -31,7 +29,7 @@ from .entity_query import after as comes_after
 from .entity_query import job_matches, json_equal, sort_key
 from .entity_query import matches as query_matches
 from .signal import MemorySignal
-from .state import MemoryTx, clone
+from .state import MemoryTx, clone, revise
 from .stream import MemoryStream
 
 _MISSING: Any = object()
@@ -65,7 +63,7 @@ class MemoryStore:
         if existing is not None:
             return clone(existing), False
         now = self.tx.now()
-        stored = evolve(clone(job), created_at=now, updated_at=now)
+        stored = revise(clone(job), created_at=now, updated_at=now)
         self.tx.put(self.state.jobs, job.id, stored)
         if job.parent_id is not None:
             siblings = dict(self.state.children.get(job.parent_id, {}))
@@ -88,6 +86,12 @@ class MemoryStore:
         job = self.state.jobs.get(job_id)
         return clone(job) if job is not None else None
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        jobs = self.state.jobs
+        return [
+            clone(job) for job_id in dict.fromkeys(job_ids) if (job := jobs.get(job_id)) is not None
+        ]
+
     async def set_job_status(
         self, job_id: str, status: str, *, result: Any = None, error: ErrorInfo | None = None
     ) -> Job | None:
@@ -96,7 +100,7 @@ class MemoryStore:
             return None
         now = self.tx.now()
         finished = now if status in TERMINAL_STATUSES else None
-        updated = evolve(
+        updated = revise(
             job,
             status=status,
             result=clone(result),
@@ -111,7 +115,7 @@ class MemoryStore:
         job = self.state.jobs.get(job_id)
         if job is None or job.status in TERMINAL_STATUSES:
             return None
-        updated = evolve(
+        updated = revise(
             job,
             args=clone(args),
             status="running",
@@ -130,7 +134,7 @@ class MemoryStore:
         job = self.state.jobs.get(job_id)
         if job is None or job.status != "failed" or job.activation != activation:
             return None
-        updated = evolve(
+        updated = revise(
             job,
             status="running",
             result=None,
@@ -158,7 +162,7 @@ class MemoryStore:
         key = (thread.job_id, thread.dimension)
         if key in self.state.threads:
             return False
-        self.tx.put(self.state.threads, key, evolve(clone(thread), created_at=self.tx.now()))
+        self.tx.put(self.state.threads, key, revise(clone(thread), created_at=self.tx.now()))
         return True
 
     async def get_thread(self, job_id: str, dimension: str) -> Thread | None:
@@ -171,7 +175,7 @@ class MemoryStore:
         thread = self.state.threads.get((job_id, dimension))
         if thread is None or thread.status != "running":
             return None
-        updated = evolve(thread, status=status, error=error, finished_at=self.tx.now())
+        updated = revise(thread, status=status, error=error, finished_at=self.tx.now())
         self.tx.put(self.state.threads, (job_id, dimension), updated)
         return clone(updated)
 
@@ -202,7 +206,7 @@ class MemoryStore:
         if step.index in steps or (job is not None and job.status == "interrupted"):
             return False
         now = self.tx.now()
-        stored = evolve(
+        stored = revise(
             clone(step),
             started_at=now,
             finished_at=None if step.status == "pending" else now,
@@ -228,7 +232,7 @@ class MemoryStore:
         step = self.state.steps.get((job_id, dimension), {}).get(index)
         if step is None or step.status != "pending":
             return None
-        resolved = evolve(
+        resolved = revise(
             step,
             status="failed" if error is not None else "done",
             result=clone(result),
@@ -249,15 +253,15 @@ class MemoryStore:
         if owner is None or owner.activation != activation - 1:
             return False  # another run of the thread delivered this activation first
         if isinstance(owner, Job):
-            self.tx.put(self.state.jobs, job_id, evolve(owner, activation=activation))
+            self.tx.put(self.state.jobs, job_id, revise(owner, activation=activation))
         else:
-            self.tx.put(self.state.threads, key, evolve(owner, activation=activation))
+            self.tx.put(self.state.threads, key, revise(owner, activation=activation))
         steps = self.state.steps.get(key, {})
         marked = 0
         for index in indexes:
             step = steps.get(index)
             if step is not None and step.status != "pending" and step.activation is None:
-                self._replace_step(evolve(step, activation=activation))
+                self._replace_step(revise(step, activation=activation))
                 marked += 1
         return marked == len(indexes)
 
@@ -266,7 +270,7 @@ class MemoryStore:
     ) -> None:
         step = self.state.steps.get((job_id, dimension), {}).get(index)
         if step is not None and step.status == "pending":
-            self._replace_step(evolve(step, attempts=attempts, error=error))
+            self._replace_step(revise(step, attempts=attempts, error=error))
 
     async def apply_entity(
         self, job_id: str, op: EntityOp, *, dimension: str | None, index: int | None
@@ -280,7 +284,7 @@ class MemoryStore:
         self.tx.put(
             self.state.jobs,
             job_id,
-            evolve(job, context=new_doc, version=version, updated_at=now),
+            revise(job, context=new_doc, version=version, updated_at=now),
         )
         change = EntityChange(
             job_id=job_id,
@@ -450,7 +454,7 @@ class MemoryStore:
         if job is None:
             raise WorkflowNotFound(f"no workflow with id {job_id!r}")
         search = {**job.search, **clone(fields)}
-        self.tx.put(self.state.jobs, job_id, evolve(job, search=search, updated_at=self.tx.now()))
+        self.tx.put(self.state.jobs, job_id, revise(job, search=search, updated_at=self.tx.now()))
         return clone(search)
 
     async def changes_after(self, job_id: str, version: int, limit: int) -> list[EntityChange]:
@@ -472,9 +476,9 @@ class MemoryStore:
         self.tx.put(
             self.state.jobs,
             job_id,
-            evolve(job, context=clone(context), version=change.version, updated_at=now),
+            revise(job, context=clone(context), version=change.version, updated_at=now),
         )
-        stored = evolve(clone(change), at=now)
+        stored = revise(clone(change), at=now)
         log = self.state.changes.get(job_id)
         if log is None:
             self.tx.put(self.state.changes, job_id, [stored])
@@ -484,7 +488,7 @@ class MemoryStore:
 
     # -- worker presence ------------------------------------------------------------
     async def announce_worker(self, presence: WorkerPresence) -> None:
-        seen = evolve(clone(presence), last_seen=self.tx.now())
+        seen = revise(clone(presence), last_seen=self.tx.now())
         self.tx.put(self.state.workers, (presence.queue, presence.worker_id), seen)
 
     async def remove_worker(self, queue: str, worker_id: str) -> None:

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attrs import evolve
-
 from hotmesh_core.models import Backlog, DeadLetter, ErrorInfo, Task
 from hotmesh_core.observe import QueueStats
 
-from .state import MemoryTx, clone
+from .state import MemoryTx, clone, revise
 
 
 class MemoryStream:
@@ -31,7 +29,7 @@ class MemoryStream:
         if task.kind == "run" and owner is None and run_key in self.state.unclaimed_runs:
             return None
         now = self.tx.now()
-        stored = evolve(
+        stored = revise(
             clone(task),
             id=f"m{next(self.state.task_ids)}",
             visible_at=now + delay,
@@ -85,7 +83,7 @@ class MemoryStream:
                     break
         claimed: list[Task] = []
         for task in ready:
-            leased = evolve(
+            leased = revise(
                 task, lease_owner=owner, lease_until=now + lease, attempts=task.attempts + 1
             )
             self._put(leased)
@@ -102,7 +100,7 @@ class MemoryStream:
         task = self._find(task_id)
         if task is None or task.lease_owner != owner:
             return False
-        self._put(evolve(task, lease_until=self.tx.now() + lease))
+        self._put(revise(task, lease_until=self.tx.now() + lease))
         return True
 
     async def dead_letters(
@@ -127,7 +125,7 @@ class MemoryStream:
         ]
         for task in held:
             attempts = task.attempts if attempted else max(task.attempts - 1, 0)
-            self._put(evolve(task, lease_until=now, attempts=attempts))
+            self._put(revise(task, lease_until=now, attempts=attempts))
         if held:
             self.tx.queues_to_wake.add(queue)
         return len(held)
@@ -192,7 +190,7 @@ class MemoryStream:
         self.tx.put(stopped, worker, None)
         freed = [task for task in self._queue(queue).values() if task.sticky == worker]
         for task in freed:
-            self._put(evolve(task, sticky=None))
+            self._put(revise(task, sticky=None))
         if freed:
             self.tx.queues_to_wake.add(queue)
         return len(freed)
@@ -219,7 +217,7 @@ class MemoryStream:
                 return
             self.tx.put(self.state.unclaimed_runs, run_key, task.id)
         self._put(
-            evolve(task, visible_at=self.tx.now() + delay, lease_owner=None, lease_until=None)
+            revise(task, visible_at=self.tx.now() + delay, lease_owner=None, lease_until=None)
         )
         self.tx.queues_to_wake.add(task.queue)
 

@@ -751,6 +751,16 @@ class PgStore:
             for row in found
         ]
 
+    async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        # One statement for many ids, across every bucket (no hint: their
+        # buckets differ); each row teaches its job's bucket, as get_job does.
+        if not job_ids:
+            return []
+        found = await self.tx.all(
+            f"SELECT {JOB_COLUMNS}, bucket FROM jobs WHERE id = ANY(%s)", [list(set(job_ids))]
+        )
+        return [self._learn(row) for row in found]
+
 
 def _index_match(indexes: Sequence[int]) -> tuple[str, Any]:
     """The condition on ``idx`` for the given step indexes, with its parameter.
