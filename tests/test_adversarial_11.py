@@ -189,3 +189,213 @@ async def test_a_float_an_activity_returns_is_a_float_after_a_replay(
         await mf.worker("q", workflows=[float_then_sleep], activities=[echo])
         handle = await mf.workflow.start("t", "float_then_sleep", "f", [value], "q")
         assert await handle.result(timeout=30) == ["float", repr(value)]
+
+
+# -- 4. two workers racing on one thread's answers -------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_two_workers_racing_on_one_threads_answers_finish_each_job_once(
+    backend: str,
+) -> None:
+    """Parallel activities answered by two workers at once: runs of one thread
+    race (Superseded), and the loser must change nothing. Every job completes
+    with the right result, each activity step is recorded once, done, with its
+    own answer, and none is left pending."""
+    async with app(backend) as mf:
+        for _ in range(2):
+            await mf.worker("q", workflows=[fan], activities=[add], concurrency=8)
+        handles = [await mf.workflow.start("t", "fan", f"fan-{i}", [6, 3], "q") for i in range(8)]
+        expected = [sum(r * 1000 + i for i in range(6)) for r in range(3)]
+        for handle in handles:
+            assert await handle.result(timeout=60) == expected
+        for handle in handles:
+            steps = [s for s in (await handle.export()).timeline if s.kind == "activity"]
+            assert len(steps) == 18
+            assert {(s.status, s.error) for s in steps} == {("done", None)}
+            assert sorted(s.result for s in steps) == sorted(
+                r * 1000 + i for r in range(3) for i in range(6)
+            )
+            assert all(s.result == sum(s.args) for s in steps)
+            assert len({s.index for s in steps}) == 18
+
+
+# -- 5. a worker killed between an inline activity and its commit ----------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_worker_killed_between_an_inline_activity_and_its_commit(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker ran the activity inline and dies (its tasks cancelled, as
+    ``stop(drain=False)`` does) before the commit of the answer. Nothing was
+    written; another worker takes the job over once the lease runs out and it
+    completes with the right result, every step recorded once."""
+    from hotmesh_core.engine import Engine
+
+    stuck = asyncio.Event()
+    original = Engine.continue_inline
+    calls = {"n": 0}
+
+    async def hang_once(self: Engine, *args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the second inline answer: mid-chain
+            stuck.set()
+            await asyncio.Event().wait()  # until the worker is killed
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "continue_inline", hang_once)
+    async with app(backend) as mf:
+        doomed = await mf.worker("q", workflows=[chain], activities=[add], lease=1.0)
+        handle = await mf.workflow.start("t", "chain", "killed", [5], "q")
+        await asyncio.wait_for(stuck.wait(), 20)
+        await doomed.stop(drain=False)
+        mf.workers.remove(doomed)
+        await mf.worker("q", workflows=[chain], activities=[add], lease=1.0)
+        assert await handle.result(timeout=30) == sum(range(5))
+        steps = [s for s in (await handle.export()).timeline if s.kind == "activity"]
+        assert [s.index for s in steps] == sorted({s.index for s in steps})
+        assert len(steps) == 5
+        assert {(s.status, s.error) for s in steps} == {("done", None)}
+
+
+# -- 6. signals racing the waits they are for --------------------------------------
+
+
+async def waits_in_turn(job: str, n: int) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[echo])
+    got = []
+    for k in range(n):
+        got.append(await workflow.wait_for(f"sig-{job}-{k}"))
+        await acts.echo(k)  # something between waits: the next one registers later
+    return got
+
+
+async def waits_twice_on_one_id(job: str) -> list[Any]:
+    first = await workflow.wait_for(f"twice-{job}")
+    second = await workflow.wait_for(f"twice-{job}")
+    return sorted([first, second], key=json.dumps)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_signals_sent_while_the_waits_register_are_each_delivered_once(
+    backend: str,
+) -> None:
+    """Signals sent concurrently with the workflow reaching (or registering) its
+    waits: each is buffered or delivered, exactly once, never lost."""
+    async with app(backend) as mf:
+        await mf.worker(
+            "q", workflows=[waits_in_turn, waits_twice_on_one_id], activities=[echo]
+        )
+        jobs = [f"j{i}" for i in range(6)]
+        handles = [
+            await mf.workflow.start("t", "waits_in_turn", job, [job, 4], "q") for job in jobs
+        ]
+        twice = [
+            await mf.workflow.start("t", "waits_twice_on_one_id", f"tw-{job}", [job], "q")
+            for job in jobs
+        ]
+
+        async def send(job: str, k: int) -> bool:
+            await asyncio.sleep(0.002 * ((k * 7 + len(job)) % 5))
+            return await mf.workflow.signal(f"sig-{job}-{k}", {"job": job, "k": k, "u": "é'\""})
+
+        await asyncio.gather(*(send(job, k) for job in jobs for k in range(4)))
+        await asyncio.gather(
+            *(mf.workflow.signal(f"twice-{job}", [job, n]) for job in jobs for n in range(2))
+        )
+        for job, handle in zip(jobs, handles, strict=True):
+            assert await handle.result(timeout=30) == [
+                {"job": job, "k": k, "u": "é'\""} for k in range(4)
+            ]
+        for job, handle in zip(jobs, twice, strict=True):
+            assert await handle.result(timeout=30) == [[job, 0], [job, 1]]
+
+
+# -- 7. continue_as_new with work of the old generation still out --------------------
+
+
+async def slow(x: Any) -> str:
+    await asyncio.sleep(1.0)
+    return f"slow-{x}"
+
+
+async def fast(x: Any) -> str:
+    return f"fast-{x}"
+
+
+async def generations(n: int) -> Any:
+    """Generation 0 races a slow activity against a short sleep, then continues
+    as new; generation 1 calls ``fast`` (at index 0, where ``slow`` was)."""
+    if n == 0:
+        acts = workflow.proxy_activities(activities=[slow], task_queue="acts")
+        racing = [
+            asyncio.ensure_future(acts.slow(0)),
+            asyncio.ensure_future(workflow.sleep_for(0.2)),
+        ]
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        await workflow.continue_as_new(1)
+    later = workflow.proxy_activities(activities=[fast], task_queue="later")
+    return await later.fast(n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_old_generations_activity_does_not_answer_the_new_generation(
+    backend: str,
+) -> None:
+    """FAILS on both backends (before and after c40c26b). ``continue_as_new``
+    deletes the old generation's steps and tasks, but an activity of it that is
+    running still answers by (job, thread, index) when it returns: it answers
+    the new generation's step at that index. Here ``fast(1)`` "returns"
+    ``'slow-0'``, the result of an activity of the previous generation."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[generations])
+        await mf.worker("acts", activities=[slow])
+        handle = await mf.workflow.start("t", "generations", "g", [0], "q")
+        await asyncio.sleep(2.0)  # slow (1 s) has returned; nobody serves "later" yet
+        await mf.worker("later", activities=[fast])
+        assert await handle.result(timeout=20) == "fast-1"
+
+
+async def sleep_or_signal(n: int) -> Any:
+    """Generation 0 races a sleep against a signal, then continues as new;
+    generation 1 runs two activities (at indexes 0 and 1, where the sleep and
+    the wait were)."""
+    if n == 0:
+        racing = [
+            asyncio.ensure_future(workflow.sleep_for(0.3)),
+            asyncio.ensure_future(workflow.wait_for("go")),
+        ]
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        await workflow.continue_as_new(1)
+    later = workflow.proxy_activities(activities=[fast], task_queue="later")
+    return list(await asyncio.gather(later.fast("a"), later.fast("b")))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_old_generations_sleep_firing_late_does_not_answer_the_new_generation(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAILS on both backends. The sleep's timer was claimed (a worker is about
+    to fire it) when a signal won the race and the workflow continued as new.
+    ``fire_timer`` (now one ``hm_advance``) answers by index: the new
+    generation's activity at the sleep's index is answered with None."""
+    from hotmesh_core.engine import Engine
+
+    fire = Engine.fire_timer
+    claimed = asyncio.Event()
+
+    async def slow_fire(self: Engine, task: Any) -> None:
+        claimed.set()
+        await asyncio.sleep(0.8)  # claimed, not fired yet
+        await fire(self, task)
+
+    monkeypatch.setattr(Engine, "fire_timer", slow_fire)
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[sleep_or_signal])
+        handle = await mf.workflow.start("t", "sleep_or_signal", "s", [0], "q")
+        await asyncio.wait_for(claimed.wait(), 10)
+        assert await mf.workflow.signal("go", "now") is True
+        await asyncio.sleep(1.5)  # the late timer has fired
+        await mf.worker("later", activities=[fast])
+        assert await handle.result(timeout=20) == ["fast-a", "fast-b"]
