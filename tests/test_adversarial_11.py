@@ -20,7 +20,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from hotmesh_core import MemFlow, workflow
+from hotmesh_core import MemFlow, RetryPolicy, workflow
 from hotmesh_core.errors import DuplicateWorkflow, WorkflowInterrupted
 from hotmesh_postgres.testing import test_dsn
 
@@ -399,3 +399,122 @@ async def test_an_old_generations_sleep_firing_late_does_not_answer_the_new_gene
         await asyncio.sleep(1.5)  # the late timer has fired
         await mf.worker("later", activities=[fast])
         assert await handle.result(timeout=20) == ["fast-a", "fast-b"]
+
+
+# -- 8. connections cut while W1-like workflows run ------------------------------------
+
+
+async def test_w1_workflows_complete_once_while_the_server_cuts_connections_mid_transition() -> (
+    None
+):
+    """The app's connections are terminated again and again while 30 chains of
+    8 inline activities run (each step one ``hm_advance``). Every job completes
+    with the right result, no lease is waited out, and each activity step is
+    recorded once with its own answer."""
+    async with app("postgres") as mf:
+        for _ in range(2):
+            await mf.worker("q", workflows=[chain], activities=[add], lease=60, concurrency=10)
+        handles = [await mf.workflow.start("t", "chain", f"w1-{i}", [8], "q") for i in range(30)]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        cuts = 0
+        for _ in range(6):
+            await asyncio.sleep(0.15)
+            cuts += await asyncio.to_thread(drop_connections, mf.app_id)
+        assert cuts > 0
+        results = [await handle.result(timeout=40) for handle in handles]
+        assert results == [sum(range(8))] * 30
+        assert loop.time() - began < 40  # no 60 s lease was waited out
+        for handle in handles:
+            steps = [s for s in (await handle.export()).timeline if s.kind == "activity"]
+            assert [s.index for s in steps] == list(range(8))
+            assert [s.result for s in steps] == [sum(range(i + 1)) for i in range(8)]
+            assert {s.status for s in steps} == {"done"}
+
+
+# -- 9. odd payloads and ids, the same on both backends ---------------------------------
+
+ODD = [
+    None,
+    0,
+    -1,
+    2**63,
+    -(2**70),
+    10**30,
+    0.1,
+    1.5,
+    -2.25e-8,
+    "",
+    "it's \"quoted\" \\ back\\slash %s %% $1 ${x}",
+    "é ü 😀 \u2028 \u200b \uffff 𝔘",
+    [],
+    [[[[]]]],
+    [None, [None, [None]]],
+    {"": None, "a'b": [1, {"c\"d": "é"}], "$codec": "not mine"},
+    {"nested": {"deep": [1, 2, [3, [4, [5]]]]}},
+    True,
+    False,
+]
+
+
+async def odd_flow(values: list[Any]) -> dict[str, Any]:
+    acts = workflow.proxy_activities(
+        activities=[echo, nothing, boom],
+        retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=0.05),
+    )
+    got = [await acts.echo(value) for value in values]
+    await workflow.sleep_for(0.01)  # what follows replays what came before
+    many = list(await asyncio.gather(*(acts.echo(value) for value in values)))
+    none = await acts.nothing()
+    try:
+        await acts.boom("é'\"")
+        failed = None
+    except Exception as exc:  # the activity's error, as the workflow sees it
+        failed = [type(exc).__name__, str(exc)]
+    signalled = await workflow.wait_for(f"odd-{workflow.info().workflow_id}")
+    return {"got": got, "many": many, "none": none, "failed": failed, "signal": signalled}
+
+
+async def boom(text: str) -> None:
+    raise ValueError(f"boom {text}")
+
+
+def timeline_of(export: Any) -> list[tuple[Any, ...]]:
+    return [
+        (
+            s.dimension,
+            s.index,
+            s.kind,
+            s.name,
+            json.dumps(s.args, sort_keys=True),
+            s.status,
+            json.dumps(s.result, sort_keys=True),
+            None if s.error is None else (s.error.type_name, s.error.message),
+            s.attempts,
+        )
+        for s in sorted(export.timeline, key=lambda s: (s.dimension, s.index))
+    ]
+
+
+async def test_odd_payloads_and_ids_come_back_alike_from_both_backends() -> None:
+    """Unicode, quotes, big ints, nested lists, None results, a failing activity
+    retried, a signal, under a workflow id with quotes and unicode: the result
+    and the step history are the same on memory and PostgreSQL (through
+    ``hm_advance``, the general path and ``hm_deliver`` alike)."""
+    workflow_id = "o'neil \"x\" \\ é😀 %s ; --"
+    seen = []
+    for backend in BACKENDS:
+        async with app(backend) as mf:
+            await mf.worker("q", workflows=[odd_flow], activities=[echo, nothing, boom])
+            handle = await mf.workflow.start("t", "odd_flow", workflow_id, [ODD], "q")
+            await mf.workflow.signal(f"odd-{workflow_id}", ODD)  # kept if it comes first
+            result = await handle.result(timeout=30)
+            seen.append((result, timeline_of(await handle.export())))
+    (memory, memory_steps), (postgres, postgres_steps) = seen
+    assert memory["got"] == ODD and memory["many"] == ODD and memory["signal"] == ODD
+    assert memory["none"] is None
+    assert memory["failed"][0] == "ActivityFailed" and "boom é'\"" in memory["failed"][1]
+    assert json.dumps(postgres, sort_keys=True) == json.dumps(memory, sort_keys=True)
+    assert postgres_steps == memory_steps
+    failed = [step for step in memory_steps if step[3] == "boom"]
+    assert [(step[5], step[8]) for step in failed] == [("failed", 2)]
