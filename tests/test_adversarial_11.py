@@ -518,3 +518,82 @@ async def test_odd_payloads_and_ids_come_back_alike_from_both_backends() -> None
     assert postgres_steps == memory_steps
     failed = [step for step in memory_steps if step[3] == "boom"]
     assert [(step[5], step[8]) for step in failed] == [("failed", 2)]
+
+
+# -- 10. sleeps racing an interrupt ---------------------------------------------------
+
+
+async def sleep_then_work(seconds: float) -> int:
+    acts = workflow.proxy_activities(activities=[add])
+    await workflow.sleep_for(seconds)
+    return await acts.add(1, 2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_sleep_firing_as_the_job_is_interrupted_records_nothing_after(
+    backend: str,
+) -> None:
+    """Interrupts land just before, at and just after the sleeps' due time (the
+    timer fires through ``hm_advance``). An interrupted job stays interrupted;
+    no step is recorded after the interrupt, and nothing after the sleep runs."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[sleep_then_work], activities=[add], concurrency=20)
+        handles = [
+            await mf.workflow.start("t", "sleep_then_work", f"s{i}", [0.3], "q")
+            for i in range(16)
+        ]
+        await asyncio.sleep(0.25)
+        interrupted = []
+        for handle in handles:
+            await asyncio.sleep(0.008)
+            if await handle.interrupt("stop"):
+                interrupted.append(handle)
+        await asyncio.sleep(0.6)  # any late timer or run has had its chance
+        for handle in interrupted:
+            with pytest.raises(WorkflowInterrupted):
+                await handle.result(timeout=5)
+            export = await handle.export()
+            assert export.status == "interrupted"
+            assert export.finished_at is not None
+            assert [s.kind for s in export.timeline] == ["sleep"]
+            assert all(s.started_at <= export.finished_at for s in export.timeline)
+        for handle in handles:
+            if handle not in interrupted:
+                assert await handle.result(timeout=10) == 3
+
+
+# -- 11. hook threads advancing beside the main thread --------------------------------
+
+
+async def hook_sum(n: int, config: dict[str, Any]) -> None:
+    acts = workflow.proxy_activities(activities=[add])
+    total = 0
+    for i in range(n):
+        total = await acts.add(total, i)
+    await workflow.sleep_for(0.02)
+    parts = await asyncio.gather(*(acts.add(total, i) for i in range(3)))
+    await workflow.signal(config["signal"], list(parts))
+
+
+async def with_hooks(n: int) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[add])
+    hooks = [asyncio.ensure_future(workflow.exec_hook(None, "hook_sum", [n])) for _ in range(3)]
+    mine = await asyncio.gather(*(acts.add(100, i) for i in range(4)))
+    return [list(mine), *await asyncio.gather(*hooks)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_hook_threads_and_the_main_thread_advance_side_by_side(backend: str) -> None:
+    """Hook threads commit through ``hm_advance`` with their thread's activation
+    (compare-and-set on ``threads``), beside the main thread's, with two workers:
+    every thread ends with its own answers."""
+    async with app(backend) as mf:
+        for _ in range(2):
+            await mf.worker("q", workflows=[with_hooks, hook_sum], activities=[add])
+        handles = [
+            await mf.workflow.start("t", "with_hooks", f"h{i}", [4], "q") for i in range(4)
+        ]
+        total = sum(range(4))
+        expected = [[100, 101, 102, 103]] + [[total, total + 1, total + 2]] * 3
+        for handle in handles:
+            assert await handle.result(timeout=60) == expected
