@@ -597,3 +597,44 @@ async def test_hook_threads_and_the_main_thread_advance_side_by_side(backend: st
         expected = [[100, 101, 102, 103]] + [[total, total + 1, total + 2]] * 3
         for handle in handles:
             assert await handle.result(timeout=60) == expected
+
+
+# -- 12. a signal racing its wait's timeout -----------------------------------------
+
+
+async def wait_briefly() -> Any:
+    try:
+        return await workflow.wait_for("ping", timeout=0.3)
+    except Exception as exc:  # WaitTimeout
+        return type(exc).__name__
+
+
+async def test_a_signal_sent_as_its_wait_times_out_is_delivered_or_kept(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """FAILS (before and after c40c26b): a deadlock. The wait's timeout answers
+    the step, then removes the waiter (locks: step row, then waiter row);
+    ``hm_deliver`` takes the waiter, then answers its step (waiter row, then
+    step row). When they meet, PostgreSQL aborts one: here the user's
+    ``signal()`` raises ``psycopg.errors.DeadlockDetected`` after a second, and
+    the signal is neither delivered nor kept. (Had the timer been the victim,
+    its task would wait out its lease.) The window is held open by a pause
+    between the two statements of the timer's transaction."""
+    from hotmesh_postgres.signal import PgSignal
+
+    remove_waiter = PgSignal.remove_waiter
+    entered = asyncio.Event()
+
+    async def slow_remove_waiter(self: PgSignal, job_id: str, dimension: str, index: int) -> None:
+        entered.set()
+        await asyncio.sleep(0.5)  # the step is answered (locked), the waiter not yet gone
+        await remove_waiter(self, job_id, dimension, index)
+
+    monkeypatch.setattr(PgSignal, "remove_waiter", slow_remove_waiter)
+    async with app("postgres") as mf:
+        await mf.worker("q", workflows=[wait_briefly])
+        handle = await mf.workflow.start("t", "wait_briefly", "w", [], "q")
+        await asyncio.wait_for(entered.wait(), 10)
+        taken = await mf.workflow.signal("ping", 1)
+        outcome = await handle.result(timeout=20)
+        assert (outcome, taken) in [(1, True), ("WaitTimeout", False)]
