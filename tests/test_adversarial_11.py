@@ -638,3 +638,57 @@ async def test_a_signal_sent_as_its_wait_times_out_is_delivered_or_kept(
         taken = await mf.workflow.signal("ping", 1)
         outcome = await handle.result(timeout=20)
         assert (outcome, taken) in [(1, True), ("WaitTimeout", False)]
+
+
+# -- 13. an interrupt racing an inline answer's commit ------------------------------
+
+GATE: dict[str, asyncio.Event] = {}
+
+
+async def gated(x: int) -> int:
+    GATE["started"].set()
+    await GATE["go"].wait()
+    return x
+
+
+async def gated_chain() -> int:
+    acts = workflow.proxy_activities(activities=[gated])
+    first = await acts.gated(1)
+    return first + await acts.gated(2)
+
+
+async def test_an_interrupt_racing_an_inline_answers_commit(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FAILS (low severity; the inline path's lock order, which ``hm_advance``
+    keeps): a deadlock. ``hm_advance`` answers the inline activity (its step
+    row), deletes its task (the task row), then moves the job's activation (the
+    job row); an interrupt updates the job row, then deletes the job's tasks.
+    When they meet, PostgreSQL waits ``deadlock_timeout`` (1 s) and aborts one:
+    the worker's commit, which logs ``DeadlockDetected`` with a traceback at
+    ERROR and goes the ordinary way (the interrupt itself waited the second).
+    The window is held open by a pause in the interrupt between its two
+    statements. Suggested fix: ack the answers' tasks after the activation's
+    compare-and-set in ``hm_advance`` (and ``continue_inline``'s general path),
+    so that both take the job row first."""
+    from hotmesh_postgres.stream import PgStream
+
+    GATE.update(started=asyncio.Event(), go=asyncio.Event())
+    remove_job_tasks = PgStream.remove_job_tasks
+
+    async def slow_remove(self: PgStream, job_id: str, dimension: str | None = None) -> int:
+        GATE["go"].set()  # the activity returns: its commit meets the interrupt
+        await asyncio.sleep(0.5)
+        return await remove_job_tasks(self, job_id, dimension)
+
+    monkeypatch.setattr(PgStream, "remove_job_tasks", slow_remove)
+    async with app("postgres") as mf:
+        await mf.worker("q", workflows=[gated_chain], activities=[gated])
+        handle = await mf.workflow.start("t", "gated_chain", "g", [], "q")
+        await asyncio.wait_for(GATE["started"].wait(), 10)
+        assert await handle.interrupt("stop") is True
+        with pytest.raises(WorkflowInterrupted):
+            await handle.result(timeout=10)
+        await asyncio.sleep(0.5)
+    deadlocks = [r for r in caplog.records if "deadlock" in (r.exc_text or r.getMessage())]
+    assert deadlocks == []
