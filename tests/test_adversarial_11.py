@@ -692,3 +692,60 @@ async def test_an_interrupt_racing_an_inline_answers_commit(
         await asyncio.sleep(0.5)
     deadlocks = [r for r in caplog.records if "deadlock" in (r.exc_text or r.getMessage())]
     assert deadlocks == []
+
+
+# -- 14. many waiters, many signals of one id ------------------------------------------
+
+
+async def take_one(signal_id: str) -> Any:
+    return await workflow.wait_for(signal_id)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_signals_of_one_id_racing_many_waiters_each_reach_one_waiter(backend: str) -> None:
+    """Twelve jobs wait on one signal id while twelve signals of it are sent at
+    once, some before the waits register (kept), some after (delivered to the
+    oldest live waiter): each job gets one, and no signal is lost or doubled."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[take_one], concurrency=20)
+        early = [mf.workflow.signal("shared", {"n": n, "s": "é'"}) for n in range(4)]
+        starts = [
+            mf.workflow.start("t", "take_one", f"taker-{i}", ["shared"], "q") for i in range(12)
+        ]
+        late = [mf.workflow.signal("shared", {"n": n, "s": "é'"}) for n in range(4, 12)]
+        done = await asyncio.gather(*early, *starts, *late)
+        handles = done[4:16]
+        got = [await handle.result(timeout=30) for handle in handles]
+        assert sorted(item["n"] for item in got) == list(range(12))
+
+
+async def sleeps_and_signals(i: int) -> list[Any]:
+    acts = workflow.proxy_activities(activities=[add])
+    await workflow.sleep_for(0.1)
+    got = await workflow.wait_for(f"cut-{i}")
+    total = await acts.add(got, i)
+    await workflow.sleep_for(0.1)
+    return [got, await acts.add(total, 1)]
+
+
+async def test_sleeps_and_signals_survive_connections_cut_mid_transition() -> None:
+    """W4-like (sleeps fired through ``hm_advance``, signals kept and delivered
+    by ``hm_deliver``) while the server cuts the app's connections: every job
+    completes once, with its own signal's data."""
+    async with app("postgres") as mf:
+        for _ in range(2):
+            await mf.worker("q", workflows=[sleeps_and_signals], activities=[add], lease=60)
+        for i in range(20):
+            await mf.workflow.signal(f"cut-{i}", i * 10)  # kept until its wait comes
+        handles = [
+            await mf.workflow.start("t", "sleeps_and_signals", f"w4-{i}", [i], "q")
+            for i in range(20)
+        ]
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for _ in range(8):
+            await asyncio.sleep(0.12)
+            await asyncio.to_thread(drop_connections, mf.app_id)
+        results = [await handle.result(timeout=40) for handle in handles]
+        assert results == [[i * 10, i * 11 + 1] for i in range(20)]
+        assert loop.time() - began < 40
