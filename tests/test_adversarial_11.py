@@ -284,9 +284,7 @@ async def test_signals_sent_while_the_waits_register_are_each_delivered_once(
     """Signals sent concurrently with the workflow reaching (or registering) its
     waits: each is buffered or delivered, exactly once, never lost."""
     async with app(backend) as mf:
-        await mf.worker(
-            "q", workflows=[waits_in_turn, waits_twice_on_one_id], activities=[echo]
-        )
+        await mf.worker("q", workflows=[waits_in_turn, waits_twice_on_one_id], activities=[echo])
         jobs = [f"j{i}" for i in range(6)]
         handles = [
             await mf.workflow.start("t", "waits_in_turn", job, [job, 4], "q") for job in jobs
@@ -434,7 +432,7 @@ async def test_w1_workflows_complete_once_while_the_server_cuts_connections_mid_
 
 # -- 9. odd payloads and ids, the same on both backends ---------------------------------
 
-ODD = [
+ODD: list[Any] = [
     None,
     0,
     -1,
@@ -445,12 +443,12 @@ ODD = [
     1.5,
     -2.25e-8,
     "",
-    "it's \"quoted\" \\ back\\slash %s %% $1 ${x}",
-    "é ü 😀 \u2028 \u200b \uffff 𝔘",
+    'it\'s "quoted" \\ back\\slash %s %% $1 ${x}',
+    "é ü 😀 \u2028 \u200b \uffff \U0001d518",
     [],
     [[[[]]]],
     [None, [None, [None]]],
-    {"": None, "a'b": [1, {"c\"d": "é"}], "$codec": "not mine"},
+    {"": None, "a'b": [1, {'c"d': "é"}], "$codec": "not mine"},
     {"nested": {"deep": [1, 2, [3, [4, [5]]]]}},
     True,
     False,
@@ -501,7 +499,7 @@ async def test_odd_payloads_and_ids_come_back_alike_from_both_backends() -> None
     retried, a signal, under a workflow id with quotes and unicode: the result
     and the step history are the same on memory and PostgreSQL (through
     ``hm_advance``, the general path and ``hm_deliver`` alike)."""
-    workflow_id = "o'neil \"x\" \\ é😀 %s ; --"
+    workflow_id = 'o\'neil "x" \\ é😀 %s ; --'
     seen = []
     for backend in BACKENDS:
         async with app(backend) as mf:
@@ -526,7 +524,8 @@ async def test_odd_payloads_and_ids_come_back_alike_from_both_backends() -> None
 async def sleep_then_work(seconds: float) -> int:
     acts = workflow.proxy_activities(activities=[add])
     await workflow.sleep_for(seconds)
-    return await acts.add(1, 2)
+    total: int = await acts.add(1, 2)
+    return total
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -539,8 +538,7 @@ async def test_a_sleep_firing_as_the_job_is_interrupted_records_nothing_after(
     async with app(backend) as mf:
         await mf.worker("q", workflows=[sleep_then_work], activities=[add], concurrency=20)
         handles = [
-            await mf.workflow.start("t", "sleep_then_work", f"s{i}", [0.3], "q")
-            for i in range(16)
+            await mf.workflow.start("t", "sleep_then_work", f"s{i}", [0.3], "q") for i in range(16)
         ]
         await asyncio.sleep(0.25)
         interrupted = []
@@ -590,9 +588,7 @@ async def test_hook_threads_and_the_main_thread_advance_side_by_side(backend: st
     async with app(backend) as mf:
         for _ in range(2):
             await mf.worker("q", workflows=[with_hooks, hook_sum], activities=[add])
-        handles = [
-            await mf.workflow.start("t", "with_hooks", f"h{i}", [4], "q") for i in range(4)
-        ]
+        handles = [await mf.workflow.start("t", "with_hooks", f"h{i}", [4], "q") for i in range(4)]
         total = sum(range(4))
         expected = [[100, 101, 102, 103]] + [[total, total + 1, total + 2]] * 3
         for handle in handles:
@@ -653,8 +649,9 @@ async def gated(x: int) -> int:
 
 async def gated_chain() -> int:
     acts = workflow.proxy_activities(activities=[gated])
-    first = await acts.gated(1)
-    return first + await acts.gated(2)
+    first: int = await acts.gated(1)
+    second: int = await acts.gated(2)
+    return first + second
 
 
 async def test_an_interrupt_racing_an_inline_answers_commit(
@@ -713,7 +710,7 @@ async def test_signals_of_one_id_racing_many_waiters_each_reach_one_waiter(backe
             mf.workflow.start("t", "take_one", f"taker-{i}", ["shared"], "q") for i in range(12)
         ]
         late = [mf.workflow.signal("shared", {"n": n, "s": "é'"}) for n in range(4, 12)]
-        done = await asyncio.gather(*early, *starts, *late)
+        done: list[Any] = list(await asyncio.gather(*early, *starts, *late))
         handles = done[4:16]
         got = [await handle.result(timeout=30) for handle in handles]
         assert sorted(item["n"] for item in got) == list(range(12))
@@ -749,3 +746,41 @@ async def test_sleeps_and_signals_survive_connections_cut_mid_transition() -> No
         results = [await handle.result(timeout=40) for handle in handles]
         assert results == [[i * 10, i * 11 + 1] for i in range(20)]
         assert loop.time() - began < 40
+
+
+async def inline_generations(n: int) -> Any:
+    """As ``generations``, with ``slow`` run inline by the workflow's own worker."""
+    if n == 0:
+        acts = workflow.proxy_activities(activities=[slow])
+        racing = [
+            asyncio.ensure_future(acts.slow(0)),
+            asyncio.ensure_future(workflow.sleep_for(0.2)),
+        ]
+        await asyncio.wait(racing, return_when=asyncio.FIRST_COMPLETED)
+        await workflow.continue_as_new(1)
+    later = workflow.proxy_activities(activities=[fast], task_queue="later")
+    return await later.fast(n)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_inline_activity_outliving_its_generation_does_not_strand_the_job(
+    backend: str,
+) -> None:
+    """FAILS on both backends: the job is stuck for good. Generation 0's first
+    run dispatched ``slow`` inline (leased to its worker) and a sleep; the
+    sleep won and the workflow continued as new. When ``slow`` returns, the
+    worker resumes that stale run with it: the commit answers generation 1's
+    step 0 (``fast``) with ``'slow-0'``, and its compare-and-set of activation
+    0 -> 1 succeeds (``continue_as_new`` reset the activation to 0), so the
+    stale run continues as new again: generation 2. Generation 2's run is then
+    resumed from the worker's cache, which holds generation 1's suspended run
+    at activation 0 (the cache checks the activation, not the generation): it
+    waits on a step generation 2 never recorded, and nothing is dispatched.
+    The job stays 'running' with no step and no task."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[inline_generations], activities=[slow])
+        handle = await mf.workflow.start("t", "inline_generations", "ig", [0], "q")
+        await asyncio.sleep(2.0)  # slow (1 s) has returned
+        await mf.worker("later", activities=[fast])
+        assert await handle.result(timeout=15) == "fast-1"
+        assert (await handle.export()).generation == 1
