@@ -784,3 +784,61 @@ async def test_an_inline_activity_outliving_its_generation_does_not_strand_the_j
         await mf.worker("later", activities=[fast])
         assert await handle.result(timeout=15) == "fast-1"
         assert (await handle.export()).generation == 1
+
+
+# -- 15. the idle wait ends when the next task comes due ----------------------------
+
+
+async def three_naps() -> str:
+    for _ in range(3):
+        await workflow.sleep_for(0.3)
+    return "rested"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_sleeps_end_on_time_when_the_poll_interval_is_long(backend: str) -> None:
+    """With a 10 s poll interval only the claim's "next due" (or a wake-up)
+    can end the idle wait in time: three 0.3 s sleeps take about 0.9 s, not
+    tens of seconds."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[three_naps], poll_interval=10.0)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        handle = await mf.workflow.start("t", "three_naps", "naps", [], "q")
+        assert await handle.result(timeout=30) == "rested"
+        assert 0.9 <= loop.time() - began < 3.0
+
+
+async def nap_then_add() -> int:
+    acts = workflow.proxy_activities(activities=[add])
+    await workflow.sleep_for(0.5)
+    total: int = await acts.add(1, 1)
+    return total
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_sleep_of_a_crashed_workers_cached_run_goes_on_after_sticky_wait(
+    backend: str,
+) -> None:
+    """FAILS on both backends (before and after c40c26b). The worker that
+    cached the run dies while it sleeps (``stop(drain=False)``: nothing handed
+    on). The sleep's wake-up is sticky to that worker (the step's
+    ``wake_worker``; c40c26b carries it in the timer's payload): another
+    worker may take it after ``sticky_wait`` (2 s). But the idle wait does not
+    count that moment: the claim's "next due" (and the old due-time query)
+    only look at ``visible_at > now``, and the sticky run is visible already.
+    So the run waits for the next poll: 15 s here, instead of 2 s."""
+    async with app(backend) as mf:
+        doomed = await mf.worker("q", workflows=[nap_then_add], activities=[add])
+        handle = await mf.workflow.start("t", "nap_then_add", "nap", [], "q")
+        for _ in range(100):
+            if [s.kind for s in (await handle.export()).timeline] == ["sleep"]:
+                break
+            await asyncio.sleep(0.02)
+        await doomed.stop(drain=False)
+        mf.workers.remove(doomed)
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        await mf.worker("q", workflows=[nap_then_add], activities=[add], poll_interval=15.0)
+        assert await handle.result(timeout=30) == 2
+        assert loop.time() - began < 5.0  # sticky_wait (2 s) and a margin
