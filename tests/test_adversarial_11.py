@@ -194,9 +194,10 @@ async def test_a_float_an_activity_returns_is_a_float_after_a_replay(
 # -- 4. two workers racing on one thread's answers -------------------------------
 
 
+@pytest.mark.parametrize("cache", [10_000, 0])
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_two_workers_racing_on_one_threads_answers_finish_each_job_once(
-    backend: str,
+    backend: str, cache: int
 ) -> None:
     """Parallel activities answered by two workers at once: runs of one thread
     race (Superseded), and the loser must change nothing. Every job completes
@@ -204,7 +205,9 @@ async def test_two_workers_racing_on_one_threads_answers_finish_each_job_once(
     own answer, and none is left pending."""
     async with app(backend) as mf:
         for _ in range(2):
-            await mf.worker("q", workflows=[fan], activities=[add], concurrency=8)
+            await mf.worker(
+                "q", workflows=[fan], activities=[add], concurrency=8, max_cached_workflows=cache
+            )
         handles = [await mf.workflow.start("t", "fan", f"fan-{i}", [6, 3], "q") for i in range(8)]
         expected = [sum(r * 1000 + i for i in range(6)) for r in range(3)]
         for handle in handles:
@@ -455,9 +458,10 @@ ODD: list[Any] = [
 ]
 
 
-async def odd_flow(values: list[Any]) -> dict[str, Any]:
+async def odd_flow(values: list[Any], queue: str | None) -> dict[str, Any]:
     acts = workflow.proxy_activities(
         activities=[echo, nothing, boom],
+        task_queue=queue,  # None: this worker runs them inline (hm_advance)
         retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=0.05),
     )
     got = [await acts.echo(value) for value in values]
@@ -498,22 +502,26 @@ async def test_odd_payloads_and_ids_come_back_alike_from_both_backends() -> None
     """Unicode, quotes, big ints, nested lists, None results, a failing activity
     retried, a signal, under a workflow id with quotes and unicode: the result
     and the step history are the same on memory and PostgreSQL (through
-    ``hm_advance``, the general path and ``hm_deliver`` alike)."""
+    ``hm_advance``, the general path and ``hm_deliver`` alike): activities run
+    inline by the workflow's worker, and on another queue's worker."""
     workflow_id = 'o\'neil "x" \\ é😀 %s ; --'
     seen = []
-    for backend in BACKENDS:
+    for backend, queue in [("memory", None), ("postgres", None), ("postgres", "acts")]:
         async with app(backend) as mf:
             await mf.worker("q", workflows=[odd_flow], activities=[echo, nothing, boom])
-            handle = await mf.workflow.start("t", "odd_flow", workflow_id, [ODD], "q")
+            await mf.worker("acts", activities=[echo, nothing, boom])
+            handle = await mf.workflow.start("t", "odd_flow", workflow_id, [ODD, queue], "q")
             await mf.workflow.signal(f"odd-{workflow_id}", ODD)  # kept if it comes first
             result = await handle.result(timeout=30)
             seen.append((result, timeline_of(await handle.export())))
-    (memory, memory_steps), (postgres, postgres_steps) = seen
+    (memory, memory_steps), (postgres, postgres_steps), (general, general_steps) = seen
     assert memory["got"] == ODD and memory["many"] == ODD and memory["signal"] == ODD
     assert memory["none"] is None
     assert memory["failed"][0] == "ActivityFailed" and "boom é'\"" in memory["failed"][1]
     assert json.dumps(postgres, sort_keys=True) == json.dumps(memory, sort_keys=True)
     assert postgres_steps == memory_steps
+    assert json.dumps(general, sort_keys=True) == json.dumps(memory, sort_keys=True)
+    assert general_steps == memory_steps
     failed = [step for step in memory_steps if step[3] == "boom"]
     assert [(step[5], step[8]) for step in failed] == [("failed", 2)]
 
