@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -57,11 +56,8 @@ def rows_of(mf: MemFlow, query: str, params: list[Any]) -> list[tuple[Any, ...]]
 
 # -- activities and workflows ---------------------------------------------------
 
-CALLS: Counter[str] = Counter()
-
 
 async def add(a: int, b: int) -> int:
-    CALLS[f"add:{a}:{b}"] += 1
     return a + b
 
 
