@@ -56,17 +56,18 @@ class Superseded(RunAborted):
 
 @define
 class Answer:
-    """An activity's outcome the run used (or a timer's): recorded if its step is
-    still pending (else the whole advance is :class:`Superseded`), and its task
-    acked. ``task_must_exist``: only if the task is still there (a timer fired
-    by the worker that armed it, while its row may be gone: interrupted)."""
+    """An activity's outcome the run used (or a timer's): its task is acked and
+    its step answered, only if the task was still there and the step pending
+    (else the whole advance is :class:`Superseded`). An answer whose task is
+    gone belongs to work that was called off — its job interrupted, or its
+    generation ended by ``continue_as_new``, whose new steps reuse the indexes —
+    and must answer nothing."""
 
     task_id: str
     index: int
     result: Any = None
     error: ErrorInfo | None = None
     attempts: int | None = None
-    task_must_exist: bool = False
 
 
 @define
@@ -127,8 +128,10 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
     """The reference semantics of :meth:`Store.advance`, in one transaction's calls."""
     job_id, dimension = plan.job_id, plan.dimension
     for answer in plan.answers:
-        # The step, then its task (the order of every transition that answers
-        # and acks: on PostgreSQL, racing ones wait for each other, never deadlock).
+        # The task, then its step: the order of every transition that answers
+        # (on PostgreSQL racing ones then wait for each other, never deadlock).
+        if not await stream.ack(answer.task_id):
+            raise Superseded(f"the task of step {answer.index} of {job_id!r} is gone")
         step = await store.resolve_step(
             job_id,
             dimension,
@@ -139,8 +142,6 @@ async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Adva
         )
         if step is None:
             raise Superseded(f"step {answer.index} of {job_id!r} was answered elsewhere")
-        if not await stream.ack(answer.task_id) and answer.task_must_exist:
-            raise Superseded(f"the task of step {answer.index} of {job_id!r} is gone")
     if plan.delivered is not None:
         activation, indexes = plan.delivered
         if not await store.mark_delivered(job_id, dimension, indexes, activation):

@@ -598,6 +598,8 @@ class Engine:
     ) -> None:
         for task, result, error in answers:
             assert task.index is not None
+            if not await tx.stream.ack(task.id):  # see advance.Answer
+                raise Superseded(f"the task of step {task.index} of {task.job_id!r} is gone")
             step = await tx.store.resolve_step(
                 task.job_id,
                 task.dimension,
@@ -608,7 +610,6 @@ class Engine:
             )
             if step is None:
                 raise Superseded(f"step {task.index} of {task.job_id!r} was answered elsewhere")
-            await tx.stream.ack(task.id)
 
     async def _apply_outcome(
         self, tx: Transaction, run: Run, outcome: RunOutcome, local: LocalWorker | None
@@ -798,12 +799,13 @@ class Engine:
     async def complete_activity(self, task: Task, result: Any) -> None:
         async with self.backend.transaction() as tx:
             assert task.index is not None
+            if not await tx.stream.ack(task.id):
+                return  # called off (see advance.Answer): it answers nothing
             step = await tx.store.resolve_step(
                 task.job_id, task.dimension, task.index, result=result, attempts=task.attempts
             )
             if step is not None:
                 await self._wake(tx, step)
-            await tx.stream.ack(task.id)
 
     async def fail_activity(self, task: Task, error: ErrorInfo, retry_in: float | None) -> None:
         assert task.index is not None
@@ -817,12 +819,13 @@ class Engine:
                 # a retry that is already under way.
                 await tx.stream.retry(task.id, delay=retry_in, owner=task.lease_owner)
                 return
+            if not await tx.stream.ack(task.id):
+                return  # called off (see advance.Answer): it answers nothing
             step = await tx.store.resolve_step(
                 task.job_id, task.dimension, task.index, error=error, attempts=task.attempts
             )
             if step is not None:
                 await self._wake(tx, step)
-            await tx.stream.ack(task.id)
 
     async def fire_armed_timer(self, task: Task) -> bool:
         """Fire a sleep's timer that this worker armed in-process at its due time,
@@ -833,7 +836,7 @@ class Engine:
         plan = Advance(
             task.job_id,
             task.dimension,
-            answers=[Answer(task.id, task.index, task_must_exist=True)],
+            answers=[Answer(task.id, task.index)],
             wake=_sleep_wake(task),
         )
         try:
@@ -857,10 +860,16 @@ class Engine:
             except Superseded:
                 pass
         async with self.backend.transaction() as tx:
+            # The task, then the waiter, then the step: the order of every
+            # transition on them (hm_deliver: waiter, step), so a signal and
+            # its wait's timeout wait for each other instead of deadlocking.
+            if not await tx.stream.ack(task.id):
+                return  # called off, or fired already: it answers nothing
             signal_id = task.payload.get("signal")
             if signal_id is None:
                 step = await tx.store.resolve_step(task.job_id, task.dimension, task.index)
             else:
+                await tx.signal.remove_waiter(task.job_id, task.dimension, task.index)
                 step = await tx.store.resolve_step(
                     task.job_id,
                     task.dimension,
@@ -870,11 +879,8 @@ class Engine:
                         f"no signal {signal_id!r} within {task.payload.get('timeout')} seconds",
                     ),
                 )
-                if step is not None:
-                    await tx.signal.remove_waiter(task.job_id, task.dimension, task.index)
             if step is not None:
                 await self._wake(tx, step)
-            await tx.stream.ack(task.id)
 
     async def dead_letter(self, task: Task, error: ErrorInfo) -> None:
         """Set a poison task aside, and fail its job so that nobody waits on it

@@ -89,13 +89,69 @@ def loads(text: str | bytes) -> Any:
     return json.loads(text)
 
 
+def _walk_floats(value: Any, change: Any) -> Any:
+    """``value`` with each float ``f`` replaced by ``change(f)`` (iterative)."""
+    if isinstance(value, float):
+        return change(value)
+    if not isinstance(value, (dict, list)):
+        return value
+    root: Any = {} if isinstance(value, dict) else []
+    stack: list[tuple[Any, Any]] = [(value, root)]
+    while stack:
+        source, target = stack.pop()
+        items = source.items() if isinstance(source, dict) else enumerate(source)
+        for key, item in items:
+            if isinstance(item, (dict, list)):
+                child: Any = {} if isinstance(item, dict) else []
+                stack.append((item, child))
+            else:
+                child = change(item) if isinstance(item, float) else item
+            if isinstance(target, dict):
+                target[key] = child
+            else:
+                target.append(child)
+    return root
+
+
+NUL, BACKSLASH = chr(0), chr(92)
+
+
+def exact_json(value: Any) -> str:
+    """JSON text that a database keeping numbers as decimals (PostgreSQL's jsonb)
+    reads back as the same Python values: a whole float written ``1e+20`` would
+    come back as the int 100000000000000000000, so whole floats in exponent form
+    are written out with ``.0``. The plain ``json.dumps`` text otherwise (the
+    walk runs only when an exponent is there)."""
+    text = json.dumps(value)
+    if "e+" not in text:
+        return text
+    marks: dict[str, str] = {}
+
+    def mark(number: float) -> Any:
+        if number.is_integer() and "e+" in repr(number):
+            n = len(marks)  # a NUL leads the mark: no storable string holds one
+            marks['"' + BACKSLASH + "u0000" + str(n) + '"'] = f"{int(number)}.0"
+            return NUL + str(n)
+        return number
+
+    text = json.dumps(_walk_floats(value, mark))
+    for placeholder, number in marks.items():
+        text = text.replace(placeholder, number)
+    return text
+
+
 def ensure_json(value: Any, *, what: str = "value") -> Any:
     """Return the JSON-normalized copy of ``value`` (tuples become lists, ...).
 
     Normalizing at the call means a first execution and a replay observe the
     very same value.
     """
-    return json.loads(dumps(value, what=what))
+    normal = json.loads(dumps(value, what=what))
+    if "-0.0" in json.dumps(normal):
+        # No decimal keeps a negative zero (PostgreSQL reads -0.0 back as 0.0):
+        # every backend, and a first run and its replay, see 0.0.
+        normal = _walk_floats(normal, lambda number: 0.0 if number == 0 else number)
+    return normal
 
 
 def unstructure(obj: Any) -> Any:

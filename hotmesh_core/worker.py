@@ -113,6 +113,13 @@ class Worker:
         self._cache = WorkflowCache(max_cached_workflows)
         # How long a run task that another worker keeps cached is left to it.
         self.sticky_wait = sticky_wait
+        # An idle wait ends by the poll interval, and often enough that a run
+        # left sticky to a worker that died is taken about when its
+        # sticky_wait is over: it is visible already, so no due time (nor
+        # NOTIFY) says when that is.
+        self._idle_wait = poll_interval
+        if sticky_wait > 0:
+            self._idle_wait = min(poll_interval, max(sticky_wait / 2, 0.05))
         # Activities this worker serves are run by the worker that dispatches them.
         self._local = LocalWorker(self.id, lease, task_queue, frozenset(self.activities))
         self.interceptors = list(interceptors)  # hotmesh_core.interceptors
@@ -217,7 +224,7 @@ class Worker:
                 continue
             if not tasks:
                 try:
-                    await self.backend.wait_for_tasks([self.task_queue], self.poll_interval)
+                    await self.backend.wait_for_tasks([self.task_queue], self._idle_wait)
                 except asyncio.CancelledError:
                     raise
                 except Exception as error:
@@ -447,7 +454,14 @@ class Worker:
             return
         args = list(thread.args if thread is not None else job.args)
         stored_activation = (thread or job).activation
-        if cached is not None and cached.fn is fn and cached.run.activation == stored_activation:
+        if (
+            cached is not None
+            and cached.fn is fn
+            and cached.run.activation == stored_activation
+            # continue_as_new resets the activation: a run of an ended
+            # generation must not be resumed as the new one.
+            and (thread is not None or cached.run.job.generation == job.generation)
+        ):
             run = cached.run
             run.job, run.thread = job, thread
             run.execute_inline = self.engine.execute_inline

@@ -40,6 +40,9 @@ log = logging.getLogger("hotmesh.postgres")
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 BUCKET_HINTS = 100_000
+# "The server ended this session" (admin shutdown, crash shutdown, cannot
+# connect now): read from a pooled connection before it ran anything.
+SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 FRESH_CLAIM = 0.05  # seconds: a claim's "next due" serves the idle wait right after it
 # Jobs first: once its row is gone a job is gone, whatever history follows it.
 DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals", "dead_letters")
@@ -68,21 +71,37 @@ class PgTransaction:
     async def _execute(self, query: Any, params: Params) -> Any:
         if self.readonly:  # each statement stands alone: safe to send again
             return await self._on_live_connection(query, params)
+        if self.single:  # a write: sent again only if it never ran
+            return await self._on_live_connection(query, params, never_ran_only=True)
         return await self.conn.execute(query, params)
 
     async def _on_live_connection(
-        self, query: Any, params: Params | None, *, prepare: bool | None = None
+        self,
+        query: Any,
+        params: Params | None,
+        *,
+        prepare: bool | None = None,
+        never_ran_only: bool = False,
     ) -> Any:
         """Execute where nothing of this transaction can be lost: if the server
         dropped the connection (it restarted, say), while it sat in the pool,
-        take another one and send the statement again."""
+        take another one and send the statement again. ``never_ran_only`` (a
+        single write, which commits on its own): only when the server said it
+        had ended the session before the statement (a terminated backend, a
+        shutdown: SESSION_ENDED), never when the connection broke mid-flight,
+        where the write may have committed."""
         pool = self.backend.pool
         assert pool is not None
         for attempt in range(pool.max_size + 2):
             try:
                 return await self.conn.execute(query, params, prepare=prepare)
-            except psycopg.OperationalError:
-                if not self.conn.broken or attempt == pool.max_size + 1:
+            except psycopg.OperationalError as error:
+                never_ran = error.sqlstate in SESSION_ENDED
+                if (
+                    not self.conn.broken
+                    or (never_ran_only and not never_ran)
+                    or attempt == pool.max_size + 1
+                ):
                     raise
                 log.info("connection lost; using another one (attempt %d)", attempt + 1)
                 await pool.putconn(self.conn)  # the pool discards a broken connection

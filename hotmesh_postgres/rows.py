@@ -21,7 +21,7 @@ from hotmesh_core.models import (
     Thread,
     Waiter,
 )
-from hotmesh_core.serde import structure, unstructure
+from hotmesh_core.serde import exact_json, structure, unstructure
 
 
 def epoch(column: str, table: str = "") -> str:
@@ -119,7 +119,8 @@ CHANGE_COLUMNS = ", ".join(
 
 
 def jsonb(value: Any) -> Jsonb:
-    return Jsonb(value)
+    # exact_json: a whole float in exponent form would come back as an int.
+    return Jsonb(value, dumps=exact_json)
 
 
 def error_param(error: ErrorInfo | None) -> Jsonb | None:
@@ -228,7 +229,6 @@ def advance_document(plan: Advance) -> dict[str, Any]:
                 "result": answer.result,
                 "error": None if answer.error is None else unstructure(answer.error),
                 "attempts": answer.attempts,
-                "must_exist": answer.task_must_exist,
             }
             for answer in plan.answers
         ],

@@ -124,19 +124,9 @@ class PgStore:
 
     async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
         # The primary key is (id, bucket), so "does this id exist" looks in every
-        # bucket. A job without expire always goes to 'keep', where two starts of
-        # one id meet (ON CONFLICT); one with expire goes to its day's bucket,
-        # which two starts on either side of midnight would not share, so those
-        # take a lock on the id first (and read after it, in a new statement:
-        # a transaction of its own when the caller asked for a single call).
-        if job.expire is not None and self.tx.single:
-            async with self.tx.conn.transaction():
-                return await self._create_job(job, run)
-        return await self._create_job(job, run)
-
-    async def _create_job(self, job: Job, run: Task | None) -> tuple[Job, bool]:
-        if job.expire is not None:
-            await self.tx.run("SELECT pg_advisory_xact_lock(hashtextextended(%s, 13))", [job.id])
+        # bucket, under a lock on the id (hm_id_free): a job without expire goes
+        # to 'keep', one with expire to its day's bucket, and two starts of one
+        # id in different buckets must not both find it free.
         params: list[Any] = [
             job.id,
             job.entity,
@@ -159,7 +149,7 @@ class PgStore:
             f" parent_id, parent_dimension, parent_index, persistent, search, expire, bucket)"
             f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             f" hm_bucket('jobs', clock_timestamp() + make_interval(secs => %s), 'keep')"
-            f" WHERE NOT EXISTS (SELECT 1 FROM jobs WHERE id = %s)"
+            f" WHERE hm_id_free(%s)"
             f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}, bucket"
         )
         if run is None:

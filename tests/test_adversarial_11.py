@@ -21,6 +21,7 @@ import pytest
 
 from hotmesh_core import MemFlow, RetryPolicy, workflow
 from hotmesh_core.errors import DuplicateWorkflow, WorkflowInterrupted
+from hotmesh_core.worker import Worker
 from hotmesh_postgres.testing import test_dsn
 
 BACKENDS = ["memory", "postgres"]
@@ -98,7 +99,7 @@ async def float_then_sleep(value: float) -> list[Any]:
 
 
 async def test_a_start_and_a_signal_right_after_the_server_cut_every_connection() -> None:
-    """FAILS on c40c26b. After a server restart, a failover or an idle-connection
+    """Found failing (fixed). After a server restart, a failover or an idle-connection
     killer, the pool holds dead connections. A start and a signal are now one
     autocommit statement (``transaction(single=True)``), which skips the
     BEGIN that used to find a dead connection and take another one: the user's
@@ -121,7 +122,7 @@ async def test_a_start_and_a_signal_right_after_the_server_cut_every_connection(
 
 
 async def test_concurrent_strict_starts_of_one_id_with_and_without_expire_create_one_job() -> None:
-    """FAILS (before and after c40c26b). A start without ``expire`` goes to the
+    """Found failing (fixed with this test). A start without ``expire`` goes to the
     'keep' bucket and takes no lock on the id; one with ``expire`` goes to its
     day's bucket under the id's advisory lock. Run together, each sees no job
     of that id, so both insert: two jobs with one id, both ``strict=True``
@@ -174,17 +175,17 @@ async def test_concurrent_starts_of_one_id_with_expire_create_one_job_memory_and
 async def test_a_float_an_activity_returns_is_a_float_after_a_replay(
     backend: str, value: float
 ) -> None:
-    """FAILS on postgres (before and after c40c26b). PostgreSQL jsonb keeps
-    numbers as numeric and prints ``1e+20`` back as ``100000000000000000000``:
-    an activity's float result, read back from the history, is an int (and
-    -0.0 loses its sign). The run that got the answer inline saw the float; the
-    replay after the sleep sees an int: the same workflow sees two values at
-    one step (a workflow branching on it is not deterministic), and memory
-    and PostgreSQL disagree."""
+    """PostgreSQL jsonb keeps numbers as numeric and printed ``1e+20`` back as
+    ``100000000000000000000``: an activity's float result, read back from the
+    history, was an int (the inline run saw the float, the replay after the
+    sleep an int). Fixed: whole floats are written out with ``.0``
+    (serde.exact_json). -0.0 has no decimal form: every value is normalized
+    to 0.0 (serde.ensure_json) on every backend, first run and replay alike."""
+    expected = repr(0.0 if value == 0 else value)
     async with app(backend) as mf:
         await mf.worker("q", workflows=[float_then_sleep], activities=[echo])
         handle = await mf.workflow.start("t", "float_then_sleep", "f", [value], "q")
-        assert await handle.result(timeout=30) == ["float", repr(value)]
+        assert await handle.result(timeout=30) == ["float", expected]
 
 
 # -- 4. two workers racing on one thread's answers -------------------------------
@@ -340,7 +341,7 @@ async def generations(n: int) -> Any:
 async def test_an_old_generations_activity_does_not_answer_the_new_generation(
     backend: str,
 ) -> None:
-    """FAILS on both backends (before and after c40c26b). ``continue_as_new``
+    """Found failing (fixed with this test) (before and after c40c26b). ``continue_as_new``
     deletes the old generation's steps and tasks, but an activity of it that is
     running still answers by (job, thread, index) when it returns: it answers
     the new generation's step at that index. Here ``fast(1)`` "returns"
@@ -373,7 +374,7 @@ async def sleep_or_signal(n: int) -> Any:
 async def test_an_old_generations_sleep_firing_late_does_not_answer_the_new_generation(
     backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """FAILS on both backends. The sleep's timer was claimed (a worker is about
+    """Found failing (fixed with this test). The sleep's timer was claimed (a worker is about
     to fire it) when a signal won the race and the workflow continued as new.
     ``fire_timer`` (now one ``hm_advance``) answers by index: the new
     generation's activity at the sleep's index is answered with None."""
@@ -388,6 +389,8 @@ async def test_an_old_generations_sleep_firing_late_does_not_answer_the_new_gene
         await fire(self, task)
 
     monkeypatch.setattr(Engine, "fire_timer", slow_fire)
+    # The claimed row's path: no in-process timer gets there first.
+    monkeypatch.setattr(Worker, "_arm_timer", lambda self, task, delay: None)
     async with app(backend) as mf:
         await mf.worker("q", workflows=[sleep_or_signal])
         handle = await mf.workflow.start("t", "sleep_or_signal", "s", [0], "q")
@@ -613,7 +616,7 @@ async def wait_briefly() -> Any:
 async def test_a_signal_sent_as_its_wait_times_out_is_delivered_or_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """FAILS (before and after c40c26b): a deadlock. The wait's timeout answers
+    """Found failing (fixed with this test): a deadlock. The wait's timeout answers
     the step, then removes the waiter (locks: step row, then waiter row);
     ``hm_deliver`` takes the waiter, then answers its step (waiter row, then
     step row). When they meet, PostgreSQL aborts one: here the user's
@@ -662,7 +665,7 @@ async def gated_chain() -> int:
 async def test_an_interrupt_racing_an_inline_answers_commit(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """FAILS (low severity; the inline path's lock order, which ``hm_advance``
+    """Found failing (fixed: hm_advance now locks the job row first; it was
     keeps): a deadlock. ``hm_advance`` answers the inline activity (its step
     row), deletes its task (the task row), then moves the job's activation (the
     job row); an interrupt updates the job row, then deletes the job's tasks.
@@ -771,7 +774,7 @@ async def inline_generations(n: int) -> Any:
 async def test_an_inline_activity_outliving_its_generation_does_not_strand_the_job(
     backend: str,
 ) -> None:
-    """FAILS on both backends: the job is stuck for good. Generation 0's first
+    """Found failing (fixed with this test): the job is stuck for good. Generation 0's first
     run dispatched ``slow`` inline (leased to its worker) and a sleep; the
     sleep won and the workflow continued as new. When ``slow`` returns, the
     worker resumes that stale run with it: the commit answers generation 1's
@@ -825,7 +828,7 @@ async def nap_then_add() -> int:
 async def test_a_sleep_of_a_crashed_workers_cached_run_goes_on_after_sticky_wait(
     backend: str,
 ) -> None:
-    """FAILS on both backends (before and after c40c26b). The worker that
+    """Found failing (fixed with this test) (before and after c40c26b). The worker that
     cached the run dies while it sleeps (``stop(drain=False)``: nothing handed
     on). The sleep's wake-up is sticky to that worker (the step's
     ``wake_worker``; c40c26b carries it in the timer's payload): another

@@ -340,7 +340,7 @@ async def test_an_answer_whose_task_must_exist_needs_its_task(hm: Harness) -> No
         )
     (timer_id,) = done.task_ids
     assert timer_id is not None
-    fire = Advance("a11", "", answers=[Answer(timer_id, 0, task_must_exist=True)], wake=_run("a11"))
+    fire = Advance("a11", "", answers=[Answer(timer_id, 0)], wake=_run("a11"))
     async with mf.backend.transaction() as tx:
         assert await tx.stream.remove_job_tasks("a11") == 1  # as an interrupt does
         assert await tx.stream.ack(timer_id) is False

@@ -97,18 +97,27 @@ DECLARE
     v_follow  boolean;
     v_data    jsonb;
 BEGIN
+    -- The job's row first, locked: an interrupt (the job, then its tasks)
+    -- and this advance (the job, then answers' tasks and steps) then queue
+    -- behind each other instead of deadlocking.
     IF p_bucket IS NOT NULL THEN
-        SELECT bucket INTO v_bucket FROM jobs WHERE id = v_job AND bucket = p_bucket;
+        SELECT bucket INTO v_bucket FROM jobs WHERE id = v_job AND bucket = p_bucket
+           FOR NO KEY UPDATE;
     END IF;
     IF v_bucket IS NULL THEN  -- no hint, or a stale one (expired, started again)
-        SELECT bucket INTO v_bucket FROM jobs WHERE id = v_job;
+        SELECT bucket INTO v_bucket FROM jobs WHERE id = v_job FOR NO KEY UPDATE;
     END IF;
 
     FOR e IN SELECT value FROM jsonb_array_elements(p->'answers') LOOP
-        -- The step first, then its task: the order of every other transition
-        -- that answers a step and acks its task (fire_timer, complete_activity),
-        -- so that two of them racing on one step wait for each other, never
-        -- deadlock.
+        -- The task, then its step: the order of every transition that answers
+        -- a step (fire_timer, complete_activity), so racing ones wait for each
+        -- other, never deadlock. A task that is gone was called off (its job
+        -- interrupted, its generation continued as new): it answers nothing.
+        DELETE FROM tasks WHERE id = (e->>'task_id')::bigint;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'the task of step % of % is gone', e->>'index', quote_literal(v_job)
+                USING ERRCODE = 'HM010';
+        END IF;
         UPDATE steps SET status = CASE WHEN nullif(e->'error', 'null'::jsonb) IS NULL
                                        THEN 'done' ELSE 'failed' END,
                          result = e->'result', error = nullif(e->'error', 'null'::jsonb),
@@ -118,11 +127,6 @@ BEGIN
            AND idx = (e->>'index')::integer AND status = 'pending';
         IF NOT FOUND THEN
             RAISE EXCEPTION 'step % of % was answered elsewhere', e->>'index', quote_literal(v_job)
-                USING ERRCODE = 'HM010';
-        END IF;
-        DELETE FROM tasks WHERE id = (e->>'task_id')::bigint;
-        IF NOT FOUND AND (e->>'must_exist')::boolean THEN
-            RAISE EXCEPTION 'the task of step % of % is gone', e->>'index', quote_literal(v_job)
                 USING ERRCODE = 'HM010';
         END IF;
     END LOOP;
@@ -243,5 +247,18 @@ BEGIN
     INSERT INTO signals (signal_id, data, expires_at, bucket)
     VALUES (p_signal, p_data, expires, hm_bucket('signals', expires, 'later'));
     RETURN false;
+END
+$$;
+
+-- Whether a job id is free, checked under a lock on the id (held until the
+-- starting transaction ends). The check is a statement of its own, so its
+-- snapshot follows the lock: two starts of one id in different buckets (one
+-- with expire, one without; or either side of midnight) cannot both see it
+-- free. Called from the start's INSERT, so a start stays one statement.
+CREATE OR REPLACE FUNCTION hm_id_free(p_id text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtextextended(p_id, 13));
+    RETURN NOT EXISTS (SELECT 1 FROM jobs WHERE id = p_id);
 END
 $$;
