@@ -28,6 +28,10 @@ async def broken_timers(backend: str, monkeypatch: pytest.MonkeyPatch) -> AsyncI
         raise RuntimeError("the timer path is broken")
 
     monkeypatch.setattr(Engine, "fire_timer", broken_timer)
+
+    # The in-process timer too (it would fire the sleep without the row).
+
+    monkeypatch.setattr(Engine, "fire_armed_timer", broken_timer)
     options: dict[str, Any] = (
         {"dsn": test_dsn(), "drop_on_close": True} if backend == "postgres" else {}
     )

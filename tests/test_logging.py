@@ -78,6 +78,10 @@ async def test_dead_letters_are_errors(
         raise RuntimeError("the timer path is broken")
 
     monkeypatch.setattr(Engine, "fire_timer", broken_timer)
+
+    # The in-process timer too (it would fire the sleep without the row).
+
+    monkeypatch.setattr(Engine, "fire_armed_timer", broken_timer)
     caplog.set_level(logging.INFO, logger="hotmesh")
     async with MemFlow.init(app_id="logs", backend="memory") as mf:
         worker = Worker(mf.backend, "q", workflows=[naps], lease=0.3, max_task_attempts=2)

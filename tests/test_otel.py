@@ -238,6 +238,10 @@ async def test_dead_letters_are_counted(monkeypatch: pytest.MonkeyPatch) -> None
         return "rested"
 
     monkeypatch.setattr(Engine, "fire_timer", broken_timer)
+
+    # The in-process timer too (it would fire the sleep without the row).
+
+    monkeypatch.setattr(Engine, "fire_armed_timer", broken_timer)
     metrics, reader = metering()
     mf = await MemFlow.init("otel-dl", "memory")
     worker = Worker(

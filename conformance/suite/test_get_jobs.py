@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import pytest
@@ -29,6 +30,12 @@ async def test_get_jobs_reads_the_jobs_that_exist_each_once(hm: Harness) -> None
     for i, handle in enumerate(done):
         assert await handle.result(timeout=10) == i * 2
     waiting = await mf.workflow.start("t", "parked", "p", ["never"], "q")
+    # Compared field by field below, read by two statements: let it settle
+    # (a worker moves it from pending to running) before reading it twice.
+    for _ in range(500):
+        if await waiting.status() == "running":
+            break
+        await asyncio.sleep(0.01)
     ids = ["d0", "d1", "missing", "d2", "p", "d1"]
     async with mf.backend.transaction(readonly=True) as tx:
         jobs = await tx.store.get_jobs(ids)
