@@ -45,6 +45,7 @@ __all__ = [
     "deliver_signal",
     "follow_dispatch",
     "read_thread",
+    "wake_task",
 ]
 
 
@@ -196,7 +197,7 @@ async def follow_dispatch(
                 step.job_id, step.dimension, step.index, result=data
             )
             if answered is not None:
-                await stream.enqueue(_wake(answered))
+                await stream.enqueue(wake_task(answered))
             return None
         await signal.add_waiter(
             Waiter(
@@ -213,7 +214,7 @@ async def follow_dispatch(
     )
 
 
-def _wake(step: Step) -> Task:
+def wake_task(step: Step) -> Task:
     """The run an answered step wakes: of its thread, sticky to the worker that
     caches it."""
     return Task(
@@ -235,7 +236,7 @@ async def deliver_signal(
     while (waiter := await signal.take_waiter(signal_id)) is not None:
         step = await store.resolve_step(waiter.job_id, waiter.dimension, waiter.index, result=data)
         if step is not None:
-            await stream.enqueue(_wake(step))
+            await stream.enqueue(wake_task(step))
             return True
     await signal.buffer(signal_id, data, expire=expire)
     return False

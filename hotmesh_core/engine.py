@@ -25,6 +25,7 @@ from .advance import (
     Superseded,
     apply_dispatch,
     follow_dispatch,
+    wake_task,
 )
 from .entity_query import SEARCH_SET
 from .errors import (
@@ -268,7 +269,7 @@ class Engine:
             await self._wake(tx, step)
 
     async def _wake(self, tx: Transaction, step: Step) -> None:
-        await tx.stream.enqueue(_wake_task(step))
+        await tx.stream.enqueue(wake_task(step))
 
     # -- signals and hooks ---------------------------------------------------
     async def send_signal(self, signal_id: str, data: Any, expire: float) -> bool:
@@ -495,7 +496,7 @@ class Engine:
                 for task, result, error in answers
             ]
             if wake:
-                plan.wake = _wake_task(Command(0, "", "").step(run))
+                plan.wake = wake_task(Command(0, "", "").step(run))
             if run_task is not None:
                 plan.acks.append(run_task.id)
             return await self._advance(run, plan, outcome)
@@ -908,12 +909,6 @@ def _end_status(outcome: RunOutcome) -> str:
 def _index(task: Task) -> int:
     assert task.index is not None
     return task.index
-
-
-def _wake_task(step: Step) -> Task:
-    """The run an answered step wakes: of its thread, on the worker that keeps the
-    run in its cache if there is one (see ``Task.sticky``)."""
-    return _run_task(step.wake_queue, step.job_id, step.dimension, step.wake_name, step.wake_worker)
 
 
 def _activity_task(run: Run, command: Command) -> Task:
