@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncGenerator, Iterable
+import weakref
+from collections.abc import AsyncGenerator, Awaitable, Iterable
 from typing import Any
 
 from attrs import define, field
@@ -25,6 +26,7 @@ from .errors import (
     WorkflowInterrupted,
     WorkflowNotFound,
 )
+from .in_process import LocalResults, local_results
 from .interceptors import HEADERS_KEY, Interceptor, StartInput, chain, check_headers
 from .models import TERMINAL_STATUSES, DeadLetter, ErrorInfo, Job
 from .protocols import Backend
@@ -111,10 +113,18 @@ class WorkflowExport:
 class WorkflowHandle:
     """One job, by workflow id."""
 
-    def __init__(self, backend: Backend, workflow_id: str) -> None:
+    def __init__(self, backend: Backend, workflow_id: str, *, expect: bool = False) -> None:
         self._backend = backend
         self._engine = Engine(backend)
         self.workflow_id = workflow_id
+        if expect:
+            # Just started here: should it complete in this process before
+            # result() is called, its outcome is kept for it (in_process.py),
+            # for as long as this handle lives.
+            results = local_results(backend)
+            if results is not None:
+                results.expect(workflow_id)
+                weakref.finalize(self, results.release, workflow_id)
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
@@ -141,17 +151,38 @@ class WorkflowHandle:
         Raises ``WorkflowFailed`` or ``WorkflowInterrupted``; ``TimeoutError``
         when ``timeout`` passes first.
         """
+        results = local_results(self._backend)
+        if results is None:
+            return await self._result(timeout, None)
+        results.expect(self.workflow_id)
+        try:
+            return await self._result(timeout, results)
+        finally:
+            results.release(self.workflow_id)
+
+    async def _result(self, timeout: Duration | None, results: LocalResults | None) -> Any:
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + parse_duration(timeout)
-        async with self._backend.watch_job(self.workflow_id) as watch:
+        job_id = self.workflow_id
+        if results is not None:
+            # Completed in this process (in_process.py): its outcome, no read.
+            here, value = results.take(job_id)
+            if here:
+                return value
+        async with self._backend.watch_job(job_id) as watch:
             job = await self._job()
             if job.status in TERMINAL_STATUSES:
                 return _outcome(job)
+            ended = None if results is None else results.ended(job_id)
             # Woken by the backend when the job changes. Most results come
             # within a poll interval: that first wait costs nothing more.
             remaining = SAFETY_POLL if deadline is None else deadline - loop.time()
             if remaining > 0:
-                await watch.wait(min(remaining, SAFETY_POLL))
+                await _first(watch.wait(min(remaining, SAFETY_POLL)), ended)
+                if results is not None:
+                    here, value = results.take(job_id)
+                    if here:
+                        return value
                 job = await self._job()
                 if job.status in TERMINAL_STATUSES:
                     return _outcome(job)
@@ -159,28 +190,33 @@ class WorkflowHandle:
             # one batched poll of every waiting handle (result_waiters), not a
             # re-read of this job every second.
             longest = SAFETY_POLL if _virtual_time(self._backend) else WAKE_WAIT
-            with poller_for(self._backend).waiting(self.workflow_id) as waiter:
+            with poller_for(self._backend).waiting(job_id) as waiter:
                 while True:
                     remaining = longest if deadline is None else deadline - loop.time()
                     if remaining <= 0:
                         job = await self._job()  # a last look before giving up
                         if job.status in TERMINAL_STATUSES:
                             return _outcome(job)
-                        raise TimeoutError(
-                            f"workflow {self.workflow_id!r} did not finish within {timeout}"
-                        )
+                        raise TimeoutError(f"workflow {job_id!r} did not finish within {timeout}")
                     # One that runs out reads nothing: the poll looks instead.
                     wait = min(remaining, longest)
                     began = loop.time()
                     watching = asyncio.ensure_future(watch.wait(wait))
+                    waits: set[asyncio.Future[Any]] = {watching, waiter.polled}
+                    if results is not None:
+                        ended = results.ended(job_id)
+                        if ended is not None:
+                            waits.add(ended)
                     try:
-                        await asyncio.wait(
-                            (watching, waiter.polled), return_when=asyncio.FIRST_COMPLETED
-                        )
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
                     finally:
                         watching.cancel()  # not awaited: a cancel of result() must stay one
                     if watching.done() and not watching.cancelled():
                         watching.result()  # a failed wait raises, as it did unbatched
+                    if results is not None:
+                        here, value = results.take(job_id)
+                        if here:
+                            return value
                     polled = waiter.polled
                     if polled.done() and not polled.cancelled():
                         job = polled.result() or await self._job()  # None: gone, raises
@@ -267,6 +303,20 @@ class WorkflowHandle:
         )
 
 
+async def _first(wait: Awaitable[None], ended: asyncio.Future[Any] | None) -> None:
+    """``wait``, or less if ``ended`` (a local outcome) comes first."""
+    if ended is None:
+        await wait
+        return
+    waiting = asyncio.ensure_future(wait)
+    try:
+        await asyncio.wait((waiting, ended), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiting.cancel()
+    if waiting.done() and not waiting.cancelled():
+        waiting.result()
+
+
 def _virtual_time(backend: Backend) -> bool:
     clock = getattr(backend, "clock", None)  # the memory backend's (wrappers pass it on)
     return bool(getattr(clock, "virtual", False))
@@ -336,16 +386,18 @@ class WorkflowClient:
         async def proceed() -> bool:
             if starting.headers:
                 job.search[HEADERS_KEY] = check_headers(starting.headers, f"starting {job.id!r}")
-            engine = self._engine
-            if connection is not None:
-                engine = Engine(await joined(self._backend, connection))
-            _stored, created = await engine.start_job(job)
+            if connection is not None:  # it may never commit: no eager start
+                _stored, created = await Engine(await joined(self._backend, connection)).start_job(
+                    job
+                )
+            else:
+                _stored, created = await self._engine.start_job(job, eager=True)
             return created
 
         created = await chain(self.interceptors, "start_workflow", starting, proceed)
         if strict and not created:
             raise DuplicateWorkflow(f"a workflow with id {job.id!r} already exists")
-        return WorkflowHandle(self._backend, job.id)
+        return WorkflowHandle(self._backend, job.id, expect=connection is None)
 
     async def get_handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing job; ``WorkflowNotFound`` if there is none."""

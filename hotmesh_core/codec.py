@@ -239,10 +239,15 @@ class _Role:
 
 
 class _Store(_Role):
-    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
+    async def create_job(
+        self, job: Job, *, run: Task | None = None, owner: str | None = None, lease: float = 0.0
+    ) -> tuple[Job, bool]:
+        encoded = None if run is None else self._v.enc_task(run)
         stored, created = await self._inner.create_job(
-            self._v.enc_job(job), run=None if run is None else self._v.enc_task(run)
+            self._v.enc_job(job), run=encoded, owner=owner, lease=lease
         )
+        if run is not None and encoded is not None and owner is not None and created:
+            run.id, run.attempts, run.lease_owner = encoded.id, 1, owner
         return self._v.dec_job(stored), created
 
     async def advance(self, plan: Advance) -> Advanced:

@@ -37,6 +37,7 @@ from .errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
+from .in_process import eager_taker, local_results
 from .interceptors import HEADERS_KEY, job_headers
 from .models import (
     MAIN_THREAD,
@@ -108,11 +109,31 @@ class Engine:
         self.timer_armed: Callable[[Task, float], None] | None = None
 
     # -- jobs ----------------------------------------------------------------
-    async def start_job(self, job: Job) -> tuple[Job, bool]:
-        # One call (create_job with its run): a single statement, no BEGIN/COMMIT.
-        async with self.backend.transaction(single=True) as tx:
-            stored, created = await self._create_job(tx, job)
-        return stored, created
+    async def start_job(self, job: Job, eager: bool = False) -> tuple[Job, bool]:
+        """Create ``job`` with its first run: one call (create_job with its run), a
+        single statement, no BEGIN/COMMIT. ``eager``: a worker of this process
+        that serves it and has a slot free gets the run leased and handed over
+        (:mod:`hotmesh_core.in_process`)."""
+        taking = eager_taker(self.backend, job.task_queue, job.workflow_name) if eager else None
+        if taking is None:
+            async with self.backend.transaction(single=True) as tx:
+                stored, created = await self._create_job(tx, job)
+            return stored, created
+        taker, owner = taking
+        run = _run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name)
+        started: Job | None = None
+        try:
+            async with self.backend.transaction(single=True) as tx:
+                stored, created = await tx.store.create_job(
+                    job, run=run, owner=owner, lease=taker.lease
+                )
+            if created:
+                started = stored
+            return stored, created
+        finally:
+            # Handed over, or (not created, or the commit's answer lost) the
+            # owner's leases handed back, should a lost commit have made one.
+            taker.take_started(owner, started, run)
 
     async def interrupt(self, job_id: str, reason: str | None) -> bool:
         message = reason or f"workflow {job_id!r} was interrupted"
@@ -492,7 +513,7 @@ class Engine:
         plan = self._plan(run, outcome, marks, local)
         if plan is not None:
             plan.answers = [
-                Answer(task.id, _index(task), result, error, task.attempts)
+                Answer(task.id, _index(task), result, error, _attempts(task))
                 for task, result, error in answers
             ]
             if wake:
@@ -553,6 +574,10 @@ class Engine:
 
     async def _advance(self, run: Run, plan: Advance, outcome: RunOutcome) -> list[Task]:
         """Apply a plain run's commit (one backend call); the tasks leased to this worker."""
+        # A sleep's in-process timer counts from now, when the workflow asked
+        # for it, not from the end of the commit (which waits for a connection
+        # on a busy pool): the code after the sleep runs when it asked.
+        planned_at = self.backend.now()
         async with self.backend.transaction(single=True) as tx:
             done: Advanced = await tx.store.advance(plan)
         if plan.running:
@@ -560,6 +585,10 @@ class Engine:
         if done.finished and outcome.error is not None:
             error = outcome.error
             log.warning("job %r failed: %s: %s", run.job.id, error.type_name, error.message)
+        elif done.finished and plan.finish is not None and plan.finish.status == "completed":
+            results = local_results(self.backend)
+            if results is not None:  # a result() of this process needs no read
+                results.completed(run.job.id, plan.finish.result)
         leased: list[Task] = []
         for dispatch, task_id in zip(plan.dispatches, done.task_ids, strict=True):
             if dispatch.task is None or task_id is None:
@@ -572,7 +601,8 @@ class Engine:
                 and dispatch.signal_id is None  # a sleep's (a wait's timeout fires from its row)
                 and self.timer_armed is not None
             ):
-                self.timer_armed(evolve(dispatch.task, id=task_id), dispatch.delay)
+                remaining = dispatch.delay - (self.backend.now() - planned_at)
+                self.timer_armed(evolve(dispatch.task, id=task_id), max(remaining, 0.0))
         return leased
 
     async def record_answers(
@@ -607,7 +637,7 @@ class Engine:
                 task.index,
                 result=result,
                 error=error,
-                attempts=task.attempts,
+                attempts=_attempts(task),
             )
             if step is None:
                 raise Superseded(f"step {task.index} of {task.job_id!r} was answered elsewhere")
@@ -904,6 +934,12 @@ class Engine:
 
 def _end_status(outcome: RunOutcome) -> str:
     return outcome.status if outcome.status in ("completed", "cancelled") else "failed"
+
+
+def _attempts(task: Task) -> int | None:
+    """What an answer records as its step's attempts: an activity's (a timer's
+    step keeps its own, as when its row fires)."""
+    return task.attempts if task.kind == "activity" else None
 
 
 def _index(task: Task) -> int:

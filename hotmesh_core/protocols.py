@@ -40,12 +40,18 @@ __all__ = ["Backend", "JobWatch", "Signal", "Store", "Stream", "Transaction"]
 class Store(Protocol):
     """Jobs with their entity, hook threads, step history, entity changes, search."""
 
-    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
+    async def create_job(
+        self, job: Job, *, run: Task | None = None, owner: str | None = None, lease: float = 0.0
+    ) -> tuple[Job, bool]:
         """Insert ``job`` unless its id exists; return the stored job and whether it was created.
 
         With ``run`` (its first run task), a job that is created has it enqueued
         with it, as :meth:`Stream.enqueue` would, idle workers woken: a start is
-        one call (on PostgreSQL one statement)."""
+        one call (on PostgreSQL one statement). With ``owner`` too, the run is
+        leased to ``owner`` for ``lease`` seconds instead (an eager start,
+        :mod:`hotmesh_core.in_process`: nobody is woken) and, if the job was
+        created, ``run.id``, ``run.attempts`` (1) and ``run.lease_owner`` are
+        set on the given task, for its owner to run and ack."""
 
     async def get_job(self, job_id: str) -> Job | None: ...
 

@@ -23,8 +23,9 @@ from attrs import define, evolve
 from .activity import _current as activity_context
 from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT, Suspended, WorkflowCache
 from .config import validate_name
-from .engine import Engine, LocalWorker, Superseded
+from .engine import Engine, LocalWorker, RunContext, Superseded
 from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
+from .in_process import serve_eagerly
 from .interceptors import (
     ActivityInfo,
     Interceptor,
@@ -127,6 +128,11 @@ class Worker:
         # due time; the stored timer row is the fallback (a crash, a restart).
         # Not under a virtual clock, whose time is not the event loop's.
         self._armed: dict[str, asyncio.TimerHandle] = {}
+        # Eager starts (in_process.py): first runs a client of this process
+        # leased to this worker, with the job as it was just created.
+        self._eager_pending = 0  # handed owners whose start has not returned
+        self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
+        self._loop: asyncio.AbstractEventLoop | None = None
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
             self.engine.timer_armed = self._arm_timer
@@ -151,11 +157,14 @@ class Worker:
                 await tx.stream.worker_started(self.task_queue, self.id)
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"hotmesh:{self.id}:x")
+        self._loop = asyncio.get_running_loop()
+        serve_eagerly(self.backend, self, True)
         return self
 
     async def stop(self, *, drain: bool = True) -> None:
         """Stop claiming; with ``drain``, let the tasks in hand finish (else abandon them)."""
         self._stopping = True
+        serve_eagerly(self.backend, self, False)
         for armed in self._armed.values():
             armed.cancel()  # their rows fire them: whoever claims them next
         self._armed.clear()
@@ -258,11 +267,66 @@ class Worker:
 
     async def _fire_own_timer(self, task: Task) -> None:
         try:
+            suspended = self._cache.take(task.job_id, task.dimension)
+            if suspended is not None and task.index in suspended.run.awaiting:
+                await self._wake_in_process(suspended, task)
+                return
+            if suspended is not None:
+                self._cache.put(suspended)
             await self.engine.fire_armed_timer(task)
         except (asyncio.CancelledError, KeyboardInterrupt, SystemExit):
             raise
         except BaseException as error:  # a shortcut only: the row fires it
             log.debug("armed timer %s is left to its row: %r", task.id, error)
+
+    async def _wake_in_process(self, suspended: Suspended, timer: Task) -> None:
+        """Resume the cached run that a sleep's armed timer answers, here and now,
+        and commit the timer's answer with what the run did next: one call, no
+        wake-up through the queue, no claim, no read (as an inline activity's
+        answer). The timer's row is the way forward until then: should this
+        process die, or anyone fire the row first (its answer then finds the
+        task gone: Superseded), the row's run takes over."""
+        run, fn, args, name = suspended.run, suspended.fn, suspended.args, suspended.name
+
+        async def fire_normally() -> None:
+            await self._while_backend_returns(lambda: self._fire_armed_normally(timer))
+
+        run, outcome, leased = await self._continue_answered(
+            run, fn, args, name, [(timer, None, None)], fire_normally
+        )
+        if outcome is not None:
+            await self._follow_chain(run, fn, args, name, outcome, leased)
+
+    async def _fire_armed_normally(self, timer: Task) -> None:
+        await self.engine.fire_armed_timer(timer)
+
+    def eager_owner(self, queue: str, workflow_name: str) -> str | None:
+        """A lease owner for a job's first run that a client of this process starts,
+        if this worker serves it and has a slot free (in_process.EagerTaker)."""
+        if (
+            self._stopping
+            or queue != self.task_queue
+            or workflow_name not in self.workflows
+            or self._loop is not asyncio.get_running_loop()
+            or len(self._inflight) + self._eager_pending >= self.concurrency
+        ):
+            return None
+        self._eager_pending += 1
+        self._claims += 1
+        return f"{self.id}#e{self._claims}"
+
+    def take_started(self, owner: str, job: Job | None, run: Task) -> None:
+        """Run the first run of ``job``, leased to ``owner`` as it was created, as if
+        claimed; None: nothing to run, and any lease a lost commit made goes back."""
+        self._eager_pending -= 1
+        if job is None or run.lease_owner != owner:
+            self._lost_claims.append(owner)
+            return
+        self._fresh[run.id] = job
+        self._event("claimed", count=1)
+        handler = asyncio.create_task(self._handle(run))
+        self._inflight.add(handler)
+        handler.add_done_callback(self._inflight.discard)
 
     def _next_local(self) -> LocalWorker:
         """This worker as the runner of the activities one commit leases to it, under
@@ -372,6 +436,7 @@ class Worker:
                     log.exception("could not dead-letter task %s", task.id)
             # Otherwise its lease will expire and another attempt will be made.
         finally:
+            self._fresh.pop(task.id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
 
@@ -428,9 +493,13 @@ class Worker:
         # A run of this thread we hold suspended needs only the answers it waits
         # for; anything else (a miss, a run advanced elsewhere) replays history.
         cached = self._cache.take(task.job_id, task.dimension)
-        context = await self.engine.load_run(
-            task, None if cached is None else cached.run.undelivered
-        )
+        fresh = self._fresh.pop(task.id, None)  # an eager start's job: nothing to read
+        if fresh is not None and cached is None:
+            context: RunContext | None = RunContext(fresh, None, [])
+        else:
+            context = await self.engine.load_run(
+                task, None if cached is None else cached.run.undelivered
+            )
         if context is None:
             await self.engine.drop_task(task)
             return
@@ -485,6 +554,19 @@ class Worker:
             # with nobody left to run them: hand them back, not a lease later.
             self._lost_claims.append(local.owner)
             raise
+        await self._follow_chain(run, fn, args, name, outcome, leased)
+
+    async def _follow_chain(
+        self,
+        run: Run,
+        fn: Callable[..., Any],
+        args: list[Any],
+        name: str,
+        outcome: RunOutcome,
+        leased: list[Task],
+    ) -> None:
+        """After a committed ``outcome``: run the activities it leased to this
+        worker inline, step after step, then keep the suspended run cached."""
         while leased:
             run, next_outcome, leased = await self._continue_inline(run, fn, args, name, leased)
             if next_outcome is None:
@@ -605,16 +687,44 @@ class Worker:
             await self._while_backend_returns(lambda: self._answer_normally(outcomes))
             return run, None, []
         answers = [(o.task, o.result, o.error) for o in outcomes]
+
+        async def answer_normally() -> None:
+            try:
+                await self._while_backend_returns(lambda: self._answer_normally(outcomes))
+            except BackendUnavailable:
+                # Still no database: hand the activities back (their lease
+                # owner is this chain's, nothing else holds it) rather than
+                # leave them to sit out a whole lease.
+                self._lost_claims.extend(
+                    {o.task.lease_owner for o in outcomes if o.task.lease_owner}
+                )
+                raise
+
+        return await self._continue_answered(run, fn, args, name, answers, answer_normally)
+
+    async def _continue_answered(
+        self,
+        run: Run,
+        fn: Callable[..., Any],
+        args: list[Any],
+        name: str,
+        answers: list[tuple[Task, Any, ErrorInfo | None]],
+        answer_normally: Callable[[], Awaitable[None]],
+    ) -> tuple[Run, RunOutcome | None, list[Task]]:
+        """Resume ``run`` with ``answers`` (inline activities', or an armed timer's)
+        and commit them with what it did next (see :meth:`_continue_inline`);
+        ``answer_normally`` is the ordinary way, should that fail first."""
         answered: list[Step] = []
         for task, result, error in answers:
             assert task.index is not None
+            step = run.step_at(task.index)
             answered.append(
                 evolve(
-                    run.step_at(task.index),
+                    step,
                     status="done" if error is None else "failed",
                     result=result,
                     error=error,
-                    attempts=task.attempts,
+                    attempts=task.attempts if task.kind == "activity" else step.attempts,
                     activation=None,
                 )
             )
@@ -651,16 +761,7 @@ class Worker:
             if not isinstance(exc, (Superseded, BackendUnavailable)):
                 log.exception("continuing %r inline failed; it goes the ordinary way", run.job.id)
             if run_task is None:
-                try:
-                    await self._while_backend_returns(lambda: self._answer_normally(outcomes))
-                except BackendUnavailable:
-                    # Still no database: hand the activities back (their lease
-                    # owner is this chain's, nothing else holds it) rather than
-                    # leave them to sit out a whole lease.
-                    self._lost_claims.extend(
-                        {o.task.lease_owner for o in outcomes if o.task.lease_owner}
-                    )
-                    raise
+                await answer_normally()
             else:
                 await self._release(run_task)
             return run, None, []

@@ -58,7 +58,9 @@ class MemoryStore:
         self.tx = tx
         self.state = tx.state
 
-    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
+    async def create_job(
+        self, job: Job, *, run: Task | None = None, owner: str | None = None, lease: float = 0.0
+    ) -> tuple[Job, bool]:
         existing = self.state.jobs.get(job.id)
         if existing is not None:
             return clone(existing), False
@@ -70,7 +72,9 @@ class MemoryStore:
             siblings[job.id] = None
             self.tx.put(self.state.children, job.parent_id, siblings)
         if run is not None:
-            await MemoryStream(self.tx).enqueue(run)
+            task_id = await MemoryStream(self.tx).enqueue(run, owner=owner, lease=lease)
+            if owner is not None and task_id is not None:
+                run.id, run.attempts, run.lease_owner = task_id, 1, owner
         return clone(stored), True
 
     async def load_thread(

@@ -122,7 +122,9 @@ class PgStore:
         self.tx.found_jobs.add(row["id"])
         return rows.job(row)
 
-    async def create_job(self, job: Job, *, run: Task | None = None) -> tuple[Job, bool]:
+    async def create_job(
+        self, job: Job, *, run: Task | None = None, owner: str | None = None, lease: float = 0.0
+    ) -> tuple[Job, bool]:
         # The primary key is (id, bucket), so "does this id exist" looks in every
         # bucket, under a lock on the id (hm_id_free): a job without expire goes
         # to 'keep', one with expire to its day's bucket, and two starts of one
@@ -154,7 +156,7 @@ class PgStore:
         )
         if run is None:
             row = await self.tx.one(insert, params)
-        else:
+        elif owner is None:
             # The job, its first run and the wake-up of idle workers: one statement.
             row = await self.tx.one(
                 f"WITH created AS ({insert}),"
@@ -176,6 +178,30 @@ class PgStore:
             )
             if row is not None:
                 row.pop("woken")
+        else:
+            # An eager start: the job and its first run leased to ``owner``, who
+            # runs it at once; nobody else is woken (as Stream.enqueue(owner=)).
+            row = await self.tx.one(
+                f"WITH created AS ({insert}),"
+                " run AS (INSERT INTO tasks (queue, kind, job_id, dimension, name, payload,"
+                "  sticky, visible_at, lease_owner, attempts)"
+                "  SELECT %s, 'run', id, %s, %s, %s, %s,"
+                "  clock_timestamp() + make_interval(secs => %s), %s, 1 FROM created"
+                "  RETURNING id)"
+                " SELECT created.*, (SELECT id FROM run) AS run_id FROM created",
+                [
+                    *params,
+                    run.queue,
+                    run.dimension,
+                    run.name,
+                    jsonb(run.payload),
+                    run.sticky,
+                    lease,
+                    owner,
+                ],
+            )
+            if row is not None:
+                run.id, run.attempts, run.lease_owner = str(row.pop("run_id")), 1, owner
         if row is not None:
             return self._learn(row), True
         existing = await self.get_job(job.id)

@@ -34,6 +34,13 @@ async def test_two_workers_each_sleep_resumes_once(backend: str) -> None:
                 return fired[-1]
 
             engine.fire_armed_timer = counted  # type: ignore[method-assign]
+            resume = worker._wake_in_process
+
+            async def resumed(suspended, timer, resume=resume):  # type: ignore[no-untyped-def]
+                fired.append(True)  # the cached run resumed here, its answer committed with it
+                await resume(suspended, timer)
+
+            worker._wake_in_process = resumed  # type: ignore[method-assign]
         handles = [await mf.workflow.start("t", "naps", f"nap-{i}", [3], "q") for i in range(6)]
         assert [await h.result(timeout=30) for h in handles] == [3] * 6
         for handle in handles:

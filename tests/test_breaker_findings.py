@@ -255,6 +255,19 @@ async def test_a_signal_that_reached_an_ended_threads_wait_first_is_handed_on(
         return await finish_run(self, task, run, outcome, *rest)
 
     monkeypatch.setattr(Engine, "finish_run", signal_first)
+    # The sleep's armed timer resumes the cached run in process: that run ends
+    # the job through continue_inline (the same general path for its end).
+    continue_inline = Engine.continue_inline
+
+    async def signal_first_inline(
+        self: Engine, run: Any, answers: Any, outcome: Any, *rest: Any
+    ) -> Any:
+        if outcome.status == "completed" and outcome.abandoned and not sent:
+            sent.append(run.job.id)
+            await self.send_signal("ended-id", "raced", 60.0)
+        return await continue_inline(self, run, answers, outcome, *rest)
+
+    monkeypatch.setattr(Engine, "continue_inline", signal_first_inline)
     mf = await hm.memflow()
     await mf.worker("q", workflows=[first_of_wait_and_sleep, waits_a_while])
     first = await mf.workflow.start("t", "first_of_wait_and_sleep", "ends", ["ended-id"], "q")

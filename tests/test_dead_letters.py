@@ -32,6 +32,8 @@ async def broken_timers(backend: str, monkeypatch: pytest.MonkeyPatch) -> AsyncI
     # The in-process timer too (it would fire the sleep without the row).
 
     monkeypatch.setattr(Engine, "fire_armed_timer", broken_timer)
+    # and its resumption of the cached run in this process, which answers it too
+    monkeypatch.setattr(Worker, "_wake_in_process", broken_timer)
     options: dict[str, Any] = (
         {"dsn": test_dsn(), "drop_on_close": True} if backend == "postgres" else {}
     )

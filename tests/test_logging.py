@@ -82,6 +82,8 @@ async def test_dead_letters_are_errors(
     # The in-process timer too (it would fire the sleep without the row).
 
     monkeypatch.setattr(Engine, "fire_armed_timer", broken_timer)
+    # and its resumption of the cached run in this process, which answers it too
+    monkeypatch.setattr(Worker, "_wake_in_process", broken_timer)
     caplog.set_level(logging.INFO, logger="hotmesh")
     async with MemFlow.init(app_id="logs", backend="memory") as mf:
         worker = Worker(mf.backend, "q", workflows=[naps], lease=0.3, max_task_attempts=2)

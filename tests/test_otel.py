@@ -242,6 +242,8 @@ async def test_dead_letters_are_counted(monkeypatch: pytest.MonkeyPatch) -> None
     # The in-process timer too (it would fire the sleep without the row).
 
     monkeypatch.setattr(Engine, "fire_armed_timer", broken_timer)
+    # and its resumption of the cached run in this process, which answers it too
+    monkeypatch.setattr(Worker, "_wake_in_process", broken_timer)
     metrics, reader = metering()
     mf = await MemFlow.init("otel-dl", "memory")
     worker = Worker(

@@ -1,0 +1,145 @@
+"""What the clients and workers of one process hand each other directly.
+
+The database is the hub every worker coordinates through, and nothing here
+changes what is stored or who may take what: each shortcut only skips a trip
+through the database that would have carried the same thing back to the same
+process, and the stored rows stay the way forward should the process die.
+
+- **Eager start** (as Temporal's eager workflow start): a client that starts a
+  job in a process whose worker serves its queue and workflow, and has a free
+  slot, creates the job with its first run task already *leased* to that
+  worker (one statement, as every start) and hands the task over. No NOTIFY,
+  no claim, no read of the job just written. Should the process die, the lease
+  runs out and any worker claims the run, as any claimed task.
+- **Local results**: a ``result()`` waiting in the process where its job ended
+  on the hot path (:meth:`Engine._advance`, a committed ``Finish``) gets the
+  outcome from that commit instead of from a wake-up and a read. Only a
+  ``completed`` end is handed on this way: it is final, while a failed job
+  may be resumed before the caller looks.
+
+Both are per backend object and per event loop, like the result poller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import weakref
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .models import Job, Task
+
+if TYPE_CHECKING:
+    from .protocols import Backend
+
+__all__ = ["EagerTaker", "LocalResults", "eager_taker", "local_results", "serve_eagerly"]
+
+
+class EagerTaker(Protocol):
+    """A worker that can take a started job's first run at once."""
+
+    lease: float
+
+    def eager_owner(self, queue: str, workflow_name: str) -> str | None:
+        """A lease owner for the first run of a job of ``workflow_name`` on
+        ``queue``, if this worker serves it and has a slot free; else None."""
+
+    def take_started(self, owner: str, job: Job | None, run: Task) -> None:
+        """Run ``run``, leased to ``owner``: the first run of ``job``, just created.
+        With ``job`` None the start created nothing (the id existed, or the
+        call failed): whatever a lost commit may have leased to ``owner`` is to
+        be handed back."""
+
+
+class LocalResults:
+    """The completed outcomes of jobs that ended in this process, kept only for the
+    jobs a handle of this process expects (started here, or waited on here)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self._expected: dict[str, int] = {}  # job id: how many handles expect it
+        self._ended: dict[str, asyncio.Future[Any]] = {}
+
+    def expect(self, job_id: str) -> None:
+        self._expected[job_id] = self._expected.get(job_id, 0) + 1
+
+    def release(self, job_id: str) -> None:
+        left = self._expected.get(job_id, 0) - 1
+        if left > 0:
+            self._expected[job_id] = left
+            return
+        self._expected.pop(job_id, None)
+        ended = self._ended.pop(job_id, None)
+        if ended is not None and not ended.done():
+            with contextlib.suppress(RuntimeError):  # a handle collected after its loop closed
+                ended.cancel()
+
+    def ended(self, job_id: str) -> asyncio.Future[Any] | None:
+        """Resolved with the result once the job completes in this process; None
+        if no handle here expects it."""
+        if job_id not in self._expected:
+            return None
+        future = self._ended.get(job_id)
+        if future is None:
+            future = self._ended[job_id] = self.loop.create_future()
+        return future
+
+    def completed(self, job_id: str, result: Any) -> None:
+        """The engine committed ``job_id``'s completion with ``result``."""
+        if job_id not in self._expected:
+            return
+        future = self.ended(job_id)
+        assert future is not None
+        if not future.done():
+            future.set_result(result)
+
+    def take(self, job_id: str) -> tuple[bool, Any]:
+        """(True, result) once, if the job completed here; after that a handle reads."""
+        future = self._ended.get(job_id)
+        if future is None or not future.done() or future.cancelled():
+            return False, None
+        del self._ended[job_id]
+        return True, future.result()
+
+
+_RESULTS: weakref.WeakKeyDictionary[Any, LocalResults] = weakref.WeakKeyDictionary()
+_TAKERS: weakref.WeakKeyDictionary[Any, list[EagerTaker]] = weakref.WeakKeyDictionary()
+
+
+def local_results(backend: Backend) -> LocalResults | None:
+    """The local results of ``backend`` in the running loop (made on first use);
+    None for a backend that cannot be weakly referenced."""
+    loop = asyncio.get_running_loop()
+    try:
+        results = _RESULTS.get(backend)
+    except TypeError:
+        return None
+    if results is None or results.loop is not loop:
+        results = _RESULTS[backend] = LocalResults()
+    return results
+
+
+def serve_eagerly(backend: Backend, taker: EagerTaker, serving: bool) -> None:
+    """Register (or, ``serving=False``, remove) a worker of ``backend`` that takes
+    first runs of jobs this process starts."""
+    try:
+        takers = _TAKERS.setdefault(backend, [])
+    except TypeError:
+        return
+    if serving:
+        takers.append(taker)
+    elif taker in takers:
+        takers.remove(taker)
+
+
+def eager_taker(backend: Backend, queue: str, workflow_name: str) -> tuple[EagerTaker, str] | None:
+    """A worker of this process, and a lease owner of its, for a job to start."""
+    try:
+        takers = _TAKERS.get(backend, [])
+    except TypeError:
+        return None
+    for taker in takers:
+        owner = taker.eager_owner(queue, workflow_name)
+        if owner is not None:
+            return taker, owner
+    return None
