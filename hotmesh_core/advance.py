@@ -39,6 +39,7 @@ __all__ = [
     "Answer",
     "Dispatch",
     "Finish",
+    "Handoff",
     "Superseded",
     "apply_advance",
     "apply_dispatch",
@@ -98,6 +99,25 @@ class Finish:
     status: str
     result: Any = None
     error: ErrorInfo | None = None
+
+
+@define
+class Handoff:
+    """A signal's wake-up handed to a worker of the sending process
+    (:mod:`hotmesh_core.in_process`): if the waiter that takes the signal is a
+    step whose run ``worker`` keeps cached, its run task is leased to
+    ``owner`` for ``lease`` seconds instead of queued (nobody else woken), and
+    the backend fills in the rest, for that worker to resume the run at once."""
+
+    worker: str
+    owner: str
+    lease: float
+    job_id: str | None = None  # set when handed: the answered step and its run task
+    dimension: str = ""
+    index: int = 0
+    queue: str = ""
+    name: str = ""
+    run_id: str | None = None
 
 
 @define
@@ -228,15 +248,32 @@ def wake_task(step: Step) -> Task:
 
 
 async def deliver_signal(
-    store: Store, stream: Stream, signal: Signal, signal_id: str, data: Any, expire: float
+    store: Store,
+    stream: Stream,
+    signal: Signal,
+    signal_id: str,
+    data: Any,
+    expire: float,
+    handoff: Handoff | None = None,
 ) -> bool:
     """The reference semantics of :meth:`Signal.deliver`: to the oldest waiter whose
     step is still pending, exactly once, waking its thread's run (on the worker
-    that caches it); else kept ``expire`` seconds for the first wait to come."""
+    that caches it; with ``handoff``, leased to it when it is that worker);
+    else kept ``expire`` seconds for the first wait to come."""
     while (waiter := await signal.take_waiter(signal_id)) is not None:
         step = await store.resolve_step(waiter.job_id, waiter.dimension, waiter.index, result=data)
         if step is not None:
-            await stream.enqueue(wake_task(step))
+            run = wake_task(step)
+            if handoff is None or step.wake_worker != handoff.worker:
+                await stream.enqueue(run)
+                return True
+            run_id = await stream.enqueue(run, owner=handoff.owner, lease=handoff.lease)
+            handoff.job_id, handoff.dimension, handoff.index = (
+                step.job_id,
+                step.dimension,
+                step.index,
+            )
+            handoff.queue, handoff.name, handoff.run_id = run.queue, run.name, run_id
             return True
     await signal.buffer(signal_id, data, expire=expire)
     return False

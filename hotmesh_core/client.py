@@ -418,10 +418,10 @@ class WorkflowClient:
         validate_signal_id(signal_id)
         payload = ensure_json(data, what="signal data")
         keep = DEFAULT_SIGNAL_EXPIRE if expire is None else parse_duration(expire)
-        engine = self._engine
-        if connection is not None:
+        if connection is not None:  # it may never commit: nothing handed over
             engine = Engine(await joined(self._backend, connection))
-        return await engine.send_signal(signal_id, payload, keep)
+            return await engine.send_signal(signal_id, payload, keep)
+        return await self._engine.send_signal(signal_id, payload, keep, hand_over=True)
 
     async def hook(
         self,

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 
 from attrs import evolve
 
-from .advance import Advance, Advanced
+from .advance import Advance, Advanced, Handoff
 from .entity_ops import READ_ONLY_OPS, apply_op
 from .entity_query import AllOf, InvalidQuery, JobQuery
 from .errors import HotMeshError, WorkflowNotFound
@@ -414,8 +414,12 @@ class _Stream(_Role):
 
 
 class _Signal(_Role):
-    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
-        return bool(await self._inner.deliver(signal_id, self._v.enc(data), expire=expire))
+    async def deliver(
+        self, signal_id: str, data: Any, *, expire: float, handoff: Handoff | None = None
+    ) -> bool:
+        return bool(
+            await self._inner.deliver(signal_id, self._v.enc(data), expire=expire, handoff=handoff)
+        )
 
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         await self._inner.buffer(signal_id, self._v.enc(data), expire=expire)

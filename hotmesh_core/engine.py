@@ -22,6 +22,7 @@ from .advance import (
     Answer,
     Dispatch,
     Finish,
+    Handoff,
     Superseded,
     apply_dispatch,
     follow_dispatch,
@@ -37,7 +38,7 @@ from .errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
-from .in_process import eager_taker, local_results
+from .in_process import eager_taker, local_results, signal_taker
 from .interceptors import HEADERS_KEY, job_headers
 from .models import (
     MAIN_THREAD,
@@ -293,9 +294,29 @@ class Engine:
         await tx.stream.enqueue(wake_task(step))
 
     # -- signals and hooks ---------------------------------------------------
-    async def send_signal(self, signal_id: str, data: Any, expire: float) -> bool:
-        async with self.backend.transaction(single=True) as tx:
-            return await self._deliver(tx, signal_id, data, expire)
+    async def send_signal(
+        self, signal_id: str, data: Any, expire: float, hand_over: bool = False
+    ) -> bool:
+        """Deliver a signal in one call. ``hand_over``: should the run it wakes be
+        cached by a worker of this process, that worker gets its run task leased
+        and resumes it at once (:mod:`hotmesh_core.in_process`)."""
+        taking = signal_taker(self.backend) if hand_over else None
+        if taking is None:
+            async with self.backend.transaction(single=True) as tx:
+                return await self._deliver(tx, signal_id, data, expire)
+        taker, owner = taking
+        handoff = Handoff(taker.id, owner, taker.lease)
+        handed: Handoff | None = None
+        lost = True
+        try:
+            async with self.backend.transaction(single=True) as tx:
+                taken = await tx.signal.deliver(signal_id, data, expire=expire, handoff=handoff)
+            lost = False
+            if handoff.run_id is not None:
+                handed = handoff
+            return taken
+        finally:
+            taker.take_signalled(owner, handed, data, lost=lost)
 
     async def _deliver(self, tx: Transaction, signal_id: str, data: Any, expire: float) -> bool:
         """To the oldest live waiter, exactly once; else kept for the first one to come."""

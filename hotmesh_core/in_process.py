@@ -11,6 +11,12 @@ process, and the stored rows stay the way forward should the process die.
   worker (one statement, as every start) and hands the task over. No NOTIFY,
   no claim, no read of the job just written. Should the process die, the lease
   runs out and any worker claims the run, as any claimed task.
+- **Signals handed over**: a signal sent from a process whose worker caches
+  the run it wakes has that run's task leased to the worker by the delivery
+  itself (``advance.Handoff``), and the worker resumes the run with the
+  signal's data: no NOTIFY, no claim, no read. The answer is stored before
+  ``signal()`` returns, as always; the lease is the way forward until the run
+  commits.
 - **Local results**: a ``result()`` waiting in the process where its job ended
   on the hot path (:meth:`Engine._advance`, a committed ``Finish``) gets the
   outcome from that commit instead of from a wake-up and a read. Only a
@@ -30,15 +36,34 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .models import Job, Task
 
 if TYPE_CHECKING:
+    from .advance import Handoff
     from .protocols import Backend
 
-__all__ = ["EagerTaker", "LocalResults", "eager_taker", "local_results", "serve_eagerly"]
+__all__ = [
+    "EagerTaker",
+    "LocalResults",
+    "eager_taker",
+    "local_results",
+    "serve_eagerly",
+    "signal_taker",
+]
 
 
 class EagerTaker(Protocol):
-    """A worker that can take a started job's first run at once."""
+    """A worker that can take a started job's first run, or a signalled run it
+    caches, at once."""
 
+    id: str
     lease: float
+
+    def signal_owner(self) -> str | None:
+        """A lease owner for the run a signal sent from this process wakes, if
+        this worker caches runs and has a slot free; else None."""
+
+    def take_signalled(self, owner: str, handoff: Handoff | None, data: Any, lost: bool) -> None:
+        """Resume the cached run that ``handoff`` (filled in by the delivery) leased
+        to ``owner``, with the signal's ``data``; None: nothing was handed, and
+        with ``lost`` whatever a lost commit may have leased goes back."""
 
     def eager_owner(self, queue: str, workflow_name: str) -> str | None:
         """A lease owner for the first run of a job of ``workflow_name`` on
@@ -140,6 +165,20 @@ def eager_taker(backend: Backend, queue: str, workflow_name: str) -> tuple[Eager
         return None
     for taker in takers:
         owner = taker.eager_owner(queue, workflow_name)
+        if owner is not None:
+            return taker, owner
+    return None
+
+
+def signal_taker(backend: Backend) -> tuple[EagerTaker, str] | None:
+    """A worker of this process that caches runs and has a slot free, and a lease
+    owner of its, for the run a signal sent from here wakes (if it is its)."""
+    try:
+        takers = _TAKERS.get(backend, [])
+    except TypeError:
+        return None
+    for taker in takers:
+        owner = taker.signal_owner()
         if owner is not None:
             return taker, owner
     return None

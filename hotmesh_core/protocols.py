@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol, runtime_checkable
 
-from .advance import Advance, Advanced
+from .advance import Advance, Advanced, Handoff
 from .changes import ChangeQueue
 from .entity_query import JobQuery, Node
 from .models import (
@@ -342,11 +342,15 @@ class Signal(Protocol):
 
     async def remove_job_waiters(self, job_id: str) -> None: ...
 
-    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
+    async def deliver(
+        self, signal_id: str, data: Any, *, expire: float, handoff: Handoff | None = None
+    ) -> bool:
         """Deliver a signal as :func:`hotmesh_core.advance.deliver_signal` does with
         this transaction's primitive calls (to the oldest live waiter, its run
         woken; else buffered); True if a waiter took it. One call (on
-        PostgreSQL one statement) that serializes with waits on ``signal_id``."""
+        PostgreSQL one statement) that serializes with waits on ``signal_id``.
+        ``handoff``: its run leased to a worker of this process, if that worker
+        caches it, and ``handoff`` filled in (:class:`advance.Handoff`)."""
 
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         """Keep a signal nobody waits for yet, for ``expire`` seconds."""

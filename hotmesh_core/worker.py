@@ -21,6 +21,7 @@ from typing import Any
 from attrs import define, evolve
 
 from .activity import _current as activity_context
+from .advance import Handoff
 from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT, Suspended, WorkflowCache
 from .config import validate_name
 from .engine import Engine, LocalWorker, RunContext, Superseded
@@ -132,6 +133,8 @@ class Worker:
         # leased to this worker, with the job as it was just created.
         self._eager_pending = 0  # handed owners whose start has not returned
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
+        # Signals handed over: run task id -> (the answered step's index, data).
+        self._signalled: dict[str, tuple[int, Any]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
@@ -328,6 +331,46 @@ class Worker:
         self._inflight.add(handler)
         handler.add_done_callback(self._inflight.discard)
 
+    def signal_owner(self) -> str | None:
+        """A lease owner for the run a signal sent from this process wakes, if it
+        is one this worker caches (in_process.EagerTaker): only with a cache,
+        and a slot free."""
+        if (
+            self._stopping
+            or self._cache.size == 0
+            or self._loop is not asyncio.get_running_loop()
+            or len(self._inflight) + self._eager_pending >= self.concurrency
+        ):
+            return None
+        self._eager_pending += 1
+        self._claims += 1
+        return f"{self.id}#s{self._claims}"
+
+    def take_signalled(self, owner: str, handoff: Handoff | None, data: Any, lost: bool) -> None:
+        """Resume the cached run a signal's delivery leased to ``owner``, with
+        ``data`` as the answer of its wait (no claim, no read of the history)."""
+        self._eager_pending -= 1
+        if handoff is None or handoff.run_id is None or handoff.job_id is None:
+            if lost:
+                self._lost_claims.append(owner)
+            return
+        run = Task(
+            queue=handoff.queue,
+            kind="run",
+            job_id=handoff.job_id,
+            dimension=handoff.dimension,
+            name=handoff.name,
+            id=handoff.run_id,
+            attempts=1,
+            lease_owner=owner,
+            sticky=self.id,
+        )
+        self._signalled[run.id] = (handoff.index, data)
+        self._event("claimed", count=1)
+        handler = asyncio.create_task(self._handle(run))
+        self._inflight.add(handler)
+        handler.add_done_callback(self._inflight.discard)
+
     def _next_local(self) -> LocalWorker:
         """This worker as the runner of the activities one commit leases to it, under
         an owner name of that commit's own (like a claim's), so that a commit whose
@@ -437,6 +480,7 @@ class Worker:
             # Otherwise its lease will expire and another attempt will be made.
         finally:
             self._fresh.pop(task.id, None)
+            self._signalled.pop(task.id, None)
             if heartbeat is not None:
                 heartbeat.cancel()
 
@@ -494,8 +538,23 @@ class Worker:
         # for; anything else (a miss, a run advanced elsewhere) replays history.
         cached = self._cache.take(task.job_id, task.dimension)
         fresh = self._fresh.pop(task.id, None)  # an eager start's job: nothing to read
+        signalled = self._signalled.pop(task.id, None)  # a signal handed over, its answer
         if fresh is not None and cached is None:
             context: RunContext | None = RunContext(fresh, None, [])
+        elif signalled is not None and cached is not None and signalled[0] in cached.run.awaiting:
+            # What this run waits for and the delivery answered: the one step it
+            # needs (others answered meanwhile queued a run of their own).
+            index, data = signalled
+            step = cached.run.step_at(index)
+            answered = evolve(step, status="done", result=data, error=None, activation=None)
+            # As this run left them (its commits moved the activation): should
+            # another run have moved it since, the commit's compare-and-set fails.
+            held = cached.run
+            if held.thread is None:
+                context = RunContext(evolve(held.job, activation=held.activation), None, [answered])
+            else:
+                held_thread = evolve(held.thread, activation=held.activation)
+                context = RunContext(held.job, held_thread, [answered])
         else:
             context = await self.engine.load_run(
                 task, None if cached is None else cached.run.undelivered

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from hotmesh_core.advance import deliver_signal
+from hotmesh_core.advance import Handoff, deliver_signal
 from hotmesh_core.models import Waiter
 
 from .state import MemoryTx, clone
@@ -51,12 +51,14 @@ class MemorySignal:
         else:
             self.tx.pop(self.state.waiters, signal_id)
 
-    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
+    async def deliver(
+        self, signal_id: str, data: Any, *, expire: float, handoff: Handoff | None = None
+    ) -> bool:
         from .store import MemoryStore  # the store imports this module
         from .stream import MemoryStream
 
         store, stream = MemoryStore(self.tx), MemoryStream(self.tx)
-        return await deliver_signal(store, stream, self, signal_id, data, expire)
+        return await deliver_signal(store, stream, self, signal_id, data, expire, handoff)
 
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         kept = self.state.buffered.get(signal_id, [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from hotmesh_core.advance import Handoff
 from hotmesh_core.models import Waiter
 
 from . import rows
@@ -53,13 +54,37 @@ class PgSignal:
     async def remove_job_waiters(self, job_id: str) -> None:
         await self.tx.run("DELETE FROM waiters WHERE job_id = %s", [job_id])
 
-    async def deliver(self, signal_id: str, data: Any, *, expire: float) -> bool:
+    async def deliver(
+        self, signal_id: str, data: Any, *, expire: float, handoff: Handoff | None = None
+    ) -> bool:
         # hm_deliver (migration 0008): lock, waiters, answer, wake or buffer in one statement.
+        if handoff is None:
+            row = await self.tx.one(
+                "SELECT hm_deliver(%s, %s, %s, %s) AS taken",
+                [signal_id, jsonb(data), expire, self.tx.backend.queue_channel],
+            )
+            return bool(row is not None and row["taken"])
+        # hm_deliver_to (migration 0012): the same, its run leased to a worker here.
         row = await self.tx.one(
-            "SELECT hm_deliver(%s, %s, %s, %s) AS taken",
-            [signal_id, jsonb(data), expire, self.tx.backend.queue_channel],
+            "SELECT hm_deliver_to(%s, %s, %s, %s, %s, %s, %s) AS taken",
+            [
+                signal_id,
+                jsonb(data),
+                expire,
+                self.tx.backend.queue_channel,
+                handoff.worker,
+                handoff.owner,
+                handoff.lease,
+            ],
         )
-        return bool(row is not None and row["taken"])
+        taken = None if row is None else row["taken"]
+        if not taken:
+            return False
+        if taken.get("run_id") is not None:
+            handoff.job_id, handoff.dimension = taken["job_id"], taken["dimension"]
+            handoff.index, handoff.queue = int(taken["idx"]), taken["queue"]
+            handoff.name, handoff.run_id = taken["name"], str(taken["run_id"])
+        return True
 
     async def buffer(self, signal_id: str, data: Any, *, expire: float) -> None:
         await self.tx.run(
