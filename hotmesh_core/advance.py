@@ -126,6 +126,9 @@ class Advance:
 
     job_id: str
     dimension: str
+    # Steps inserted as they are (done or failed), before the CAS that marks
+    # them: a run's first inline activity, run before its dispatch committed.
+    recorded: list[Step] = Factory(list)
     answers: list[Answer] = Factory(list)
     delivered: tuple[int, list[int]] | None = None  # (activation, indexes): the CAS
     values: list[Step] = Factory(list)  # recorded now/random/uuid4 values
@@ -148,6 +151,9 @@ class Advanced:
 async def apply_advance(store: Store, stream: Stream, signal: Signal, plan: Advance) -> Advanced:
     """The reference semantics of :meth:`Store.advance`, in one transaction's calls."""
     job_id, dimension = plan.job_id, plan.dimension
+    for recorded in plan.recorded:
+        if not await store.insert_step(recorded):
+            raise Superseded(f"step {recorded.index} of {job_id!r} was recorded elsewhere")
     for answer in plan.answers:
         # The task, then its step: the order of every transition that answers
         # (on PostgreSQL racing ones then wait for each other, never deadlock).

@@ -257,6 +257,7 @@ class _Store(_Role):
             answers=[
                 evolve(a, result=v.enc(a.result), error=v.enc_error(a.error)) for a in plan.answers
             ],
+            recorded=[v.enc_step(step) for step in plan.recorded],
             values=[v.enc_step(step) for step in plan.values],
             dispatches=[
                 evolve(

@@ -553,6 +553,62 @@ class Engine:
                 await tx.stream.ack(run_task.id)
         return leased
 
+    def deferrable(self, run: Run, outcome: RunOutcome, local: LocalWorker) -> Advance | None:
+        """The run's commit, when its worker may run the inline activities it
+        dispatches *before* committing anything, and commit the run, their
+        steps and what the resumed run did next together (Worker._run_deferred):
+        a plain plan that delivered nothing (a job's first run), whose every
+        dispatch is an activity leased to ``local``. Until then the run task's
+        lease is the job's way forward: a crash runs the run (and, at least
+        once, the activities) again."""
+        if outcome.status != "suspended" or run.peek_marks() is not None:
+            return None
+        plan = self._plan(run, outcome, None, local)
+        if plan is None or not plan.dispatches:
+            return None
+        for dispatch in plan.dispatches:
+            task = dispatch.task
+            if task is None or task.kind != "activity" or dispatch.owner != local.owner:
+                return None
+        return plan
+
+    async def record_deferred(self, run: Run, first: Advance, steps: list[Step]) -> None:
+        """Commit a deferred run's own writes and its activities' steps (before a
+        durable side effect of the run resumed with them); its run task stays
+        leased, the way forward until the continuation commits and acks it."""
+        plan = evolve(first, dispatches=[], recorded=steps, acks=[])
+        async with self.backend.transaction(single=True) as tx:
+            await tx.store.advance(plan)
+        if plan.running:
+            run.job.status = "running"
+
+    async def continue_deferred(
+        self,
+        task: Task,
+        run: Run,
+        first: Advance,
+        steps: list[Step],
+        outcome: RunOutcome,
+        local: LocalWorker,
+    ) -> list[Task]:
+        """Commit a deferred run (``first``), the steps of the activities it ran
+        before committing, their delivery to the resumed run and what that did
+        next: one call, where the ordinary way takes two."""
+        if self._plan(run, outcome, run.peek_marks(), local) is None:
+            await self.record_deferred(run, first, steps)
+            return await self.continue_inline(run, [], outcome, local, task)
+        waiting = {c.index for c in outcome.commands}
+        wake = outcome.status == "suspended" and any(index not in waiting for index in run.awaiting)
+        plan = self._plan(run, outcome, run.take_marks(), local)
+        assert plan is not None
+        plan.recorded = steps
+        plan.values = [*first.values, *plan.values]
+        plan.running = plan.running or first.running
+        if wake:
+            plan.wake = wake_task(Command(0, "", "").step(run))
+        plan.acks.append(task.id)
+        return await self._advance(run, plan, outcome)
+
     def _plan(
         self,
         run: Run,

@@ -507,6 +507,10 @@ class Run:
         values, self.values = self.values, []
         return values
 
+    def peek_marks(self) -> tuple[int, list[int]] | None:
+        """The live activation's deliveries, left for :meth:`take_marks`."""
+        return self._marks
+
     def take_marks(self) -> tuple[int, list[int]] | None:
         """The live activation's deliveries, once: the first transaction this run
         commits records them (``Store.mark_delivered``) with its other writes."""

@@ -21,7 +21,7 @@ from typing import Any
 from attrs import define, evolve
 
 from .activity import _current as activity_context
-from .advance import Handoff
+from .advance import Advance, Handoff
 from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT, Suspended, WorkflowCache
 from .config import validate_name
 from .engine import Engine, LocalWorker, RunContext, Superseded
@@ -135,6 +135,9 @@ class Worker:
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
         # Signals handed over: run task id -> (the answered step's index, data).
         self._signalled: dict[str, tuple[int, Any]] = {}
+        # Deferred first steps' activities, by the run task whose lease they run under.
+        self._under_run_lease: dict[str, list[asyncio.Future[ActivityOutcome]]] = {}
+        self._abandoned: set[str] = set()  # their run's lease was lost
         self._loop: asyncio.AbstractEventLoop | None = None
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
@@ -253,9 +256,11 @@ class Worker:
 
     def _arm_timer(self, task: Task, delay: float) -> None:
         """Fire ``task`` (a sleep's timer this worker just committed) from this
-        process after ``delay`` seconds of the event loop's clock. The delay is
-        counted from after the commit, so it never fires before its row comes
-        due; whoever gets there first fires it, the other finds it done."""
+        process after ``delay`` seconds of the event loop's clock, counted from
+        when the run asked for it (``Engine._advance``): the code after the
+        sleep runs when it asked. Whoever gets there first fires it (this
+        process resuming its cached run, or anyone claiming the row), the other
+        finds it done."""
         if not self._stopping:
             loop = asyncio.get_running_loop()
             self._armed[task.id] = loop.call_later(delay, self._fire_armed, task)
@@ -453,7 +458,9 @@ class Worker:
 
     async def _handle(self, task: Task) -> None:
         # Activities keep their own lease alive while they run (_activity_outcome).
-        heartbeat = None if task.kind == "activity" else asyncio.create_task(self._heartbeat(task))
+        heartbeat = None
+        if task.kind != "activity":
+            heartbeat = asyncio.create_task(self._heartbeat(task, self._lost_callback(task)))
         try:
             if task.kind == "activity":
                 await self._run_activity(task)
@@ -514,6 +521,19 @@ class Worker:
                 await tx.stream.retry(task.id, delay=0.0)
         except Exception as exc:
             log.warning("task %s is left to its lease: %s", task.id, exc)
+
+    def _lost_callback(self, task: Task) -> Callable[[], None]:
+        """What a run task's lost lease stops: the activities of a deferred first
+        step running under it (``_run_deferred`` registers them)."""
+
+        def lost() -> None:
+            running = self._under_run_lease.pop(task.id, None)
+            if running is not None:
+                self._abandoned.add(task.id)
+                for activity in running:
+                    activity.cancel()
+
+        return lost
 
     async def _heartbeat(self, task: Task, lost: Callable[[], None] | None = None) -> None:
         """Keep ``task``'s lease; once it is lost (the task was interrupted, or
@@ -606,6 +626,11 @@ class Worker:
             )
             outcome = await self._execute(run, fn, args, name)
         local = self._next_local()
+        # A job's first run: its inline activities run before anything commits.
+        first = self.engine.deferrable(run, outcome, local) if self._cache.size > 0 else None
+        if first is not None:
+            await self._run_deferred(task, run, fn, args, name, outcome, first, local)
+            return
         try:
             leased = await self.engine.finish_run(task, run, outcome, local)
         except BackendUnavailable:
@@ -614,6 +639,103 @@ class Worker:
             self._lost_claims.append(local.owner)
             raise
         await self._follow_chain(run, fn, args, name, outcome, leased)
+
+    async def _run_deferred(
+        self,
+        task: Task,
+        run: Run,
+        fn: Callable[..., Any],
+        args: list[Any],
+        name: str,
+        outcome: RunOutcome,
+        first: Advance,
+        local: LocalWorker,
+    ) -> None:
+        """Run the inline activities of a first run (``first``, not committed), then
+        resume the run with them and commit it all in one call: a job's start,
+        first step and next dispatch. The run task's lease (kept by ``_handle``)
+        is the way forward meanwhile. An activity to be retried commits the run
+        the ordinary way with its failed attempt; anything else going wrong
+        hands the run task back, to run again from what is stored."""
+        tasks = [
+            evolve(d.task, attempts=1, lease_owner=task.lease_owner)
+            for d in first.dispatches
+            if d.task is not None
+        ]
+        # The run task's lease is theirs: lost (an interrupt, or a lapse and
+        # another worker has the run), they are abandoned, as an activity is.
+        running: list[asyncio.Future[ActivityOutcome]] = [
+            asyncio.ensure_future(self._activity_outcome(t, keep_lease=False)) for t in tasks
+        ]
+        self._under_run_lease[task.id] = running
+        try:
+            outcomes = await asyncio.gather(*running)
+        except asyncio.CancelledError:
+            if task.id in self._abandoned:
+                log.warning("the first step of %r lost its run's lease; abandoned", run.job.id)
+                return
+            raise
+        finally:
+            self._under_run_lease.pop(task.id, None)
+            self._abandoned.discard(task.id)
+        if any(o.retry_in is not None for o in outcomes):
+            leased = await self.engine.finish_run(task, run, outcome, local)
+            by_index = {t.index: t for t in leased}
+            await self._while_backend_returns(
+                lambda: self._answer_normally(
+                    [
+                        evolve(o, task=by_index[o.task.index])
+                        for o in outcomes
+                        if o.task.index in by_index
+                    ]
+                )
+            )
+            await self._follow_chain(run, fn, args, name, outcome, [])
+            return
+        steps: list[Step] = []
+        for o in outcomes:
+            assert o.task.index is not None
+            steps.append(
+                evolve(
+                    run.step_at(o.task.index),
+                    status="done" if o.error is None else "failed",
+                    result=o.result,
+                    error=o.error,
+                    attempts=1,
+                    activation=None,
+                )
+            )
+        recorded = False
+
+        async def record_then_execute(resumed: Run, command: Command) -> Any:
+            # A durable side effect may depend on the results: record them first.
+            nonlocal recorded
+            if not recorded:
+                await self.engine.record_deferred(resumed, first, steps)
+                recorded = True
+            return await self.engine.execute_inline(resumed, command)
+
+        run.execute_inline = record_then_execute
+        try:
+            resumed = await self._execute(run, fn, args, name, steps)
+            if recorded:
+                leased = await self.engine.continue_inline(run, [], resumed, local, task)
+            else:
+                leased = await self.engine.continue_deferred(
+                    task, run, first, steps, resumed, local
+                )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, BackendUnavailable):
+                self._lost_claims.append(local.owner)  # see _run_workflow
+            if not isinstance(exc, (Superseded, BackendUnavailable)):
+                log.exception("running %r's first step inline failed; it runs again", run.job.id)
+            await self._release(task)
+            return
+        finally:
+            run.execute_inline = self.engine.execute_inline
+        await self._follow_chain(run, fn, args, name, resumed, leased)
 
     async def _follow_chain(
         self,
@@ -845,8 +967,9 @@ class Worker:
         # Only the recording is repeated: the activity ran, its outcome is kept.
         await self._while_backend_returns(lambda: self._answer_normally([outcome]))
 
-    async def _activity_outcome(self, task: Task) -> ActivityOutcome:
-        """Execute an activity (keeping its lease alive); what happened, not yet recorded."""
+    async def _activity_outcome(self, task: Task, keep_lease: bool = True) -> ActivityOutcome:
+        """Execute an activity (keeping its lease alive; ``keep_lease=False``: it has
+        no task yet, its run's lease is kept instead); what happened, not yet recorded."""
         fn = self.activities[task.name]
         payload = task.payload
         running = asyncio.current_task()
@@ -858,7 +981,7 @@ class Worker:
             if running is not None:
                 running.cancel()
 
-        heartbeat = asyncio.create_task(self._heartbeat(task, lease_lost))
+        heartbeat = asyncio.create_task(self._heartbeat(task, lease_lost)) if keep_lease else None
         info = ActivityInfo(
             task.job_id,
             str(payload.get("workflow_name", "")),
@@ -911,7 +1034,8 @@ class Worker:
             return ActivityOutcome(task, None, error, delay)
         finally:
             activity_context.reset(current)
-            heartbeat.cancel()
+            if heartbeat is not None:
+                heartbeat.cancel()
 
 
 @define

@@ -232,6 +232,7 @@ def advance_document(plan: Advance) -> dict[str, Any]:
             }
             for answer in plan.answers
         ],
+        "recorded": [_step_document(step) for step in plan.recorded],
         "delivered": None if plan.delivered is None else list(plan.delivered),
         "values": [_step_document(step) for step in plan.values],
         "running": plan.running,

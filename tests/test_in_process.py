@@ -214,3 +214,29 @@ async def test_sleeps_resume_in_process_with_the_history_of_a_replay(backend: st
         assert shape(await cached.export()) == shape(await replayed.export())
     finally:
         await mf.shutdown()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_interrupt_abandons_a_first_step_running_before_its_commit(
+    backend: str,
+) -> None:
+    """A job's first inline activity runs under its run's lease (nothing of it is
+    committed yet): an interrupt takes that lease, and the activity is cancelled
+    as an activity whose own lease is lost is."""
+    mf = await app(backend)
+    try:
+        await mf.worker("q", workflows=[gated], activities=[held], lease=0.3)
+        GATE["k"] = asyncio.Event()  # never set: only a cancel ends it
+        handle = await mf.workflow.start("t", "gated", "first-interrupted", ["k"], "q")
+        while RUNNING["now"] == 0:
+            await asyncio.sleep(0.01)
+        assert await handle.interrupt("enough") is True
+        for _ in range(300):
+            if RUNNING["now"] == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert RUNNING["now"] == 0  # abandoned within a heartbeat, not left running
+        assert await handle.status() == "interrupted"
+        assert (await handle.export()).timeline == []  # it recorded nothing
+    finally:
+        await mf.shutdown()

@@ -278,13 +278,20 @@ async def test_a_lost_lease_is_counted() -> None:
         await asyncio.sleep(30)
         return "late"
 
+    async def quick() -> str:
+        return "quick"
+
     async def waits() -> str:
-        result: str = await workflow.proxy_activities(activities=[slow]).slow()
+        # The second step: an activity task of its own (a job's first step runs
+        # under its run's lease, whose loss counts as the run's).
+        acts = workflow.proxy_activities(activities=[quick, slow])
+        await acts.quick()
+        result: str = await acts.slow()
         return result
 
     async with MemFlow.init("otel-lease", "memory") as mf:
         worker = Worker(
-            mf.backend, "lq", workflows=[waits], activities=[slow], lease=0.3,
+            mf.backend, "lq", workflows=[waits], activities=[quick, slow], lease=0.3,
             interceptors=[metrics],
         )  # fmt: skip
         await worker.start()

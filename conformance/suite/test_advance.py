@@ -406,3 +406,51 @@ async def test_a_wait_takes_a_buffered_signal_or_leaves_a_waiter(hm: Harness) ->
     async with mf.backend.transaction(readonly=True) as tx:
         (_first, second) = await tx.store.load_steps("a12", "")
     assert (second.status, second.result) == ("done", "late")
+
+
+async def test_recorded_steps_go_in_before_the_activation_that_delivers_them(
+    hm: Harness,
+) -> None:
+    """A job's first inline step, run before its dispatch was committed: the run's
+    start, the step done, its delivery (the CAS marks it) and the next dispatch
+    in one advance; a second such advance (a racing run) is superseded whole."""
+    mf = await hm.memflow()
+    await _started(mf, "a20")
+    done_step = Step(
+        job_id="a20",
+        dimension="",
+        index=0,
+        kind="activity",
+        name="act",
+        args=[0],
+        status="done",
+        result="first",
+        attempts=1,
+        wake_queue=QUEUE,
+        wake_name="wf",
+    )
+    plan = Advance(
+        "a20",
+        "",
+        recorded=[done_step],
+        delivered=(1, [0]),
+        running=True,
+        dispatches=[Dispatch(_step("a20", 1), _activity("a20", 1))],
+    )
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance(plan)
+    assert done.task_ids[0] is not None
+    async with mf.backend.transaction(readonly=True) as tx:
+        job = await tx.store.get_job("a20")
+        steps = await tx.store.load_steps("a20", "")
+    assert job is not None and (job.status, job.activation) == ("running", 1)
+    assert [(s.index, s.status, s.result, s.attempts, s.activation) for s in steps] == [
+        (0, "done", "first", 1, 1),
+        (1, "pending", None, 0, None),
+    ]
+    again = Advance("a20", "", recorded=[done_step], delivered=(1, [0]))
+    with pytest.raises(Superseded):
+        async with mf.backend.transaction(single=True) as tx:
+            await tx.store.advance(again)
+    async with mf.backend.transaction(readonly=True) as tx:
+        assert len(await tx.store.load_steps("a20", "")) == 2  # nothing of it was written

@@ -162,6 +162,17 @@ async def test_a_crash_after_the_answers_commit_loses_nothing(
         return leased
 
     monkeypatch.setattr(Engine, "record_answers", then_crash)
+    # A job's first step runs before its dispatch commits (Worker._run_deferred):
+    # its results are recorded, with the run's start, by record_deferred.
+    record_deferred = Engine.record_deferred
+
+    async def then_crash_deferred(self: Engine, *args: Any, **kwargs: Any) -> None:
+        await record_deferred(self, *args, **kwargs)
+        if not crashed:
+            crashed.append("first step")
+            raise Crash
+
+    monkeypatch.setattr(Engine, "record_deferred", then_crash_deferred)
     mf = await hm.memflow()
     first = Worker(mf.backend, "q", workflows=[step_then_append], activities=[plus_one], lease=1)
     await first.start()

@@ -144,11 +144,20 @@ async def test_an_inline_activity_that_lost_its_lease_is_recorded_once(hm: Harne
         ran.append("b")
         return "from b"
 
+    async def warm() -> str:
+        return "warm"
+
     async def flow() -> str:
-        acts = workflow.proxy_activities(activities=["value"])
+        # A job's first step runs before its dispatch commits (it has no task
+        # another worker could take: a crash runs the run again); the second
+        # is the inline chain's, leased to the worker that dispatched it.
+        acts = workflow.proxy_activities(activities=["warm", "value"])
+        await acts.warm()
         return await acts.value()  # type: ignore[no-any-return]
 
-    await mf.worker("q", workflows={"flow": flow}, activities={"value": slow_on_a}, lease=1.0)
+    await mf.worker(
+        "q", workflows={"flow": flow}, activities={"value": slow_on_a, "warm": warm}, lease=1.0
+    )
     handle = await mf.workflow.start("t", "flow", "race", [], "q")
     await asyncio.wait_for(started.wait(), 5)
     await mf.worker("q", activities={"value": quick_on_b}, lease=1.0)
@@ -157,8 +166,8 @@ async def test_an_inline_activity_that_lost_its_lease_is_recorded_once(hm: Harne
     release.set()  # a's late answer must change nothing
     await asyncio.sleep(0.1)
     assert ran == ["a", "b"]
-    (step,) = (await handle.export()).timeline
-    assert (step.result, step.attempts) == ("from b", 2)
+    (first, step) = (await handle.export()).timeline
+    assert (first.result, step.result, step.attempts) == ("warm", "from b", 2)
     assert await handle.result(timeout=1) == "from b"
 
 
