@@ -131,6 +131,7 @@ class Worker:
         # Eager starts (in_process.py): first runs a client of this process
         # leased to this worker, with the job as it was just created.
         self._eager_pending = 0  # handed owners whose start has not returned
+        self._claiming = 0  # the slots a claim in flight may fill
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
         self._loop: asyncio.AbstractEventLoop | None = None
         clock = getattr(backend, "clock", None)
@@ -198,9 +199,16 @@ class Worker:
         workflow_names = sorted(self.workflows)
         activity_names = sorted(self.activities)
         while not self._stopping:
-            free = self.concurrency - len(self._inflight)
+            # Eager starts (eager_owner) take slots too: those handed out, and
+            # not yet running, count; and while this claim is in flight, the
+            # slots it may fill are reserved (self._claiming), or the two
+            # together would exceed ``concurrency``.
+            free = self.concurrency - len(self._inflight) - self._eager_pending
             if free <= 0:
-                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                if self._inflight:
+                    await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    await asyncio.sleep(self.poll_interval)  # eager starts not yet handed over
                 continue
             if self._lost_claims and not await self._release_lost_claims():
                 await asyncio.sleep(self.poll_interval)
@@ -210,6 +218,7 @@ class Worker:
             # once (release_leases) instead of sitting out a whole lease.
             self._claims += 1
             claim_owner = f"{self.id}#{self._claims}"
+            self._claiming = free
             try:
                 async with self.backend.transaction(single=True) as tx:
                     tasks = await tx.stream.claim(
@@ -222,15 +231,21 @@ class Worker:
                         sticky_wait=self.sticky_wait,
                     )
             except BackendUnavailable as error:
+                self._claiming = 0
                 log.warning("claim on queue %r: %s; retrying", self.task_queue, error)
                 self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
             except Exception:
+                self._claiming = 0
                 log.exception("claim failed on queue %r; retrying", self.task_queue)
                 self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
+            except BaseException:
+                self._claiming = 0
+                raise
+            self._claiming = 0
             if not tasks:
                 try:
                     await self.backend.wait_for_tasks([self.task_queue], self._idle_wait)
@@ -308,7 +323,7 @@ class Worker:
             or queue != self.task_queue
             or workflow_name not in self.workflows
             or self._loop is not asyncio.get_running_loop()
-            or len(self._inflight) + self._eager_pending >= self.concurrency
+            or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
         ):
             return None
         self._eager_pending += 1

@@ -1,0 +1,166 @@
+"""Adversarial tests of the in-process shortcuts (issue #11): eager start, local
+results, armed timers that resume the cached run in process.
+
+Each test says what a user does and what they must see, on both backends where
+it applies; narrow races are driven by hand (a patched backend call that waits
+for the test), never left to timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from hotmesh_core import MemFlow, workflow
+from hotmesh_core.errors import WorkflowInterrupted
+from hotmesh_postgres.testing import test_dsn
+
+BACKENDS = ["memory", "postgres"]
+
+
+@asynccontextmanager
+async def app(backend: str, app_id: str | None = None, **extra: Any) -> AsyncIterator[MemFlow]:
+    options: dict[str, Any] = dict(extra)
+    if backend == "postgres":
+        options.update(dsn=test_dsn(), drop_on_close=app_id is None)
+    async with MemFlow.init(
+        app_id=app_id or f"advip{uuid.uuid4().hex[:10]}", backend=backend, **options
+    ) as mf:
+        yield mf
+
+
+async def until(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+# -- activities and workflows ---------------------------------------------------
+
+CALLS: dict[str, int] = {}
+RUNNING: dict[str, int] = {}
+PEAK: dict[str, int] = {}
+
+
+async def count(key: str) -> str:
+    CALLS[key] = CALLS.get(key, 0) + 1
+    return key
+
+
+async def slow(key: str, seconds: float) -> str:
+    RUNNING[key] = RUNNING.get(key, 0) + 1
+    PEAK[key] = max(PEAK.get(key, 0), RUNNING[key])
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        RUNNING[key] -= 1
+    return key
+
+
+async def one_count(key: str) -> str:
+    acts = workflow.proxy_activities(activities=[count])
+    return await acts.count(key)
+
+
+async def one_slow(key: str, seconds: float) -> str:
+    acts = workflow.proxy_activities(activities=[slow])
+    return await acts.slow(key, seconds)
+
+
+async def plain(value: Any) -> Any:
+    return value
+
+
+# -- eager start ------------------------------------------------------------------
+
+
+def gate_finish_run(worker: Any) -> asyncio.Event:
+    """Hold the worker's next run commits until the returned event is set."""
+    gate = asyncio.Event()
+    original = worker.engine.finish_run
+
+    async def held(*args: Any, **kwargs: Any) -> Any:
+        await gate.wait()
+        return await original(*args, **kwargs)
+
+    worker.engine.finish_run = held
+    return gate
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_interrupt_right_after_an_eager_start_runs_nothing(backend: str) -> None:
+    """A job interrupted as soon as start() returns (before its first run, handed
+    to the worker without a read, commits) takes no step: no activity runs."""
+    async with app(backend) as mf:
+        worker = await mf.worker(
+            "q", workflows=[one_count], activities=[count], poll_interval=0.05
+        )
+        gate = gate_finish_run(worker)
+        key = f"int-{uuid.uuid4().hex[:6]}"
+        handle = await mf.workflow.start("t", "one_count", key, [key], "q")
+        assert await handle.interrupt()
+        gate.set()
+        with pytest.raises(WorkflowInterrupted):
+            await handle.result(timeout=5)
+        await asyncio.sleep(0.5)
+        assert CALLS.get(key, 0) == 0
+        assert await handle.status() == "interrupted"
+
+
+class ClaimGate:
+    """Stands in for a worker's backend: once ``armed``, its claim loop's next
+    transaction waits (outside any transaction) until ``release`` is set."""
+
+    def __init__(self, worker: Any) -> None:
+        self.backend, self.worker = worker.backend, worker
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        worker.backend = self
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    @asynccontextmanager
+    async def transaction(self, **kwargs: Any) -> AsyncIterator[Any]:
+        task = asyncio.current_task()
+        if self.armed and task is not None and task.get_name() == f"hotmesh:{self.worker.id}":
+            self.armed = False
+            self.entered.set()
+            await self.release.wait()
+        async with self.backend.transaction(**kwargs) as tx:
+            yield tx
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_eager_starts_during_a_claim_respect_concurrency(backend: str) -> None:
+    """concurrency=2 bounds the runs in hand, however they came: eager starts that
+    take a slot while a claim for the free slots is in flight must not add to
+    what the claim brings back."""
+    key = f"conc-{uuid.uuid4().hex[:6]}"
+    async with app(backend) as mf:
+        worker = await mf.worker(
+            "q", workflows=[one_slow], activities=[slow], concurrency=2, poll_interval=0.05
+        )
+        gate = ClaimGate(worker)
+        handles = [
+            await mf.workflow.start("t", "one_slow", f"{key}-{i}", [key, 0.6], "q")
+            for i in range(4)
+        ]  # two eager, two queued
+        gate.armed = True
+        await asyncio.wait_for(gate.entered.wait(), 10)  # the first two ended: a claim
+        handles += [
+            await mf.workflow.start("t", "one_slow", f"{key}-{i}", [key, 0.6], "q")
+            for i in range(4, 6)
+        ]
+        gate.release.set()
+        assert [await h.result(timeout=20) for h in handles] == [key] * 6
+        assert PEAK[key] <= 2
