@@ -132,6 +132,7 @@ class Worker:
         # leased to this worker, with the job as it was just created.
         self._eager_pending = 0  # handed owners whose start has not returned
         self._claiming = 0  # the slots a claim in flight may fill
+        self._handing_back: set[asyncio.Future[None]] = set()
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
         self._loop: asyncio.AbstractEventLoop | None = None
         clock = getattr(backend, "clock", None)
@@ -334,6 +335,14 @@ class Worker:
         """Run the first run of ``job``, leased to ``owner`` as it was created, as if
         claimed; None: nothing to run, and any lease a lost commit made goes back."""
         self._eager_pending -= 1
+        if self._stopping:
+            # Stopped while the start committed: run nothing (stop() has
+            # returned), and hand the run back now, so that another worker
+            # takes it at once instead of a lease later (adversarial finding).
+            releasing = asyncio.ensure_future(self._hand_back(owner))
+            self._handing_back.add(releasing)
+            releasing.add_done_callback(self._handing_back.discard)
+            return
         if job is None or run.lease_owner != owner:
             self._lost_claims.append(owner)
             return
@@ -342,6 +351,13 @@ class Worker:
         handler = asyncio.create_task(self._handle(run))
         self._inflight.add(handler)
         handler.add_done_callback(self._inflight.discard)
+
+    async def _hand_back(self, owner: str) -> None:
+        try:
+            async with self.backend.transaction(single=True) as tx:
+                await tx.stream.release_leases(self.task_queue, owner=owner, attempted=False)
+        except Exception as error:  # its lease runs out instead
+            log.warning("handing back the eager start of %s: %s", owner, error)
 
     def _next_local(self) -> LocalWorker:
         """This worker as the runner of the activities one commit leases to it, under

@@ -164,3 +164,77 @@ async def test_eager_starts_during_a_claim_respect_concurrency(backend: str) -> 
         gate.release.set()
         assert [await h.result(timeout=20) for h in handles] == [key] * 6
         assert PEAK[key] <= 2
+
+
+WHO: dict[str, list[str]] = {}
+
+
+def counted_as(worker_name: str) -> Any:
+    async def count(key: str) -> str:
+        WHO.setdefault(key, []).append(worker_name)
+        return key
+
+    return count
+
+
+class StartGate:
+    """Stands in for a client's backend: once ``armed``, its next transaction (a
+    start's create_job) waits until ``release`` is set. Eager starts still
+    find the real backend's workers."""
+
+    def __init__(self, mf: MemFlow, monkeypatch: pytest.MonkeyPatch) -> None:
+        from hotmesh_core import engine as engine_module
+        from hotmesh_core.engine import Engine
+
+        self.backend = mf.backend
+        self.armed = False
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        mf.workflow._engine = Engine(self)  # type: ignore[arg-type]
+        original = engine_module.eager_taker
+        monkeypatch.setattr(
+            engine_module,
+            "eager_taker",
+            lambda backend, queue, name: original(getattr(backend, "backend", backend), queue, name),
+        )
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.backend, name)
+
+    @asynccontextmanager
+    async def transaction(self, **kwargs: Any) -> AsyncIterator[Any]:
+        if self.armed:
+            self.armed = False
+            self.entered.set()
+            await self.release.wait()
+        async with self.backend.transaction(**kwargs) as tx:
+            yield tx
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("drain", [True, False])
+async def test_a_worker_stopped_while_an_eager_start_commits_runs_nothing(
+    backend: str, drain: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that chose a worker for its first run, and commits after that
+    worker stopped: the stopped worker runs nothing, and another worker runs
+    the job at once (not a lease later)."""
+    async with app(backend) as mf:
+        first = await mf.worker(
+            "q", workflows=[one_count], activities={"count": counted_as("first")},
+            poll_interval=0.05, lease=30,
+        )  # fmt: skip
+        gate = StartGate(mf, monkeypatch)
+        gate.armed = True
+        key = f"stop-{uuid.uuid4().hex[:6]}"
+        starting = asyncio.ensure_future(mf.workflow.start("t", "one_count", key, [key], "q"))
+        await asyncio.wait_for(gate.entered.wait(), 10)
+        await first.stop(drain=drain)
+        await mf.worker(
+            "q", workflows=[one_count], activities={"count": counted_as("second")},
+            poll_interval=0.05,
+        )  # fmt: skip
+        gate.release.set()
+        handle = await starting
+        assert await handle.result(timeout=10) == key
+        assert WHO[key] == ["second"]
