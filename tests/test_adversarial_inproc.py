@@ -238,3 +238,55 @@ async def test_a_worker_stopped_while_an_eager_start_commits_runs_nothing(
         handle = await starting
         assert await handle.result(timeout=10) == key
         assert WHO[key] == ["second"]
+
+
+# -- local results ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_result_of_an_id_started_again_after_expiry_is_the_new_jobs(backend: str) -> None:
+    """A handle kept from the first job of an id (never asked for its result)
+    must not make the second job of that id, started after the first expired,
+    answer with the first one's result."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[plain], poll_interval=0.05)
+        key = f"exp-{uuid.uuid4().hex[:6]}"
+        first = await mf.workflow.start("t", "plain", key, ["first"], "q", expire=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await first.status() != "completed":  # its result is never asked for
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(1.2)
+        deadline = loop.time() + 10
+        while True:
+            await mf.backend.maintain()
+            try:
+                await mf.workflow.get_handle(key)
+            except Exception:
+                break
+            assert loop.time() < deadline, "the first job did not expire"
+            await asyncio.sleep(0.2)
+        second = await mf.workflow.start("t", "plain", key, ["second"], "q", strict=True)
+        assert await second.result(timeout=10) == "second"
+        assert await first.status() == "completed"
+
+
+async def test_local_result_still_needs_no_second_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check above keeps the shortcut: a job started and completed here gives
+    its result() from the commit (one read at most, the one before waiting)."""
+    from hotmesh_memory.store import MemoryStore
+
+    reads: list[str] = []
+    original = MemoryStore.get_job
+
+    async def counted(self: Any, job_id: str) -> Any:
+        reads.append(job_id)
+        return await original(self, job_id)
+
+    async with app("memory") as mf:
+        await mf.worker("q", workflows=[plain], poll_interval=0.05)
+        monkeypatch.setattr(MemoryStore, "get_job", counted)
+        handle = await mf.workflow.start("t", "plain", f"loc-{uuid.uuid4().hex[:6]}", [7], "q")
+        assert await handle.result(timeout=10) == 7
+        assert reads.count(handle.workflow_id) <= 1
