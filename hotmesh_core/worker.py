@@ -561,6 +561,10 @@ class Worker:
             # continue_as_new resets the activation: a run of an ended
             # generation must not be resumed as the new one.
             and (thread is not None or cached.run.job.generation == job.generation)
+            # Nor a run of an earlier job of the id (interrupted, expired, its
+            # id started again): its activation and generation may match, but
+            # it waits for steps the new job never asked for (it was stuck).
+            and cached.run.job.created_at == job.created_at
         ):
             run = cached.run
             run.job, run.thread = job, thread

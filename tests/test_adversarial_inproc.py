@@ -290,3 +290,47 @@ async def test_local_result_still_needs_no_second_read(monkeypatch: pytest.Monke
         handle = await mf.workflow.start("t", "plain", f"loc-{uuid.uuid4().hex[:6]}", [7], "q")
         assert await handle.result(timeout=10) == 7
         assert reads.count(handle.workflow_id) <= 1
+
+
+async def nap_or_not(seconds: float, value: str) -> str:
+    if seconds > 0:
+        await workflow.sleep_for(seconds)
+    return value
+
+
+async def wait_for_expiry(mf: MemFlow, key: str) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 15
+    while True:
+        await mf.backend.maintain()
+        try:
+            await mf.workflow.get_handle(key)
+        except Exception:
+            return
+        assert loop.time() < deadline, f"{key} did not expire"
+        await asyncio.sleep(0.2)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_id_started_again_does_not_resume_the_cached_run_of_its_last_job(
+    backend: str,
+) -> None:
+    """An interrupted job whose suspended run a worker still caches expires, and
+    its id is started again with other arguments: the new job runs its own
+    code path (it must not resume the old run, which waits for a sleep the new
+    job never asked for: the new job would be stuck)."""
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[nap_or_not], poll_interval=0.05)
+        key = f"again-{uuid.uuid4().hex[:6]}"
+        first = await mf.workflow.start("t", "nap_or_not", key, [600, "old"], "q", expire=1)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not [e for e in (await first.export()).timeline if e.kind == "sleep"]:
+            assert loop.time() < deadline
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)  # its run is cached, suspended
+        assert await first.interrupt()
+        await asyncio.sleep(1.1)
+        await wait_for_expiry(mf, key)
+        second = await mf.workflow.start("t", "nap_or_not", key, [0, "new"], "q", strict=True)
+        assert await second.result(timeout=10) == "new"
