@@ -283,7 +283,14 @@ class Worker:
 
     async def _fire_own_timer(self, task: Task) -> None:
         try:
-            suspended = self._cache.take(task.job_id, task.dimension)
+            # Resuming the run here takes a slot like a claimed run (its chain
+            # may run activities inline): only with one free (this firing
+            # counts as one), else the row's answer wakes a run for the claim
+            # loop, which respects ``concurrency`` (adversarial finding).
+            busy = len(self._inflight) + self._eager_pending + self._claiming
+            suspended = None if busy > self.concurrency else self._cache.take(
+                task.job_id, task.dimension
+            )
             if suspended is not None and task.index in suspended.run.awaiting:
                 await self._wake_in_process(suspended, task)
                 return

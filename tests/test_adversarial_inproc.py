@@ -334,3 +334,148 @@ async def test_an_id_started_again_does_not_resume_the_cached_run_of_its_last_jo
         await wait_for_expiry(mf, key)
         second = await mf.workflow.start("t", "nap_or_not", key, [0, "new"], "q", strict=True)
         assert await second.result(timeout=10) == "new"
+
+
+# -- every shape: result() equals what is stored, on both backends -----------------
+
+
+async def echo(value: Any) -> Any:
+    return value
+
+
+async def napping_hook(tag: str, config: dict[str, Any]) -> None:
+    await workflow.sleep_for(0.05)
+    await workflow.signal(config["signal"], {"hook": tag, "at": 1.5})
+
+
+async def mixed(n: int) -> Any:
+    acts = workflow.proxy_activities(activities=[echo])
+    branches = await asyncio.gather(
+        workflow.sleep_for(0.05),
+        acts.echo({"b": n, "a": [n, (n, "t")]}),
+        workflow.sleep_for(0.1),
+        acts.echo(-0.0),
+    )
+    hooked = await workflow.exec_hook(None, "napping_hook", [f"h{n}"])
+    child = await workflow.exec_child("t", "plain", None, [{"child": n}])
+    await workflow.sleep_for(0.02)
+    return {"z": branches, "hook": hooked, "child": child, "n": n}
+
+
+async def again(left: int, total: int) -> Any:
+    await workflow.sleep_for(0.01)
+    if left > 0:
+        await workflow.continue_as_new(left - 1, total + left)
+    return {"total": total}
+
+
+async def shapes(mf: MemFlow, tag: str, count: int) -> list[Any]:
+    for _ in range(2):  # two workers in one process
+        await mf.worker(
+            "q", workflows=[mixed, again, plain, napping_hook], activities=[echo],
+            poll_interval=0.05, concurrency=4,
+        )  # fmt: skip
+    handles = []
+    for i in range(count):
+        handles.append(await mf.workflow.start("t", "mixed", f"{tag}-m{i}", [i], "q"))
+        handles.append(await mf.workflow.start("t", "again", f"{tag}-a{i}", [3, 0], "q"))
+    results = await asyncio.gather(*(h.result(timeout=30) for h in handles))
+    twice = [await h.result(timeout=5) for h in handles]  # a second result() reads
+    assert twice == results
+    return results
+
+
+def expected_shapes(count: int) -> list[Any]:
+    out: list[Any] = []
+    for n in range(count):
+        out.append(
+            {
+                "z": [None, {"b": n, "a": [n, [n, "t"]]}, None, 0.0],
+                "hook": {"hook": f"h{n}", "at": 1.5},
+                "child": {"child": n},
+                "n": n,
+            }
+        )
+        out.append({"total": 6})
+    return out
+
+
+@pytest.mark.parametrize("codec", [False, True])
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_results_of_every_shape_equal_what_is_stored(backend: str, codec: bool) -> None:
+    from hotmesh_core.codec import AesGcmCodec
+
+    extra: dict[str, Any] = {}
+    if codec:
+        extra["codec"] = AesGcmCodec({"k1": AesGcmCodec.new_key()})
+    app_id = f"advsh{uuid.uuid4().hex[:10]}"
+    count = 6
+    async with app(backend, app_id=app_id if backend == "postgres" else None, **extra) as mf:
+        tag = uuid.uuid4().hex[:6]
+        results = await shapes(mf, tag, count)
+        assert results == expected_shapes(count)
+        if backend == "postgres":
+            # A second client of the app, in its own MemFlow: it reads the tables.
+            async with app(backend, app_id=app_id, **extra) as reader:
+                stored = [
+                    await (await reader.workflow.get_handle(f"{tag}-{kind}{i}")).result(timeout=5)
+                    for i in range(count)
+                    for kind in ("m", "a")
+                ]
+            assert stored == results
+            mf.backend.options["drop_on_close"] = True  # type: ignore[attr-defined]
+
+
+# -- armed timers ---------------------------------------------------------------------
+
+
+async def nap_then_slow(key: str, seconds: float) -> str:
+    acts = workflow.proxy_activities(activities=[slow])
+    await workflow.sleep_for(0.3)
+    return await acts.slow(key, seconds)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_sleeps_resumed_in_process_respect_concurrency(backend: str) -> None:
+    """concurrency=2: six jobs asleep on one worker wake at the same time; the
+    runs they resume in process (and the activities those run inline) must not
+    exceed two at once."""
+    key = f"tconc-{uuid.uuid4().hex[:6]}"
+    async with app(backend) as mf:
+        await mf.worker(
+            "q", workflows=[nap_then_slow], activities=[slow], concurrency=2, poll_interval=0.05
+        )
+        handles = await asyncio.gather(
+            *(
+                mf.workflow.start("t", "nap_then_slow", f"{key}-{i}", [key, 0.4], "q")
+                for i in range(6)
+            )
+        )
+        assert [await h.result(timeout=30) for h in handles] == [key] * 6
+        assert PEAK[key] <= 2
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("same_id", [False, True])
+async def test_eager_start_abandoned_by_a_crash_is_run_by_another_worker(
+    backend: str, same_id: bool
+) -> None:
+    """stop(drain=False) (a crash) before the eager first run commits: the job is
+    run by another worker once the lease runs out (at once by a worker started
+    again under the same id); its activity runs, its result is stored."""
+    async with app(backend) as mf:
+        first = await mf.worker(
+            "q", workflows=[one_count], activities=[count], poll_interval=0.05, lease=1.0,
+            worker_id="crashy" if same_id else None,
+        )  # fmt: skip
+        gate_finish_run(first)  # never opened: the first run never commits
+        key = f"crash-{uuid.uuid4().hex[:6]}"
+        handle = await mf.workflow.start("t", "one_count", key, [key], "q")
+        await asyncio.sleep(0.1)
+        await first.stop(drain=False)
+        await mf.worker(
+            "q", workflows=[one_count], activities=[count], poll_interval=0.05,
+            worker_id="crashy" if same_id else None,
+        )  # fmt: skip
+        assert await handle.result(timeout=15) == key
+        assert CALLS[key] >= 1
