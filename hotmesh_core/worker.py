@@ -288,8 +288,8 @@ class Worker:
             # counts as one), else the row's answer wakes a run for the claim
             # loop, which respects ``concurrency`` (adversarial finding).
             busy = len(self._inflight) + self._eager_pending + self._claiming
-            suspended = None if busy > self.concurrency else self._cache.take(
-                task.job_id, task.dimension
+            suspended = (
+                None if busy > self.concurrency else self._cache.take(task.job_id, task.dimension)
             )
             if suspended is not None and task.index in suspended.run.awaiting:
                 await self._wake_in_process(suspended, task)

@@ -9,6 +9,7 @@ for the test), never left to timing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -100,9 +101,7 @@ async def test_interrupt_right_after_an_eager_start_runs_nothing(backend: str) -
     """A job interrupted as soon as start() returns (before its first run, handed
     to the worker without a read, commits) takes no step: no activity runs."""
     async with app(backend) as mf:
-        worker = await mf.worker(
-            "q", workflows=[one_count], activities=[count], poll_interval=0.05
-        )
+        worker = await mf.worker("q", workflows=[one_count], activities=[count], poll_interval=0.05)
         gate = gate_finish_run(worker)
         key = f"int-{uuid.uuid4().hex[:6]}"
         handle = await mf.workflow.start("t", "one_count", key, [key], "q")
@@ -195,7 +194,9 @@ class StartGate:
         monkeypatch.setattr(
             engine_module,
             "eager_taker",
-            lambda backend, queue, name: original(getattr(backend, "backend", backend), queue, name),
+            lambda backend, queue, name: original(
+                getattr(backend, "backend", backend), queue, name
+            ),
         )
 
     def __getattr__(self, name: str) -> Any:
@@ -479,3 +480,141 @@ async def test_eager_start_abandoned_by_a_crash_is_run_by_another_worker(
         )  # fmt: skip
         assert await handle.result(timeout=15) == key
         assert CALLS[key] >= 1
+
+
+async def nap_or_signal(tag: str) -> Any:
+    acts = workflow.proxy_activities(activities=[echo])
+    _slept, got = await asyncio.gather(workflow.sleep_for(0.2), workflow.wait_for(f"go-{tag}"))
+    await workflow.sleep_for(0.05)
+    echoed = await acts.echo(got)
+    return {"got": echoed, "tag": tag}
+
+
+async def nap_cancellable(tag: str) -> str:
+    try:
+        await workflow.sleep_for(0.2)
+        await workflow.sleep_for(0.2)
+    except asyncio.CancelledError:
+        return f"cancelled-{tag}"
+    return f"slept-{tag}"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_signals_cancels_and_interrupts_racing_in_process_timer_resumes(
+    backend: str,
+) -> None:
+    """Signals, cancels and interrupts that land around the moment a sleep's
+    armed timer resumes the cached run: every job ends, with the answer it
+    was given, and what result() says is what is stored."""
+    app_id = f"advrc{uuid.uuid4().hex[:10]}"
+    n = 12
+    async with app(backend, app_id=app_id if backend == "postgres" else None) as mf:
+        for _ in range(2):
+            await mf.worker(
+                "q", workflows=[nap_or_signal, nap_cancellable], activities=[echo],
+                poll_interval=0.05, sticky_wait=0.2,
+            )  # fmt: skip
+        tag = uuid.uuid4().hex[:6]
+        signalled = [
+            await mf.workflow.start("t", "nap_or_signal", f"{tag}-s{i}", [f"{tag}{i}"], "q")
+            for i in range(n)
+        ]
+        cancelled = [
+            await mf.workflow.start("t", "nap_cancellable", f"{tag}-c{i}", [f"{tag}{i}"], "q")
+            for i in range(n)
+        ]
+        interrupted = [
+            await mf.workflow.start("t", "nap_cancellable", f"{tag}-i{i}", [f"{tag}{i}"], "q")
+            for i in range(n)
+        ]
+
+        async def poke(i: int) -> None:
+            await asyncio.sleep(0.15 + i * 0.01)  # around the first timer, and the second
+            await mf.workflow.signal(f"go-{tag}{i}", {"i": i})
+            await cancelled[i].cancel()
+            await interrupted[i].interrupt()
+
+        await asyncio.gather(*(poke(i) for i in range(n)))
+        got = [await h.result(timeout=20) for h in signalled]
+        assert got == [{"got": {"i": i}, "tag": f"{tag}{i}"} for i in range(n)]
+        ended = [await h.result(timeout=20) for h in cancelled]
+        assert all(e in (f"cancelled-{tag}{i}", f"slept-{tag}{i}") for i, e in enumerate(ended))
+        for h in interrupted:
+            with pytest.raises(WorkflowInterrupted):
+                await h.result(timeout=20)
+        if backend == "postgres":
+            async with app(backend, app_id=app_id) as reader:
+                stored = [
+                    await (await reader.workflow.get_handle(h.workflow_id)).result(timeout=5)
+                    for h in signalled + cancelled
+                ]
+            assert stored == got + ended
+            mf.backend.options["drop_on_close"] = True  # type: ignore[attr-defined]
+
+
+FLAKY: dict[str, int] = {}
+
+
+async def flaky(key: str) -> str:
+    FLAKY[key] = FLAKY.get(key, 0) + 1
+    if FLAKY[key] == 1:
+        raise ValueError("first attempt fails")
+    return f"ok-{key}"
+
+
+async def fails_once(key: str) -> str:
+    from hotmesh_core import RetryPolicy
+
+    acts = workflow.proxy_activities(
+        activities=[flaky], retry_policy=RetryPolicy(maximum_attempts=1)
+    )
+    await workflow.sleep_for(0.05)
+    return await acts.flaky(key)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_failed_job_resumed_gives_its_new_result_to_every_handle(backend: str) -> None:
+    """A job that failed, then is resumed and completes: the handle from start,
+    a second handle, and the same handle asked twice all see the completion
+    (never the failure, never a stale value), as a separate client does."""
+    from hotmesh_core.errors import WorkflowFailed
+
+    app_id = f"advrs{uuid.uuid4().hex[:10]}"
+    async with app(backend, app_id=app_id if backend == "postgres" else None) as mf:
+        await mf.worker("q", workflows=[fails_once], activities=[flaky], poll_interval=0.05)
+        key = f"res-{uuid.uuid4().hex[:6]}"
+        handle = await mf.workflow.start("t", "fails_once", key, [key], "q")
+        with pytest.raises(WorkflowFailed):
+            await handle.result(timeout=10)
+        other = await mf.workflow.get_handle(key)
+        waiting = asyncio.ensure_future(other.result(timeout=10))
+        await handle.resume()
+        assert await handle.result(timeout=10) == f"ok-{key}"
+        assert await handle.result(timeout=10) == f"ok-{key}"
+        # It may have read the failure before the resume: that was true then.
+        with contextlib.suppress(WorkflowFailed):
+            assert await waiting == f"ok-{key}"
+        if backend == "postgres":
+            async with app(backend, app_id=app_id) as reader:
+                stored = await (await reader.workflow.get_handle(key)).result(timeout=5)
+            assert stored == f"ok-{key}"
+            mf.backend.options["drop_on_close"] = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_shapes_without_a_workflow_cache(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """max_cached_workflows=0 (every run replays): eager starts, armed timers
+    and local results give the same results."""
+    from hotmesh_core import memflow
+
+    original = memflow.MemFlow.worker
+
+    async def uncached(self: Any, *args: Any, **kwargs: Any) -> Any:
+        kwargs["max_cached_workflows"] = 0
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(memflow.MemFlow, "worker", uncached)
+    async with app(backend) as mf:
+        assert await shapes(mf, uuid.uuid4().hex[:6], 4) == expected_shapes(4)
