@@ -618,3 +618,89 @@ async def test_shapes_without_a_workflow_cache(
     monkeypatch.setattr(memflow.MemFlow, "worker", uncached)
     async with app(backend) as mf:
         assert await shapes(mf, uuid.uuid4().hex[:6], 4) == expected_shapes(4)
+
+
+# -- starts that must not be eager, and duplicate ids ------------------------------------
+
+
+async def test_a_start_in_a_rolled_back_user_transaction_runs_nothing() -> None:
+    """start(connection=) in the caller's transaction, rolled back: the job never
+    existed, so no worker of this process ran it (an eager start would have);
+    started again and committed, it runs once."""
+    import psycopg
+
+    async with app("postgres") as mf:
+        await mf.worker("q", workflows=[one_count], activities=[count], poll_interval=0.05)
+        key = f"conn-{uuid.uuid4().hex[:6]}"
+        async with await psycopg.AsyncConnection.connect(test_dsn()) as conn:
+            async with conn.transaction(force_rollback=True):
+                await mf.workflow.start("t", "one_count", key, [key], "q", connection=conn)
+                await asyncio.sleep(0.3)
+            await asyncio.sleep(0.3)
+            assert CALLS.get(key, 0) == 0
+            async with conn.transaction():
+                handle = await mf.workflow.start("t", "one_count", key, [key], "q", connection=conn)
+        assert await handle.result(timeout=10) == key
+        assert CALLS[key] == 1
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("expire", [None, 60])
+async def test_duplicate_eager_starts_of_one_id(backend: str, expire: int | None) -> None:
+    """Ten concurrent starts of one id in the process that serves it: one job,
+    run once; strict starts but one raise DuplicateWorkflow; every handle gets
+    its result; the slots the losers were given come back (more jobs run)."""
+    from hotmesh_core.errors import DuplicateWorkflow
+
+    async with app(backend) as mf:
+        await mf.worker(
+            "q", workflows=[one_count], activities=[count], poll_interval=0.05, concurrency=3
+        )
+        key = f"dup-{uuid.uuid4().hex[:6]}"
+        starts = [
+            mf.workflow.start("t", "one_count", key, [key], "q", expire=expire, strict=i % 2 == 1)
+            for i in range(10)
+        ]
+        outcomes = await asyncio.gather(*starts, return_exceptions=True)
+        handles = [o for o in outcomes if not isinstance(o, BaseException)]
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        assert all(isinstance(e, DuplicateWorkflow) for e in errors)
+        assert len(errors) in (4, 5)  # five strict starts, one of which may be the first
+        assert [await h.result(timeout=10) for h in handles] == [key] * len(handles)
+        assert CALLS[key] == 1
+        more = [
+            await mf.workflow.start("t", "one_count", f"{key}-{i}", [f"{key}-{i}"], "q")
+            for i in range(6)
+        ]
+        assert [await h.result(timeout=10) for h in more] == [f"{key}-{i}" for i in range(6)]
+
+
+async def test_sync_facade_results_of_jobs_run_by_an_async_worker() -> None:
+    """The blocking client (its own loop and backend) starts jobs that a worker
+    of this loop runs: not eager (another backend), results as stored, a
+    handle dropped by the blocking side leaves no trouble behind."""
+    import gc
+
+    from hotmesh_core.sync import connect
+
+    app_id = f"advsy{uuid.uuid4().hex[:10]}"
+    async with app("postgres", app_id=app_id) as mf:
+        await mf.worker("q", workflows=[nap_or_not], poll_interval=0.05)
+        client = await asyncio.to_thread(connect, app_id, "postgres", dsn=test_dsn())
+        try:
+
+            def blocking() -> list[Any]:
+                handles = [
+                    client.workflow.start("t", "nap_or_not", None, [0.05, f"v{i}"], "q")
+                    for i in range(5)
+                ]
+                out = [h.result(timeout=10) for h in handles]
+                out.append(client.workflow.get_handle(handles[0].workflow_id).result(timeout=5))
+                del handles
+                gc.collect()
+                return out
+
+            assert await asyncio.to_thread(blocking) == [f"v{i}" for i in range(5)] + ["v0"]
+        finally:
+            await asyncio.to_thread(client.close)
+        mf.backend.options["drop_on_close"] = True  # type: ignore[attr-defined]
