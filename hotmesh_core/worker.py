@@ -135,6 +135,7 @@ class Worker:
         self._handing_back: set[asyncio.Future[None]] = set()
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._context = contextvars.copy_context()
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
             self.engine.timer_armed = self._arm_timer
@@ -160,6 +161,9 @@ class Worker:
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"hotmesh:{self.id}:x")
         self._loop = asyncio.get_running_loop()
+        # The context the worker's own tasks run in (as its claim loop's): an
+        # eager start's run must not run in the context of whoever started it.
+        self._context = contextvars.copy_context()
         serve_eagerly(self.backend, self, True)
         return self
 
@@ -355,7 +359,9 @@ class Worker:
             return
         self._fresh[run.id] = job
         self._event("claimed", count=1)
-        handler = asyncio.create_task(self._handle(run))
+        # Created in the worker's context, not the starting caller's (a web
+        # request's context variables, say): it runs as any claimed run does.
+        handler = self._context.run(asyncio.create_task, self._handle(run))
         self._inflight.add(handler)
         handler.add_done_callback(self._inflight.discard)
 

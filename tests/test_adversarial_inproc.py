@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -704,3 +705,35 @@ async def test_sync_facade_results_of_jobs_run_by_an_async_worker() -> None:
         finally:
             await asyncio.to_thread(client.close)
         mf.backend.options["drop_on_close"] = True  # type: ignore[attr-defined]
+
+
+REQUEST: contextvars.ContextVar[str] = contextvars.ContextVar("REQUEST", default="none")
+
+
+async def request_seen() -> str:
+    return REQUEST.get()
+
+
+async def what_activity_sees() -> list[str]:
+    acts = workflow.proxy_activities(activities=[request_seen])
+    return [await acts.request_seen(), await acts.request_seen()]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_an_eager_run_does_not_inherit_the_starting_callers_context(backend: str) -> None:
+    """Code that starts a job (a web request, say, with its context variables set)
+    and the worker that runs it are strangers: the activities of an eagerly
+    started job see the worker's context, as those of any claimed job do, not
+    the request's (whose session or tenant may be gone by then)."""
+
+    async def start_in_request(mf: MemFlow, workflow_id: str) -> Any:
+        REQUEST.set("request-42")
+        return await mf.workflow.start("t", "what_activity_sees", workflow_id, [], "q")
+
+    async with app(backend) as mf:
+        await mf.worker(
+            "q", workflows=[what_activity_sees], activities=[request_seen], poll_interval=1.0
+        )
+        await asyncio.sleep(0.3)  # its first claim is done: idle, it takes starts eagerly
+        handle = await asyncio.ensure_future(start_in_request(mf, f"ctx-{uuid.uuid4().hex[:6]}"))
+        assert await handle.result(timeout=10) == ["none", "none"]
