@@ -224,8 +224,9 @@ async def test_a_worker_stopped_while_an_eager_start_commits_runs_nothing(
     async with app(backend) as mf:
         first = await mf.worker(
             "q", workflows=[one_count], activities={"count": counted_as("first")},
-            poll_interval=0.05, lease=30,
+            poll_interval=1.0, lease=30,
         )  # fmt: skip
+        await asyncio.sleep(0.3)  # idle (no claim in flight): it takes starts eagerly
         gate = StartGate(mf, monkeypatch)
         gate.armed = True
         key = f"stop-{uuid.uuid4().hex[:6]}"
