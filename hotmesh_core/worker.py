@@ -213,7 +213,8 @@ class Worker:
                 if self._inflight:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 else:
-                    await asyncio.sleep(self.poll_interval)  # eager starts not yet handed over
+                    # Eager starts not yet handed over: they are one round trip away.
+                    await asyncio.sleep(min(self.poll_interval, 0.02))
                 continue
             if self._lost_claims and not await self._release_lost_claims():
                 await asyncio.sleep(self.poll_interval)
