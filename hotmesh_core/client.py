@@ -113,10 +113,21 @@ class WorkflowExport:
 class WorkflowHandle:
     """One job, by workflow id."""
 
-    def __init__(self, backend: Backend, workflow_id: str, *, expect: bool = False) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        workflow_id: str,
+        *,
+        expect: bool = False,
+        created_at: float | None = None,
+    ) -> None:
         self._backend = backend
         self._engine = Engine(backend)
         self.workflow_id = workflow_id
+        # Which job of the id this handle knows (its creation time, from its
+        # start or its last read): a local outcome counts only if it is that
+        # job's, not an earlier job's of the id (expired, started again).
+        self._created_at = created_at
         if expect:
             # Just started here: should it complete in this process before
             # result() is called, its outcome is kept for it (in_process.py),
@@ -134,6 +145,7 @@ class WorkflowHandle:
             job = await tx.store.get_job(self.workflow_id)
         if job is None:
             raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
+        self._created_at = job.created_at
         return job
 
     async def status(self) -> str:
@@ -166,7 +178,7 @@ class WorkflowHandle:
         job_id = self.workflow_id
         if results is not None:
             # Completed in this process (in_process.py): its outcome, no read.
-            here, value = results.take(job_id)
+            here, value = results.take(job_id, self._created_at)
             if here:
                 return value
         async with self._backend.watch_job(job_id) as watch:
@@ -180,7 +192,7 @@ class WorkflowHandle:
             if remaining > 0:
                 await _first(watch.wait(min(remaining, SAFETY_POLL)), ended)
                 if results is not None:
-                    here, value = results.take(job_id)
+                    here, value = results.take(job_id, self._created_at)
                     if here:
                         return value
                 job = await self._job()
@@ -214,7 +226,7 @@ class WorkflowHandle:
                     if watching.done() and not watching.cancelled():
                         watching.result()  # a failed wait raises, as it did unbatched
                     if results is not None:
-                        here, value = results.take(job_id)
+                        here, value = results.take(job_id, self._created_at)
                         if here:
                             return value
                     polled = waiter.polled
@@ -383,6 +395,8 @@ class WorkflowClient:
             job.id, job.workflow_name, job.entity, job.task_queue, dict(headers or {})
         )
 
+        stored: list[Job] = []
+
         async def proceed() -> bool:
             if starting.headers:
                 job.search[HEADERS_KEY] = check_headers(starting.headers, f"starting {job.id!r}")
@@ -392,12 +406,18 @@ class WorkflowClient:
                 )
             else:
                 _stored, created = await self._engine.start_job(job, eager=True)
+            stored[:] = [_stored]
             return created
 
         created = await chain(self.interceptors, "start_workflow", starting, proceed)
         if strict and not created:
             raise DuplicateWorkflow(f"a workflow with id {job.id!r} already exists")
-        return WorkflowHandle(self._backend, job.id, expect=connection is None)
+        return WorkflowHandle(
+            self._backend,
+            job.id,
+            expect=connection is None,
+            created_at=stored[0].created_at if stored and connection is None else None,
+        )
 
     async def get_handle(self, workflow_id: str) -> WorkflowHandle:
         """A handle to an existing job; ``WorkflowNotFound`` if there is none."""

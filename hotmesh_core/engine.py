@@ -665,7 +665,7 @@ class Engine:
         elif done.finished and plan.finish is not None and plan.finish.status == "completed":
             results = local_results(self.backend)
             if results is not None:  # a result() of this process needs no read
-                results.completed(run.job.id, plan.finish.result)
+                results.completed(run.job.id, run.job.created_at, plan.finish.result)
         leased: list[Task] = []
         for dispatch, task_id in zip(plan.dispatches, done.task_ids, strict=True):
             if dispatch.task is None or task_id is None:

@@ -109,22 +109,30 @@ class LocalResults:
             future = self._ended[job_id] = self.loop.create_future()
         return future
 
-    def completed(self, job_id: str, result: Any) -> None:
-        """The engine committed ``job_id``'s completion with ``result``."""
+    def completed(self, job_id: str, created_at: float, result: Any) -> None:
+        """The engine committed the completion of ``job_id`` (the job of that id
+        created at ``created_at``) with ``result``."""
         if job_id not in self._expected:
             return
         future = self.ended(job_id)
         assert future is not None
         if not future.done():
-            future.set_result(result)
+            future.set_result((created_at, result))
 
-    def take(self, job_id: str) -> tuple[bool, Any]:
-        """(True, result) once, if the job completed here; after that a handle reads."""
+    def take(self, job_id: str, created_at: float | None) -> tuple[bool, Any]:
+        """(True, result) once, if the job of ``job_id`` created at ``created_at``
+        completed here; after that a handle reads. An outcome of another job
+        of the id (an earlier one, expired since: ids can be reused) or for a
+        handle that does not know which job it has (None) is dropped, not
+        given: the handle reads instead."""
         future = self._ended.get(job_id)
         if future is None or not future.done() or future.cancelled():
             return False, None
         del self._ended[job_id]
-        return True, future.result()
+        ended_at, result = future.result()
+        if created_at is None or ended_at != created_at:
+            return False, None
+        return True, result
 
 
 _RESULTS: weakref.WeakKeyDictionary[Any, LocalResults] = weakref.WeakKeyDictionary()

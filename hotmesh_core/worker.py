@@ -129,9 +129,12 @@ class Worker:
         # due time; the stored timer row is the fallback (a crash, a restart).
         # Not under a virtual clock, whose time is not the event loop's.
         self._armed: dict[str, asyncio.TimerHandle] = {}
+        self._firing: dict[str, asyncio.Event] = {}  # armed timers firing now: answered
         # Eager starts (in_process.py): first runs a client of this process
         # leased to this worker, with the job as it was just created.
         self._eager_pending = 0  # handed owners whose start has not returned
+        self._claiming = 0  # the slots a claim in flight may fill
+        self._handing_back: set[asyncio.Future[None]] = set()
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
         # Signals handed over: run task id -> (the answered step's index, data).
         self._signalled: dict[str, tuple[int, Any]] = {}
@@ -139,6 +142,7 @@ class Worker:
         self._under_run_lease: dict[str, list[asyncio.Future[ActivityOutcome]]] = {}
         self._abandoned: set[str] = set()  # their run's lease was lost
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._context = contextvars.copy_context()
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
             self.engine.timer_armed = self._arm_timer
@@ -164,6 +168,9 @@ class Worker:
         self._loop_task = asyncio.create_task(self._claim_loop(), name=f"hotmesh:{self.id}")
         self._expiry_task = asyncio.create_task(self._expire_loop(), name=f"hotmesh:{self.id}:x")
         self._loop = asyncio.get_running_loop()
+        # The context the worker's own tasks run in (as its claim loop's): an
+        # eager start's run must not run in the context of whoever started it.
+        self._context = contextvars.copy_context()
         serve_eagerly(self.backend, self, True)
         return self
 
@@ -204,9 +211,17 @@ class Worker:
         workflow_names = sorted(self.workflows)
         activity_names = sorted(self.activities)
         while not self._stopping:
-            free = self.concurrency - len(self._inflight)
+            # Eager starts (eager_owner) take slots too: those handed out, and
+            # not yet running, count; and while this claim is in flight, the
+            # slots it may fill are reserved (self._claiming), or the two
+            # together would exceed ``concurrency``.
+            free = self.concurrency - len(self._inflight) - self._eager_pending
             if free <= 0:
-                await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                if self._inflight:
+                    await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                else:
+                    # Eager starts not yet handed over: they are one round trip away.
+                    await asyncio.sleep(min(self.poll_interval, 0.02))
                 continue
             if self._lost_claims and not await self._release_lost_claims():
                 await asyncio.sleep(self.poll_interval)
@@ -216,6 +231,7 @@ class Worker:
             # once (release_leases) instead of sitting out a whole lease.
             self._claims += 1
             claim_owner = f"{self.id}#{self._claims}"
+            self._claiming = free
             try:
                 async with self.backend.transaction(single=True) as tx:
                     tasks = await tx.stream.claim(
@@ -228,15 +244,21 @@ class Worker:
                         sticky_wait=self.sticky_wait,
                     )
             except BackendUnavailable as error:
+                self._claiming = 0
                 log.warning("claim on queue %r: %s; retrying", self.task_queue, error)
                 self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
             except Exception:
+                self._claiming = 0
                 log.exception("claim failed on queue %r; retrying", self.task_queue)
                 self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
                 continue
+            except BaseException:
+                self._claiming = 0
+                raise
+            self._claiming = 0
             if not tasks:
                 try:
                     await self.backend.wait_for_tasks([self.task_queue], self._idle_wait)
@@ -272,10 +294,26 @@ class Worker:
         firing = asyncio.create_task(self._fire_own_timer(task))
         self._inflight.add(firing)
         firing.add_done_callback(self._inflight.discard)
+        # Its row comes due meanwhile: this worker's own claim of it waits for
+        # this firing's answer rather than race it (_handle_engine_task).
+        self._firing[task.id] = asyncio.Event()
+        firing.add_done_callback(lambda _: self._answered_armed(task))
+
+    def _answered_armed(self, task: Task) -> None:
+        answered = self._firing.pop(task.id, None)
+        if answered is not None:
+            answered.set()
 
     async def _fire_own_timer(self, task: Task) -> None:
         try:
-            suspended = self._cache.take(task.job_id, task.dimension)
+            # Resuming the run here takes a slot like a claimed run (its chain
+            # may run activities inline): only with one free (this firing
+            # counts as one), else the row's answer wakes a run for the claim
+            # loop, which respects ``concurrency`` (adversarial finding).
+            busy = len(self._inflight) + self._eager_pending + self._claiming
+            suspended = (
+                None if busy > self.concurrency else self._cache.take(task.job_id, task.dimension)
+            )
             if suspended is not None and task.index in suspended.run.awaiting:
                 await self._wake_in_process(suspended, task)
                 return
@@ -302,6 +340,7 @@ class Worker:
         run, outcome, leased = await self._continue_answered(
             run, fn, args, name, [(timer, None, None)], fire_normally
         )
+        self._answered_armed(timer)  # committed (or left to its row): the rest is the chain's
         if outcome is not None:
             await self._follow_chain(run, fn, args, name, outcome, leased)
 
@@ -316,7 +355,7 @@ class Worker:
             or queue != self.task_queue
             or workflow_name not in self.workflows
             or self._loop is not asyncio.get_running_loop()
-            or len(self._inflight) + self._eager_pending >= self.concurrency
+            or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
         ):
             return None
         self._eager_pending += 1
@@ -327,12 +366,22 @@ class Worker:
         """Run the first run of ``job``, leased to ``owner`` as it was created, as if
         claimed; None: nothing to run, and any lease a lost commit made goes back."""
         self._eager_pending -= 1
+        if self._stopping:
+            # Stopped while the start committed: run nothing (stop() has
+            # returned), and hand the run back now, so that another worker
+            # takes it at once instead of a lease later (adversarial finding).
+            releasing = asyncio.ensure_future(self._hand_back(owner))
+            self._handing_back.add(releasing)
+            releasing.add_done_callback(self._handing_back.discard)
+            return
         if job is None or run.lease_owner != owner:
             self._lost_claims.append(owner)
             return
         self._fresh[run.id] = job
         self._event("claimed", count=1)
-        handler = asyncio.create_task(self._handle(run))
+        # Created in the worker's context, not the starting caller's (a web
+        # request's context variables, say): it runs as any claimed run does.
+        handler = self._context.run(asyncio.create_task, self._handle(run))
         self._inflight.add(handler)
         handler.add_done_callback(self._inflight.discard)
 
@@ -344,7 +393,7 @@ class Worker:
             self._stopping
             or self._cache.size == 0
             or self._loop is not asyncio.get_running_loop()
-            or len(self._inflight) + self._eager_pending >= self.concurrency
+            or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
         ):
             return None
         self._eager_pending += 1
@@ -355,6 +404,12 @@ class Worker:
         """Resume the cached run a signal's delivery leased to ``owner``, with
         ``data`` as the answer of its wait (no claim, no read of the history)."""
         self._eager_pending -= 1
+        if self._stopping and handoff is not None and handoff.run_id is not None:
+            # Stopped while the delivery committed: as take_started, hand it back.
+            releasing = asyncio.ensure_future(self._hand_back(owner))
+            self._handing_back.add(releasing)
+            releasing.add_done_callback(self._handing_back.discard)
+            return
         if handoff is None or handoff.run_id is None or handoff.job_id is None:
             if lost:
                 self._lost_claims.append(owner)
@@ -372,9 +427,16 @@ class Worker:
         )
         self._signalled[run.id] = (handoff.index, data)
         self._event("claimed", count=1)
-        handler = asyncio.create_task(self._handle(run))
+        handler = self._context.run(asyncio.create_task, self._handle(run))
         self._inflight.add(handler)
         handler.add_done_callback(self._inflight.discard)
+
+    async def _hand_back(self, owner: str) -> None:
+        try:
+            async with self.backend.transaction(single=True) as tx:
+                await tx.stream.release_leases(self.task_queue, owner=owner, attempted=False)
+        except Exception as error:  # its lease runs out instead
+            log.warning("handing back the eager start of %s: %s", owner, error)
 
     def _next_local(self) -> LocalWorker:
         """This worker as the runner of the activities one commit leases to it, under
@@ -495,6 +557,11 @@ class Worker:
         if task.kind == "run":
             await self._run_workflow(task)
         elif task.kind == "timer":
+            firing = self._firing.get(task.id)
+            if firing is not None:
+                # This worker is firing it in process: let that answer it (the
+                # row then finds it answered), instead of a race it may lose.
+                await firing.wait()
             await self.engine.fire_timer(task)
         else:
             log.error("unknown task kind %r; dropping task %s", task.kind, task.id)
@@ -609,6 +676,10 @@ class Worker:
             # continue_as_new resets the activation: a run of an ended
             # generation must not be resumed as the new one.
             and (thread is not None or cached.run.job.generation == job.generation)
+            # Nor a run of an earlier job of the id (interrupted, expired, its
+            # id started again): its activation and generation may match, but
+            # it waits for steps the new job never asked for (it was stuck).
+            and cached.run.job.created_at == job.created_at
         ):
             run = cached.run
             run.job, run.thread = job, thread

@@ -246,13 +246,30 @@ async def test_a_signal_that_reached_an_ended_threads_wait_first_is_handed_on(
     returns without. No run of the finished job follows to hand it on, so the run that
     ends the job does, and the next job waiting on the id gets it."""
     sent: list[str] = []
+    ended = asyncio.Event()  # the run that sent it has committed the job's end
     finish_run = Engine.finish_run
 
     async def signal_first(self: Engine, task: Any, run: Any, outcome: Any, *rest: Any) -> Any:
         if outcome.status == "completed" and outcome.abandoned and not sent:
             sent.append(task.job_id)
             await self.send_signal("ended-id", "raced", 60.0)
+            try:
+                return await finish_run(self, task, run, outcome, *rest)
+            finally:
+                ended.set()
         return await finish_run(self, task, run, outcome, *rest)
+
+    # The order under test: the signal's wake-up is read only after that commit
+    # (else a run it woke may read the answered wait first and end the job
+    # with it: another order, as legitimate, that this test is not about).
+    load_run = Engine.load_run
+
+    async def after_the_end(self: Engine, task: Any, *rest: Any) -> Any:
+        if sent and task.job_id == sent[0]:
+            await ended.wait()
+        return await load_run(self, task, *rest)
+
+    monkeypatch.setattr(Engine, "load_run", after_the_end)
 
     monkeypatch.setattr(Engine, "finish_run", signal_first)
     # The sleep's armed timer resumes the cached run in process: that run ends
@@ -265,6 +282,10 @@ async def test_a_signal_that_reached_an_ended_threads_wait_first_is_handed_on(
         if outcome.status == "completed" and outcome.abandoned and not sent:
             sent.append(run.job.id)
             await self.send_signal("ended-id", "raced", 60.0)
+            try:
+                return await continue_inline(self, run, answers, outcome, *rest)
+            finally:
+                ended.set()
         return await continue_inline(self, run, answers, outcome, *rest)
 
     monkeypatch.setattr(Engine, "continue_inline", signal_first_inline)
