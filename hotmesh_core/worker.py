@@ -195,6 +195,9 @@ class Worker:
             for task in self._inflight:
                 task.cancel()
             await asyncio.gather(*self._inflight, return_exceptions=True)
+            # Handed runs cancelled before they began never reached their cleanup.
+            self._fresh.clear()
+            self._signalled.clear()
 
     async def _unstick(self) -> None:
         """A stopping worker's cached runs are gone with it: the run tasks that
