@@ -353,17 +353,9 @@ class Worker:
     def eager_owner(self, queue: str, workflow_name: str) -> str | None:
         """A lease owner for a job's first run that a client of this process starts,
         if this worker serves it and has a slot free (in_process.EagerTaker)."""
-        if (
-            self._stopping
-            or queue != self.task_queue
-            or workflow_name not in self.workflows
-            or self._loop is not asyncio.get_running_loop()
-            or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
-        ):
+        if queue != self.task_queue or workflow_name not in self.workflows:
             return None
-        self._eager_pending += 1
-        self._claims += 1
-        return f"{self.id}#e{self._claims}"
+        return self._handed_owner("e")
 
     def take_started(self, owner: str, job: Job | None, run: Task) -> None:
         """Run the first run of ``job``, leased to ``owner`` as it was created, as if
@@ -373,45 +365,26 @@ class Worker:
             # Stopped while the start committed: run nothing (stop() has
             # returned), and hand the run back now, so that another worker
             # takes it at once instead of a lease later (adversarial finding).
-            releasing = asyncio.ensure_future(self._hand_back(owner))
-            self._handing_back.add(releasing)
-            releasing.add_done_callback(self._handing_back.discard)
+            self._hand_back_soon(owner)
             return
         if job is None or run.lease_owner != owner:
             self._lost_claims.append(owner)
             return
         self._fresh[run.id] = job
-        self._event("claimed", count=1)
-        # Created in the worker's context, not the starting caller's (a web
-        # request's context variables, say): it runs as any claimed run does.
-        handler = self._context.run(asyncio.create_task, self._handle(run))
-        self._inflight.add(handler)
-        handler.add_done_callback(self._inflight.discard)
+        self._run_handed(run)
 
     def signal_owner(self) -> str | None:
         """A lease owner for the run a signal sent from this process wakes, if it
         is one this worker caches (in_process.EagerTaker): only with a cache,
         and a slot free."""
-        if (
-            self._stopping
-            or self._cache.size == 0
-            or self._loop is not asyncio.get_running_loop()
-            or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
-        ):
-            return None
-        self._eager_pending += 1
-        self._claims += 1
-        return f"{self.id}#s{self._claims}"
+        return None if self._cache.size == 0 else self._handed_owner("s")
 
     def take_signalled(self, owner: str, handoff: Handoff | None, data: Any, lost: bool) -> None:
         """Resume the cached run a signal's delivery leased to ``owner``, with
         ``data`` as the answer of its wait (no claim, no read of the history)."""
         self._eager_pending -= 1
         if self._stopping and handoff is not None and handoff.run_id is not None:
-            # Stopped while the delivery committed: as take_started, hand it back.
-            releasing = asyncio.ensure_future(self._hand_back(owner))
-            self._handing_back.add(releasing)
-            releasing.add_done_callback(self._handing_back.discard)
+            self._hand_back_soon(owner)  # stopped while the delivery committed
             return
         if handoff is None or handoff.run_id is None or handoff.job_id is None:
             if lost:
@@ -429,10 +402,36 @@ class Worker:
             sticky=self.id,
         )
         self._signalled[run.id] = (handoff.index, data)
+        self._run_handed(run)
+
+    def _handed_owner(self, kind: str) -> str | None:
+        """A lease owner of its own for a run handed over in this process (``kind``:
+        e, an eager start; s, a signal), if a slot is free, counting what is handed
+        out and what a claim in flight may fill; None when the worker is stopping,
+        full, or in another event loop."""
+        if (
+            self._stopping
+            or self._loop is not asyncio.get_running_loop()
+            or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
+        ):
+            return None
+        self._eager_pending += 1
+        self._claims += 1
+        return f"{self.id}#{kind}{self._claims}"
+
+    def _run_handed(self, run: Task) -> None:
+        """Run a handed-over run task as if claimed. Created in the worker's
+        context, not the handing caller's (a web request's context variables,
+        say): it runs as any claimed run does."""
         self._event("claimed", count=1)
         handler = self._context.run(asyncio.create_task, self._handle(run))
         self._inflight.add(handler)
         handler.add_done_callback(self._inflight.discard)
+
+    def _hand_back_soon(self, owner: str) -> None:
+        releasing = asyncio.ensure_future(self._hand_back(owner))
+        self._handing_back.add(releasing)
+        releasing.add_done_callback(self._handing_back.discard)
 
     async def _hand_back(self, owner: str) -> None:
         try:

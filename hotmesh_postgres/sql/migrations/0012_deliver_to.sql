@@ -15,6 +15,7 @@ DECLARE
     w_idx   integer;
     s       record;
     run_id  bigint;
+    leased  boolean;
     expires timestamptz;
 BEGIN
     PERFORM pg_advisory_xact_lock(hashtextextended(p_signal, 11));
@@ -31,17 +32,16 @@ BEGIN
          WHERE job_id = w_job AND dimension = w_dim AND idx = w_idx AND status = 'pending'
         RETURNING job_id, dimension, idx, wake_queue, wake_name, wake_worker INTO s;
         IF FOUND THEN
-            IF s.wake_worker IS DISTINCT FROM p_worker THEN
-                PERFORM hm_enqueue(jsonb_build_object('queue', s.wake_queue, 'kind', 'run',
-                                                      'job_id', s.job_id, 'dimension', s.dimension,
-                                                      'name', s.wake_name, 'sticky', s.wake_worker),
-                                   0, NULL, 0, p_queue_channel);
-                RETURN jsonb_build_object('job_id', s.job_id);
-            END IF;
+            -- Leased only to the worker that caches the run (p_worker NULL: never).
+            leased := coalesce(s.wake_worker = p_worker, false);
             run_id := hm_enqueue(jsonb_build_object('queue', s.wake_queue, 'kind', 'run',
                                                     'job_id', s.job_id, 'dimension', s.dimension,
                                                     'name', s.wake_name, 'sticky', s.wake_worker),
-                                 0, p_owner, p_lease, p_queue_channel);
+                                 0, CASE WHEN leased THEN p_owner END,
+                                 CASE WHEN leased THEN p_lease ELSE 0 END, p_queue_channel);
+            IF NOT leased THEN
+                RETURN jsonb_build_object('job_id', s.job_id);
+            END IF;
             RETURN jsonb_build_object('job_id', s.job_id, 'dimension', s.dimension,
                                       'idx', s.idx, 'queue', s.wake_queue,
                                       'name', s.wake_name, 'run_id', run_id);
@@ -52,4 +52,11 @@ BEGIN
     VALUES (p_signal, p_data, expires, hm_bucket('signals', expires, 'later'));
     RETURN NULL;
 END
+$$;
+
+-- Signal.deliver without a hand-over is the same delivery: one definition of it.
+CREATE OR REPLACE FUNCTION hm_deliver(p_signal text, p_data jsonb, p_expire double precision,
+                                      p_queue_channel text)
+RETURNS boolean LANGUAGE sql AS $$
+    SELECT hm_deliver_to(p_signal, p_data, p_expire, p_queue_channel, NULL, NULL, 0) IS NOT NULL
 $$;
