@@ -576,7 +576,8 @@ class Engine:
         """Commit a deferred run's own writes and its activities' steps (before a
         durable side effect of the run resumed with them); its run task stays
         leased, the way forward until the continuation commits and acks it."""
-        plan = evolve(first, dispatches=[], recorded=steps, acks=[])
+        # The run's values before its activities' steps: the order it took them in.
+        plan = evolve(first, dispatches=[], recorded=[*first.values, *steps], values=[], acks=[])
         async with self.backend.transaction(single=True) as tx:
             await tx.store.advance(plan)
         if plan.running:
@@ -601,8 +602,9 @@ class Engine:
         wake = outcome.status == "suspended" and any(index not in waiting for index in run.awaiting)
         plan = self._plan(run, outcome, run.take_marks(), local)
         assert plan is not None
-        plan.recorded = steps
-        plan.values = [*first.values, *plan.values]
+        # The first run's values, its activities' steps, then the resumed run's
+        # values: the timeline in the order the workflow took them.
+        plan.recorded = [*first.values, *steps]
         plan.running = plan.running or first.running
         if wake:
             plan.wake = wake_task(Command(0, "", "").step(run))

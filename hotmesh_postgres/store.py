@@ -393,12 +393,15 @@ class PgStore:
 
     async def insert_step(self, step: Step) -> bool:
         row = await self._one_for_job(
-            "INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
-            " attempts, wake_queue, wake_name, wake_worker, finished_at, bucket)"
+            # One clock reading for both times: a step inserted done starts and
+            # finishes at once (a column default would be read after the SELECT).
+            "WITH c AS MATERIALIZED (SELECT clock_timestamp() AS at)"
+            " INSERT INTO steps (job_id, dimension, idx, kind, name, args, status, result, error,"
+            " attempts, wake_queue, wake_name, wake_worker, started_at, finished_at, bucket)"
             " SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
-            " CASE WHEN %s THEN NULL ELSE clock_timestamp() END, j.bucket"
+            " c.at, CASE WHEN %s THEN NULL ELSE c.at END, j.bucket"
             # Steps live in their job's bucket; an interrupted job takes no new step.
-            " FROM jobs j WHERE {job} AND j.status <> 'interrupted'"
+            " FROM jobs j, c WHERE {job} AND j.status <> 'interrupted'"
             " ON CONFLICT DO NOTHING RETURNING 1 AS inserted",
             "j.id",
             step.job_id,

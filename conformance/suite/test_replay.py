@@ -102,3 +102,26 @@ async def test_export_is_a_complete_timeline(hm: Harness) -> None:
     assert export.context == {"name": "ada", "letter": "a", "visits": 1}
     as_dict = export.to_dict()
     assert as_dict["timeline"][1]["name"] == "step_a"
+
+
+async def stamps_then_steps(count: int) -> int:
+    stamps = [workflow.now() for _ in range(count)]
+    acts = workflow.proxy_activities(activities=[step_a])
+    await acts.step_a()
+    await acts.step_a()
+    return len(stamps)
+
+
+async def test_steps_recorded_done_never_finish_before_they_start(hm: Harness) -> None:
+    """Values, and a first activity a worker runs before its dispatch commits, are
+    stored done in one go: each starts when it finishes, and the timeline keeps the
+    order the workflow took them in."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[stamps_then_steps], activities=[step_a])
+    handle = await mf.workflow.start("t", "stamps_then_steps", "stamps", [300], "q")
+    assert await handle.result(timeout=20) == 300
+    timeline = (await handle.export()).timeline
+    assert [e.index for e in timeline] == list(range(302))
+    assert [e.kind for e in timeline] == ["now"] * 300 + ["activity", "activity"]
+    backwards = [e.index for e in timeline if e.finished_at is None or e.finished_at < e.started_at]
+    assert backwards == []
