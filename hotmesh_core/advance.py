@@ -99,6 +99,11 @@ class Finish:
     status: str
     result: Any = None
     error: ErrorInfo | None = None
+    # Nobody but this process waits, and it hears the end from the commit (a
+    # job started here eagerly, completed here: in_process.LocalResults): the
+    # backend may skip the wake-up unless a handle elsewhere asked for it
+    # (Store.get_awaited_job).
+    quiet: bool = False
 
 
 @define

@@ -21,6 +21,7 @@ from .entity import Change, watch_job
 from .entity_query import JobQuery, check_limit, parse_where
 from .errors import (
     DuplicateWorkflow,
+    PermissionDenied,
     WorkflowCancelled,
     WorkflowFailed,
     WorkflowInterrupted,
@@ -120,6 +121,7 @@ class WorkflowHandle:
         *,
         expect: bool = False,
         created_at: float | None = None,
+        created: bool = False,
     ) -> None:
         self._backend = backend
         self._engine = Engine(backend)
@@ -128,6 +130,10 @@ class WorkflowHandle:
         # start or its last read): a local outcome counts only if it is that
         # job's, not an earlier job's of the id (expired, started again).
         self._created_at = created_at
+        # A handle that did not create its job asks, when it first waits, for
+        # the job's end to be announced (Store.get_awaited_job): the process
+        # that started it may otherwise finish it quietly (in_process.py).
+        self._ask_for_end = not created
         if expect:
             # Just started here: should it complete in this process before
             # result() is called, its outcome is kept for it (in_process.py),
@@ -140,12 +146,29 @@ class WorkflowHandle:
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r})"
 
-    async def _job(self) -> Job:
-        async with self._backend.transaction(readonly=True) as tx:
-            job = await tx.store.get_job(self.workflow_id)
+    async def _job(self, *, awaiting: bool = False) -> Job:
+        job = await (self._asking() if awaiting and self._ask_for_end else self._read())
         if job is None:
             raise WorkflowNotFound(f"no workflow with id {self.workflow_id!r}")
         self._created_at = job.created_at
+        return job
+
+    async def _read(self) -> Job | None:
+        async with self._backend.transaction(readonly=True) as tx:
+            return await tx.store.get_job(self.workflow_id)
+
+    async def _asking(self) -> Job | None:
+        """The job, read by a result() that starts to wait on a job it did not
+        create, asking for its end to be announced (Store.get_awaited_job)."""
+        try:
+            async with self._backend.transaction(single=True) as tx:
+                job = await tx.store.get_awaited_job(self.workflow_id)
+        except PermissionDenied:
+            # A read-only role cannot ask: it reads, and a quiet end reaches
+            # it by the safety poll of result_waiters.
+            self._ask_for_end = False
+            return await self._read()
+        self._ask_for_end = job is None
         return job
 
     async def status(self) -> str:
@@ -182,7 +205,7 @@ class WorkflowHandle:
             if here:
                 return value
         async with self._backend.watch_job(job_id) as watch:
-            job = await self._job()
+            job = await self._job(awaiting=True)
             if job.status in TERMINAL_STATUSES:
                 return _outcome(job)
             ended = None if results is None else results.ended(job_id)
@@ -417,6 +440,7 @@ class WorkflowClient:
             job.id,
             expect=connection is None,
             created_at=stored[0].created_at if stored and connection is None else None,
+            created=created,
         )
 
     async def get_handle(self, workflow_id: str) -> WorkflowHandle:

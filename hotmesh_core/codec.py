@@ -280,6 +280,9 @@ class _Store(_Role):
     async def get_job(self, job_id: str) -> Job | None:
         return self._v.dec_job(await self._inner.get_job(job_id))  # type: ignore[no-any-return]
 
+    async def get_awaited_job(self, job_id: str) -> Job | None:
+        return self._v.dec_job(await self._inner.get_awaited_job(job_id))  # type: ignore[no-any-return]
+
     async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
         return [self._v.dec_job(job) for job in await self._inner.get_jobs(job_ids)]
 

@@ -130,6 +130,9 @@ class Engine:
                 )
             if created:
                 started = stored
+                results = local_results(self.backend)
+                if results is not None:  # its end is heard here (in_process.py)
+                    results.started_eagerly(stored.id, stored.created_at)
             return stored, created
         finally:
             # Handed over, or (not created, or the commit's answer lost) the
@@ -633,7 +636,10 @@ class Engine:
         answered_parent = run.job.parent_id is not None and run.job.parent_index is not None
         if outcome.status == "continued" or run.dimension != MAIN_THREAD or answered_parent:
             return None
-        plan.finish = Finish(_end_status(outcome), outcome.result, outcome.error)
+        status = _end_status(outcome)
+        results = local_results(self.backend) if status == "completed" else None
+        quiet = results is not None and results.hears(run.job.id, run.job.created_at)
+        plan.finish = Finish(status, outcome.result, outcome.error, quiet=quiet)
         return plan
 
     def _dispatch(self, run: Run, command: Command, local: LocalWorker | None) -> Dispatch:

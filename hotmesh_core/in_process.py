@@ -22,6 +22,13 @@ process, and the stored rows stay the way forward should the process die.
   outcome from that commit instead of from a wake-up and a read. Only a
   ``completed`` end is handed on this way: it is final, while a failed job
   may be resumed before the caller looks.
+- **Quiet ends**: a job started eagerly here and completed here, with a
+  handle of this process expecting it, needs no wake-up: its finish is
+  ``quiet`` (:class:`hotmesh_core.advance.Finish`), and the backend announces
+  it only if a ``result()`` elsewhere asked (``Store.get_awaited_job``, which
+  every handle that did not create its job uses). On PostgreSQL that saves the
+  NOTIFY that every LISTENing connection of the database reads in a
+  transaction of its own.
 
 Both are per backend object and per event loop, like the result poller.
 """
@@ -84,6 +91,19 @@ class LocalResults:
         self.loop = asyncio.get_running_loop()
         self._expected: dict[str, int] = {}  # job id: how many handles expect it
         self._ended: dict[str, asyncio.Future[Any]] = {}
+        self._eager: dict[str, float] = {}  # job id: created_at, of eager starts here
+
+    def started_eagerly(self, job_id: str, created_at: float) -> None:
+        """The job of ``job_id`` created at ``created_at`` was started here with its
+        first run leased to a worker here (its end is not announced unless a
+        handle elsewhere asks)."""
+        self._eager[job_id] = created_at
+
+    def hears(self, job_id: str, created_at: float) -> bool:
+        """Whether the completion of this job, committed here, reaches every handle
+        that waits on it without a wake-up: it was started eagerly here, and a
+        handle here expects it (a handle elsewhere asked for the wake-up)."""
+        return job_id in self._expected and self._eager.get(job_id) == created_at
 
     def expect(self, job_id: str) -> None:
         self._expected[job_id] = self._expected.get(job_id, 0) + 1
@@ -94,6 +114,7 @@ class LocalResults:
             self._expected[job_id] = left
             return
         self._expected.pop(job_id, None)
+        self._eager.pop(job_id, None)
         ended = self._ended.pop(job_id, None)
         if ended is not None and not ended.done():
             with contextlib.suppress(RuntimeError):  # a handle collected after its loop closed
@@ -112,6 +133,8 @@ class LocalResults:
     def completed(self, job_id: str, created_at: float, result: Any) -> None:
         """The engine committed the completion of ``job_id`` (the job of that id
         created at ``created_at``) with ``result``."""
+        if self._eager.get(job_id) == created_at:
+            del self._eager[job_id]  # ended: nothing more to keep quiet
         if job_id not in self._expected:
             return
         future = self.ended(job_id)

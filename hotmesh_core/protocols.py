@@ -55,6 +55,13 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def get_awaited_job(self, job_id: str) -> Job | None:
+        """The job, as :meth:`get_job`, for a ``result()`` that waits on it but did
+        not start it: from now on its end is announced (``Signal.notify_job``)
+        even when the process that finishes it could keep quiet
+        (:attr:`hotmesh_core.advance.Finish.quiet`). A backend that announces
+        every end reads the job."""
+
     async def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
         """The jobs of ``job_ids`` that exist, each once, in no particular order:
         one read for many (the safety poll of every waiting ``result()``,

@@ -253,6 +253,7 @@ def advance_document(plan: Advance) -> dict[str, Any]:
             "status": plan.finish.status,
             "result": plan.finish.result,
             "error": None if plan.finish.error is None else unstructure(plan.finish.error),
+            "quiet": plan.finish.quiet,
         },
         "wake": _task_document(plan.wake),
         "acks": [int(task_id) for task_id in plan.acks],

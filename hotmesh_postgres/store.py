@@ -143,13 +143,17 @@ class PgStore:
             job.persistent,
             jsonb(job.search),
             job.expire,
+            # An eager start's end is announced only if a handle elsewhere asks
+            # (get_awaited_job): the starting process hears it from the commit.
+            owner is None,
             job.expire,
             job.id,
         ]
         insert = (
             f"INSERT INTO jobs (id, entity, workflow_name, task_queue, args, status, context,"
-            f" parent_id, parent_dimension, parent_index, persistent, search, expire, bucket)"
-            f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
+            f" parent_id, parent_dimension, parent_index, persistent, search, expire, awaited,"
+            f" bucket)"
+            f" SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,"
             f" hm_bucket('jobs', clock_timestamp() + make_interval(secs => %s), 'keep')"
             f" WHERE hm_id_free(%s)"
             f" ON CONFLICT (id, bucket) DO NOTHING RETURNING {JOB_COLUMNS}, bucket"
@@ -212,6 +216,26 @@ class PgStore:
         row = await self._one_for_job(
             f"SELECT {JOB_COLUMNS}, bucket FROM jobs WHERE {{job}}", "id", job_id, [], []
         )
+        return None if row is None else self._learn(row)
+
+    async def get_awaited_job(self, job_id: str) -> Job | None:
+        # One statement: the flag set, if it was not (the row as the UPDATE
+        # left it: after waiting for a finishing advance that held the row's
+        # lock, so that one either saw the flag or is seen here, ended), else
+        # the job as it is (then the end is announced already).
+        hint = self._hint(job_id)
+        where = "id = %s" if hint is None else "id = %s AND bucket = %s"
+        key = [job_id] if hint is None else [job_id, hint]
+        row = await self.tx.one(
+            f"WITH asked AS (UPDATE jobs SET awaited = true WHERE {where} AND NOT awaited"
+            f" RETURNING {JOB_COLUMNS}, bucket)"
+            f" SELECT * FROM asked UNION ALL SELECT {JOB_COLUMNS}, bucket FROM jobs"
+            f" WHERE {where} AND NOT EXISTS (SELECT FROM asked)",
+            [*key, *key],
+        )
+        if row is None and hint is not None:  # a stale hint (expired, started again)
+            self.tx.backend.buckets.pop(job_id, None)
+            return await self.get_awaited_job(job_id)
         return None if row is None else self._learn(row)
 
     async def set_job_status(

@@ -237,6 +237,28 @@ async def test_a_read_only_role_reads_and_may_not_steer(provisioned: Layout) -> 
         assert result["approval"] == "ok" and result["entity"]["hooks"] == ["paid"]
 
 
+async def test_a_read_only_role_waits_for_a_result(provisioned: Layout) -> None:
+    """A reader cannot ask for a job's end to be announced (an UPDATE): its
+    result() reads, and a job that ends quietly (started eagerly, its starting
+    handle kept, completed in that process) reaches it by the safety poll."""
+    layout = provisioned
+    async with MemFlow.init(
+        app_id="one", backend="postgres", dsn=layout.dsn(layout.workers["one"])
+    ) as mf:
+        await mf.worker("orders", workflows=[order, note_hook], activities=[charge])
+        started = await mf.workflow.start("order", "order", "order-wait", [2], "orders")
+        await wait_running(mf, "order-wait")
+        async with MemFlow.Client(
+            app_id="one", backend="postgres", dsn=layout.dsn(layout.reader)
+        ) as reader:
+            handle = await reader.workflow.get_handle("order-wait")
+            waiting = asyncio.ensure_future(handle.result(timeout=30))
+            await asyncio.sleep(0.2)  # let it start waiting
+            await mf.workflow.signal("approve-order-wait", "ok")
+            assert (await started.result(timeout=30))["approval"] == "ok"
+            assert (await waiting)["approval"] == "ok"
+
+
 async def test_a_worker_roles_maintenance_pass_is_skipped_with_one_line(
     provisioned: Layout, caplog: pytest.LogCaptureFixture
 ) -> None:

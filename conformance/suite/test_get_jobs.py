@@ -65,3 +65,31 @@ async def test_a_job_from_get_jobs_is_the_callers_copy(hm: Harness) -> None:
     assert again.args == [1]
     assert again.search["tag"] == {"n": [1]}
     assert again.status != "completed"
+
+
+async def test_get_awaited_job_reads_the_job_and_changes_nothing_seen(hm: Harness) -> None:
+    """A ``result()`` that did not start its job reads it with ``get_awaited_job``:
+    the job as ``get_job`` reads it, whatever the backend records to announce
+    its end; None for an id that does not exist."""
+    mf = await hm.memflow()
+    await mf.worker("q", workflows=[doubler, parked])
+    done = await mf.workflow.start("t", "doubler", "a1", [4], "q")
+    assert await done.result(timeout=10) == 8
+    waiting = await mf.workflow.start("t", "parked", "a2", ["a2-go"], "q")
+    for _ in range(500):
+        if await waiting.status() == "running":
+            break
+        await asyncio.sleep(0.01)
+    for job_id in ("a1", "a2"):
+        async with mf.backend.transaction() as tx:
+            asked = await tx.store.get_awaited_job(job_id)
+        async with mf.backend.transaction() as tx:
+            again = await tx.store.get_awaited_job(job_id)
+        async with mf.backend.transaction(readonly=True) as tx:
+            read = await tx.store.get_job(job_id)
+        assert asked == again == read
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.get_awaited_job("missing") is None
+    remote = await mf.workflow.get_handle("a2")
+    await mf.workflow.signal("a2-go", 5)
+    assert await remote.result(timeout=10) == 5
