@@ -409,6 +409,7 @@ class Engine:
         marks = run.take_marks()
         try:
             async with self.backend.transaction() as tx:
+                await tx.store.lock_job(run.job.id)
                 await self._record_progress(tx, run, values, marks)
                 if not await tx.store.insert_step(command.step(run)):
                     return await self._recorded(tx, run, command.index)
@@ -420,6 +421,7 @@ class Engine:
         except HotMeshError as exc:
             failed = evolve(command.step(run), status="failed", error=error_info(exc))
             async with self.backend.transaction() as tx:
+                await tx.store.lock_job(run.job.id)
                 await self._record_progress(tx, run, values, marks)
                 await tx.store.insert_step(failed)
             raise InlineFailed(exc) from exc
@@ -506,6 +508,7 @@ class Engine:
             plan.acks.append(task.id)
             return await self._advance(run, plan, outcome)
         async with self.backend.transaction() as tx:
+            await tx.store.lock_job(run.job.id)
             await self._record_progress(tx, run, [], marks)
             leased = await self._apply_outcome(tx, run, outcome, local)
             await tx.stream.ack(task.id)
@@ -546,6 +549,7 @@ class Engine:
                 plan.acks.append(run_task.id)
             return await self._advance(run, plan, outcome)
         async with self.backend.transaction() as tx:
+            await tx.store.lock_job(run.job.id)
             await self._record_answers(tx, answers)
             await self._record_progress(tx, run, [], marks)
             # An interrupted job takes no new step, so nothing more is dispatched.
@@ -702,6 +706,7 @@ class Engine:
         runs out and any worker runs the thread.
         """
         async with self.backend.transaction() as tx:
+            await tx.store.lock_job(run.job.id)
             await self._record_answers(tx, answers)
             await self._record_progress(tx, run, run.take_values(), run.take_marks())
             task = _run_task(run.task_queue, run.job.id, run.dimension, run.workflow_name)
@@ -915,6 +920,7 @@ class Engine:
     async def complete_activity(self, task: Task, result: Any) -> None:
         async with self.backend.transaction() as tx:
             assert task.index is not None
+            await tx.store.lock_job(task.job_id)
             if not await tx.stream.ack(task.id):
                 return  # called off (see advance.Answer): it answers nothing
             step = await tx.store.resolve_step(
@@ -926,6 +932,7 @@ class Engine:
     async def fail_activity(self, task: Task, error: ErrorInfo, retry_in: float | None) -> None:
         assert task.index is not None
         async with self.backend.transaction() as tx:
+            await tx.store.lock_job(task.job_id)
             if retry_in is not None:
                 await tx.store.note_attempt(
                     task.job_id, task.dimension, task.index, task.attempts, error
@@ -976,9 +983,11 @@ class Engine:
             except Superseded:
                 pass
         async with self.backend.transaction() as tx:
-            # The task, then the waiter, then the step: the order of every
-            # transition on them (hm_deliver: waiter, step), so a signal and
-            # its wait's timeout wait for each other instead of deadlocking.
+            # The job, the task, then the waiter, then the step: the order of
+            # every transition on them (hm_advance: the job first; hm_deliver:
+            # waiter, step), so a signal and its wait's timeout, or an advance
+            # of the job, wait for each other instead of deadlocking.
+            await tx.store.lock_job(task.job_id)
             if not await tx.stream.ack(task.id):
                 return  # called off, or fired already: it answers nothing
             signal_id = task.payload.get("signal")
@@ -1009,6 +1018,7 @@ class Engine:
         )
         log.error("dead letter: %s", failure.message)
         async with self.backend.transaction() as tx:
+            await tx.store.lock_job(task.job_id)
             await tx.stream.dead_letter(task.id, error)
             await self._finish_job(tx, task.job_id, RunOutcome("failed", error=failure))
 

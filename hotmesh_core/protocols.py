@@ -55,6 +55,14 @@ class Store(Protocol):
 
     async def get_job(self, job_id: str) -> Job | None: ...
 
+    async def lock_job(self, job_id: str) -> None:
+        """Hold the job's row until the transaction ends (nothing if it does not
+        exist). Taken first by every transaction that answers a job's steps or
+        moves its activation, as ``hm_advance`` and an interrupt do: all of them
+        then lock in one order (the job, its tasks, its steps) and queue behind
+        each other instead of deadlocking. A backend whose transactions are
+        serialized does nothing."""
+
     async def get_awaited_job(self, job_id: str) -> Job | None:
         """The job, as :meth:`get_job`, for a ``result()`` that waits on it but did
         not start it: from now on its end is announced (``Signal.notify_job``)

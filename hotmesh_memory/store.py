@@ -90,6 +90,9 @@ class MemoryStore:
         job = self.state.jobs.get(job_id)
         return clone(job) if job is not None else None
 
+    async def lock_job(self, job_id: str) -> None:
+        return None  # one transaction at a time: nothing to queue behind
+
     async def get_awaited_job(self, job_id: str) -> Job | None:
         return await self.get_job(job_id)  # every end wakes this process's watchers
 

@@ -218,6 +218,11 @@ class PgStore:
         )
         return None if row is None else self._learn(row)
 
+    async def lock_job(self, job_id: str) -> None:
+        await self._one_for_job(
+            "SELECT 1 AS locked FROM jobs WHERE {job} FOR NO KEY UPDATE", "id", job_id, [], []
+        )
+
     async def get_awaited_job(self, job_id: str) -> Job | None:
         # One statement: the flag set, if it was not (the row as the UPDATE
         # left it: after waiting for a finishing advance that held the row's
