@@ -155,6 +155,9 @@ class Engine:
                 )
             reason = storable_text(reason)  # NUL and lone surrogates, escaped
         async with self.backend.transaction() as tx:
+            # The job's row first, as every transition of the job: a
+            # continue_as_new committing meanwhile carries the request over.
+            await tx.store.lock_job(job_id)
             job = await tx.store.get_job(job_id)
             if job is None:
                 raise WorkflowNotFound(f"no workflow with id {job_id!r}")
@@ -183,6 +186,7 @@ class Engine:
             # Children are asked too, each to clean up on its own terms; a
             # parent awaiting one gets its CancelledError there at once.
             for child_id in await tx.store.active_children(job.id):
+                await tx.store.lock_job(child_id)  # parent, then child: as interrupt
                 child = await tx.store.get_job(child_id)
                 if child is not None:
                     await self._request_cancel(
@@ -769,6 +773,16 @@ class Engine:
         history, or a ``non_cancellable`` scope held it) is not the generation's
         to drop: it carries over, and the new generation gets it at its first
         await."""
+        # Every wait of the ended generation goes first, its branch cancelled or
+        # not (a waiter left behind would take a signal meant for the next
+        # generation's wait at its index). Before the steps are read: a signal
+        # delivered meanwhile either took its waiter first (this waits for its
+        # commit, and the read below sees the answer, carried over) or finds it
+        # gone and is buffered for the next generation. Never lost between the
+        # read and the generation's end. A cancel request queues behind this
+        # transaction on the job's row (Engine.request_cancel).
+        for index in run.undelivered:
+            await tx.signal.remove_waiter(run.job.id, MAIN_THREAD, index)
         request = None
         signals = []  # signals that reached a wait of this generation unseen: kept
         indexes = {CANCEL_INDEX, *run.undelivered}
@@ -784,11 +798,6 @@ class Engine:
         if request is not None:
             await tx.store.insert_step(request)
         await tx.stream.remove_job_tasks(job.id, MAIN_THREAD)
-        # Every wait of the ended generation goes, its branch cancelled or not:
-        # a waiter left behind would take a signal meant for the next
-        # generation's wait at its index.
-        for index in run.undelivered:
-            await tx.signal.remove_waiter(job.id, MAIN_THREAD, index)
         for step in signals:
             await self._deliver(tx, step.name, step.result, DEFAULT_SIGNAL_EXPIRE)
         await tx.stream.enqueue(_run_task(job.task_queue, job.id, MAIN_THREAD, job.workflow_name))

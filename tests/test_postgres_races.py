@@ -10,7 +10,7 @@ import pytest
 
 from conformance.suite.test_entity import contended, counter_hook
 from conformance.suite.test_fault_regressions import job_with_answered_steps
-from hotmesh_core import MemFlow
+from hotmesh_core import MemFlow, WorkflowCancelled, workflow
 from hotmesh_core.engine import Engine
 from hotmesh_postgres.testing import test_dsn
 
@@ -85,5 +85,83 @@ async def test_two_runs_delivering_one_activation_cannot_both_succeed() -> None:
         async with mf.backend.transaction() as tx:
             steps = await tx.store.load_steps("j", "")
         assert [s.activation for s in steps] == [1, None]
+    finally:
+        await mf.shutdown()
+
+
+async def waits_then_moves_on(round_: int, signal_id: str) -> Any:
+    if round_ == 0:
+        # A wait left pending in another branch when the generation ends.
+        abandoned = asyncio.ensure_future(workflow.wait_for(signal_id))
+        await workflow.sleep_for(0.01)
+        await workflow.continue_as_new(1, signal_id)
+        await abandoned  # never reached
+    return await workflow.wait_for(signal_id, timeout=20)
+
+
+async def test_a_signal_sent_while_a_generation_ends_reaches_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """continue_as_new reads what the ending generation's waits got, then ends it.
+    A signal committing in between answered a wait of the ended generation and was
+    lost with it. Holding the continuing transaction open at that point makes
+    the window wide; the signal is sent inside it."""
+    from hotmesh_postgres.store import PgStore
+
+    inside = asyncio.Event()
+    continue_job = PgStore.continue_job
+
+    async def held_continue(self: PgStore, job_id: str, args: list[Any]) -> Any:
+        inside.set()
+        await asyncio.sleep(0.2)  # the transaction stays open: the signal races it
+        return await continue_job(self, job_id, args)
+
+    monkeypatch.setattr(PgStore, "continue_job", held_continue)
+    mf = await MemFlow.init(
+        app_id=f"race{uuid.uuid4().hex[:10]}",
+        backend="postgres",
+        dsn=test_dsn(),
+        drop_on_close=True,
+    )
+    try:
+        await mf.worker("q", workflows=[waits_then_moves_on])
+        handle = await mf.workflow.start("t", "waits_then_moves_on", "gen", [0, "gen-sig"], "q")
+        await asyncio.wait_for(inside.wait(), 20)
+        await mf.workflow.signal("gen-sig", "across")
+        assert await handle.result(timeout=30) == "across"
+    finally:
+        await mf.shutdown()
+
+
+async def test_a_cancel_sent_while_a_generation_ends_reaches_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cancel request's step, inserted after continue_as_new read the ending
+    generation's steps, went with them; the request queues behind the
+    continuing transaction on the job's row now, and the next generation gets it."""
+    from hotmesh_postgres.store import PgStore
+
+    inside = asyncio.Event()
+    continue_job = PgStore.continue_job
+
+    async def held_continue(self: PgStore, job_id: str, args: list[Any]) -> Any:
+        inside.set()
+        await asyncio.sleep(0.2)
+        return await continue_job(self, job_id, args)
+
+    monkeypatch.setattr(PgStore, "continue_job", held_continue)
+    mf = await MemFlow.init(
+        app_id=f"race{uuid.uuid4().hex[:10]}",
+        backend="postgres",
+        dsn=test_dsn(),
+        drop_on_close=True,
+    )
+    try:
+        await mf.worker("q", workflows=[waits_then_moves_on])
+        handle = await mf.workflow.start("t", "waits_then_moves_on", "gen-c", [0, "never"], "q")
+        await asyncio.wait_for(inside.wait(), 20)
+        await handle.cancel("stop")
+        with pytest.raises(WorkflowCancelled):
+            await handle.result(timeout=30)
     finally:
         await mf.shutdown()
