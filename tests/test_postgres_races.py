@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -99,46 +100,13 @@ async def waits_then_moves_on(round_: int, signal_id: str) -> Any:
     return await workflow.wait_for(signal_id, timeout=20)
 
 
-async def test_a_signal_sent_while_a_generation_ends_reaches_the_next(
+@pytest.fixture
+async def ending_generation(
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """continue_as_new reads what the ending generation's waits got, then ends it.
-    A signal committing in between answered a wait of the ended generation and was
-    lost with it. Holding the continuing transaction open at that point makes
-    the window wide; the signal is sent inside it."""
-    from hotmesh_postgres.store import PgStore
-
-    inside = asyncio.Event()
-    continue_job = PgStore.continue_job
-
-    async def held_continue(self: PgStore, job_id: str, args: list[Any]) -> Any:
-        inside.set()
-        await asyncio.sleep(0.2)  # the transaction stays open: the signal races it
-        return await continue_job(self, job_id, args)
-
-    monkeypatch.setattr(PgStore, "continue_job", held_continue)
-    mf = await MemFlow.init(
-        app_id=f"race{uuid.uuid4().hex[:10]}",
-        backend="postgres",
-        dsn=test_dsn(),
-        drop_on_close=True,
-    )
-    try:
-        await mf.worker("q", workflows=[waits_then_moves_on])
-        handle = await mf.workflow.start("t", "waits_then_moves_on", "gen", [0, "gen-sig"], "q")
-        await asyncio.wait_for(inside.wait(), 20)
-        await mf.workflow.signal("gen-sig", "across")
-        assert await handle.result(timeout=30) == "across"
-    finally:
-        await mf.shutdown()
-
-
-async def test_a_cancel_sent_while_a_generation_ends_reaches_the_next(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The cancel request's step, inserted after continue_as_new read the ending
-    generation's steps, went with them; the request queues behind the
-    continuing transaction on the job's row now, and the next generation gets it."""
+) -> AsyncIterator[tuple[MemFlow, asyncio.Event]]:
+    """An app whose continue_as_new holds its transaction open after it read the
+    ending generation's steps (the event is set then), so that whatever the test
+    sends meanwhile races it."""
     from hotmesh_postgres.store import PgStore
 
     inside = asyncio.Event()
@@ -158,10 +126,33 @@ async def test_a_cancel_sent_while_a_generation_ends_reaches_the_next(
     )
     try:
         await mf.worker("q", workflows=[waits_then_moves_on])
-        handle = await mf.workflow.start("t", "waits_then_moves_on", "gen-c", [0, "never"], "q")
-        await asyncio.wait_for(inside.wait(), 20)
-        await handle.cancel("stop")
-        with pytest.raises(WorkflowCancelled):
-            await handle.result(timeout=30)
+        yield mf, inside
     finally:
         await mf.shutdown()
+
+
+async def test_a_signal_sent_while_a_generation_ends_reaches_the_next(
+    ending_generation: tuple[MemFlow, asyncio.Event],
+) -> None:
+    """continue_as_new reads what the ending generation's waits got, then ends it.
+    A signal committing in between answered a wait of the ended generation and was
+    lost with it; the waits go first now, so it is carried over or buffered."""
+    mf, inside = ending_generation
+    handle = await mf.workflow.start("t", "waits_then_moves_on", "gen", [0, "gen-sig"], "q")
+    await asyncio.wait_for(inside.wait(), 20)
+    await mf.workflow.signal("gen-sig", "across")
+    assert await handle.result(timeout=30) == "across"
+
+
+async def test_a_cancel_sent_while_a_generation_ends_reaches_the_next(
+    ending_generation: tuple[MemFlow, asyncio.Event],
+) -> None:
+    """The cancel request's step, inserted after continue_as_new read the ending
+    generation's steps, went with them; the request queues behind the
+    continuing transaction on the job's row now, and the next generation gets it."""
+    mf, inside = ending_generation
+    handle = await mf.workflow.start("t", "waits_then_moves_on", "gen-c", [0, "never"], "q")
+    await asyncio.wait_for(inside.wait(), 20)
+    await handle.cancel("stop")
+    with pytest.raises(WorkflowCancelled):
+        await handle.result(timeout=30)
