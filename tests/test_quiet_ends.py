@@ -83,10 +83,15 @@ async def test_a_job_started_and_completed_in_one_process_wakes_nobody(
     mf = await app(app_id)
     try:
         await mf.worker("q", workflows=[two_steps], activities=[plus_one])
-        handles = [await mf.workflow.start("t", "two_steps", f"w{i}", [i], "q") for i in range(8)]
-        assert [await h.result(timeout=10) for h in handles] == [i + 2 for i in range(8)]
-        # A start while the worker's claim is in flight (its first, or an idle
-        # poll) is not eager: that job is queued, claimed, and announced.
+        # A start while the worker's claim is in flight (its first, or one a
+        # queued start's NOTIFY set off) is not eager: that job is queued,
+        # claimed, and announced. Once it is done the worker waits idle.
+        first = await mf.workflow.start("t", "two_steps", "w0", [0], "q")
+        assert await first.result(timeout=10) == 2
+        handles = [
+            await mf.workflow.start("t", "two_steps", f"w{i}", [i], "q") for i in range(1, 8)
+        ]
+        assert [await h.result(timeout=10) for h in handles] == [i + 2 for i in range(1, 8)]
         eager = await eager_starts(app_id)
         assert eager, "no start was eager"
         assert set(await ends.drain()) == {f"w{i}" for i in range(8)} - eager
