@@ -592,3 +592,34 @@ async def test_a_retried_first_step_whose_commit_is_lost_does_not_run_it_again(
         handle = await mf.workflow.start("t", "echo_and_flaky", key, [key], "q")
         assert await handle.result(timeout=20) == [f"{key}-e", f"{key}-f"]
         assert lost and CALLS[f"{key}-e"] == 1 and CALLS[f"{key}-f"] == 2
+
+
+# -- hooks whose first step is deferred ---------------------------------------------
+
+
+async def hook_step(key: str, config: dict[str, Any]) -> None:
+    acts = workflow.proxy_activities(activities=[echo])
+    got = await acts.echo(key)
+    entity = await workflow.entity()
+    await entity.append("hooks", got)
+    await workflow.signal(config["signal"], {"hook": got})
+
+
+async def runs_hooks(key: str, count: int) -> dict[str, Any]:
+    answers = await asyncio.gather(
+        *(workflow.exec_hook("q", "hook_step", [f"{key}-{i}"]) for i in range(count))
+    )
+    entity = await workflow.entity()
+    return {"answers": list(answers), "hooks": sorted((await entity.get())["hooks"])}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_hooks_whose_first_step_is_deferred_each_answer_once(backend: str) -> None:
+    key = f"hk-{uuid.uuid4().hex[:6]}"
+    async with app(backend) as mf:
+        await mf.worker("q", workflows=[runs_hooks, hook_step], activities=[echo])
+        handle = await mf.workflow.start("t", "runs_hooks", key, [key, 5], "q")
+        result = await handle.result(timeout=30)
+        names = [f"{key}-{i}" for i in range(5)]
+        assert result == {"answers": [{"hook": n} for n in names], "hooks": sorted(names)}
+        assert all(CALLS[n] == 1 for n in names)
