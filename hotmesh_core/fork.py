@@ -83,12 +83,18 @@ async def fork_run(
         _stored, created = await engine._create_job(tx, fork)
         if not created:
             raise DuplicateWorkflow(f"a workflow with id {fork_id!r} exists")
-        for step in kept:
-            await tx.store.insert_step(evolve(step, job_id=fork_id, activation=None))
+        copies = {s.index: evolve(s, job_id=fork_id, activation=None) for s in kept}
+        for step in copies.values():
+            if step.index != CANCEL_INDEX:
+                await tx.store.insert_step(step)
         # The kept deliveries, renumbered 1, 2, ... in their order (a cut may
-        # leave gaps): replay hands them back activation by activation.
+        # leave gaps): replay hands them back activation by activation. A
+        # cancel request goes in with the activation that delivered it: an
+        # undelivered one refuses every other delivery (Store.mark_delivered).
         activations = sorted({s.activation for s in kept if s.activation is not None})
         for number, activation in enumerate(activations, start=1):
             indexes = [s.index for s in kept if s.activation == activation]
+            if CANCEL_INDEX in indexes:
+                await tx.store.insert_step(copies[CANCEL_INDEX])
             await tx.store.mark_delivered(fork_id, MAIN_THREAD, indexes, number)
     return WorkflowHandle(backend, fork_id)

@@ -152,7 +152,9 @@ class Store(Protocol):
         compare-and-set, so two runs racing to deliver activation n cannot both
         succeed, whichever steps each delivers) and the steps get it. Returns
         False, changing nothing, when another run of the thread got there
-        first: this run must give way."""
+        first, or (main thread) when an undelivered cancel request (index
+        ``-1``) is not among ``indexes``: it came after this run read, and the
+        next activation must deliver it. This run must give way."""
 
     async def advance(self, plan: Advance) -> Advanced:
         """Apply one run's commit atomically, as :func:`hotmesh_core.advance.apply_advance`

@@ -704,14 +704,20 @@ class Worker:
         if first is not None:
             await self._run_deferred(task, run, fn, args, name, outcome, first, local)
             return
+        leased = await self._finish_run(task, run, outcome, local)
+        await self._follow_chain(run, fn, args, name, outcome, leased)
+
+    async def _finish_run(
+        self, task: Task, run: Run, outcome: RunOutcome, local: LocalWorker
+    ) -> list[Task]:
+        """Commit ``outcome`` the ordinary way (Engine.finish_run)."""
         try:
-            leased = await self.engine.finish_run(task, run, outcome, local)
+            return await self.engine.finish_run(task, run, outcome, local)
         except BackendUnavailable:
             # The commit may have happened and leased activities to ``local``
             # with nobody left to run them: hand them back, not a lease later.
             self._lost_claims.append(local.owner)
             raise
-        await self._follow_chain(run, fn, args, name, outcome, leased)
 
     async def _run_deferred(
         self,
@@ -752,7 +758,13 @@ class Worker:
             self._under_run_lease.pop(task.id, None)
             self._abandoned.discard(task.id)
         if any(o.retry_in is not None for o in outcomes):
-            leased = await self.engine.finish_run(task, run, outcome, local)
+            leased: list[Task] = []
+
+            async def commit() -> None:
+                nonlocal leased  # repeated once the database is back, not the activities
+                leased = await self._finish_run(task, run, outcome, local)
+
+            await self._while_backend_returns(commit)
             by_index = {t.index: t for t in leased}
             await self._while_backend_returns(
                 lambda: self._answer_normally(
@@ -804,11 +816,29 @@ class Worker:
                 self._lost_claims.append(local.owner)  # see _run_workflow
             if not isinstance(exc, (Superseded, BackendUnavailable)):
                 log.exception("running %r's first step inline failed; it runs again", run.job.id)
+            elif not recorded:
+                await self._keep_deferred(run, first, steps)
             await self._release(task)
             return
         finally:
             run.execute_inline = self.engine.execute_inline
         await self._follow_chain(run, fn, args, name, resumed, leased)
+
+    async def _keep_deferred(self, run: Run, first: Advance, steps: list[Step]) -> None:
+        """A deferred first step whose commit was lost (the connection) or refused
+        (a cancel request came meanwhile): its activities ran, so their steps are
+        recorded on their own, to be delivered by the run that follows; never
+        run again, as on every other path. Superseded: they are recorded
+        already (the lost commit happened, or a racing run), or the job was
+        interrupted; still no database: the run runs again, activities too."""
+        try:
+            await self._while_backend_returns(
+                lambda: self.engine.record_deferred(run, first, steps)
+            )
+        except Superseded:
+            pass
+        except BackendUnavailable as error:
+            log.warning("the first step of %r is left to its run's lease: %s", run.job.id, error)
 
     async def _follow_chain(
         self,
@@ -1139,6 +1169,16 @@ async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
         return result
     except (SystemExit, KeyboardInterrupt) as exc:
         raise _Escaped(exc) from None
+    except asyncio.CancelledError as exc:
+        # Not a cancel of this attempt (its timeout, a lost lease, a stopping
+        # worker: the task is being cancelled) but the activity's own error,
+        # say a cancelled request it awaited: an outcome, retried by its
+        # policy; raised on, the attempt would be repeated at every lease,
+        # forever, with nothing recorded. (Python 3.10 cannot tell: raised on.)
+        cancelling = getattr(asyncio.current_task(), "cancelling", None)
+        if cancelling is not None and cancelling() == 0:
+            raise _Escaped(exc) from None
+        raise
 
 
 def _in_own_thread(fn: Callable[..., Any], args: list[Any]) -> asyncio.Future[Any]:

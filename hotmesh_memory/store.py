@@ -24,6 +24,7 @@ from hotmesh_core.models import (
     WorkerPresence,
 )
 from hotmesh_core.observe import RunCursor
+from hotmesh_core.replay import CANCEL_INDEX
 
 from .entity_query import after as comes_after
 from .entity_query import job_matches, json_equal, sort_key
@@ -262,11 +263,16 @@ class MemoryStore:
         )
         if owner is None or owner.activation != activation - 1:
             return False  # another run of the thread delivered this activation first
+        steps = self.state.steps.get(key, {})
+        request = steps.get(CANCEL_INDEX) if isinstance(owner, Job) else None
+        if request is not None and request.activation is None and CANCEL_INDEX not in indexes:
+            # A cancel request this run has not seen (it came after the run
+            # read): the next activation is the one that delivers it.
+            return False
         if isinstance(owner, Job):
             self.tx.put(self.state.jobs, job_id, revise(owner, activation=activation))
         else:
             self.tx.put(self.state.threads, key, revise(owner, activation=activation))
-        steps = self.state.steps.get(key, {})
         marked = 0
         for index in indexes:
             step = steps.get(index)

@@ -27,6 +27,7 @@ from hotmesh_core.models import (
     WorkerPresence,
 )
 from hotmesh_core.observe import RunCursor
+from hotmesh_core.replay import CANCEL_INDEX
 
 from . import rows
 from .entity_query import Compiled, compile_query, index_statement
@@ -494,6 +495,15 @@ class PgStore:
             if dimension == MAIN_THREAD:
                 claim = f"UPDATE jobs SET activation = %s WHERE id = %s{in_bucket}"
                 claim_params: list[Any] = [activation, job_id, *hinted]
+                if CANCEL_INDEX not in indexes:
+                    # A cancel request this run has not seen (it came after
+                    # the run read): the next activation delivers it.
+                    claim += (
+                        " AND NOT EXISTS (SELECT 1 FROM steps s WHERE s.job_id = jobs.id"
+                        " AND s.bucket = jobs.bucket AND s.dimension = '' AND s.idx = %s"
+                        " AND s.activation IS NULL)"
+                    )
+                    claim_params.append(CANCEL_INDEX)
             else:
                 claim = (
                     f"UPDATE threads SET activation = %s"

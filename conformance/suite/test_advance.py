@@ -454,3 +454,45 @@ async def test_recorded_steps_go_in_before_the_activation_that_delivers_them(
             await tx.store.advance(again)
     async with mf.backend.transaction(readonly=True) as tx:
         assert len(await tx.store.load_steps("a20", "")) == 2  # nothing of it was written
+
+
+def _cancel_request(job_id: str) -> Step:
+    return Step(
+        job_id=job_id,
+        dimension="",
+        index=-1,
+        kind="cancel",
+        name="cancel",
+        args={"reason": None},
+        status="done",
+        wake_queue=QUEUE,
+        wake_name="wf",
+    )
+
+
+async def test_a_delivery_that_leaves_a_cancel_request_behind_supersedes(hm: Harness) -> None:
+    """A cancel request recorded while a run was under way is delivered by the
+    next activation of the main thread: one that delivers other answers without
+    it gives way, by ``mark_delivered`` and by ``advance`` alike (an inline chain
+    of activities would otherwise run the workflow to its end, never cancelled)."""
+    mf = await hm.memflow()
+    await _started(mf, "a20")
+    async with mf.backend.transaction(single=True) as tx:
+        await tx.store.advance(Advance("a20", "", dispatches=[Dispatch(_step("a20", 0))]))
+    async with mf.backend.transaction() as tx:
+        assert await tx.store.insert_step(_cancel_request("a20"))
+        assert await tx.store.resolve_step("a20", "", 0, result="r")
+    with pytest.raises(Superseded):
+        async with mf.backend.transaction(single=True) as tx:
+            await tx.store.advance(Advance("a20", "", delivered=(1, [0])))
+    async with mf.backend.transaction() as tx:
+        assert not await tx.store.mark_delivered("a20", "", [0], 1)
+    async with mf.backend.transaction() as tx:
+        job = await tx.store.get_job("a20")
+        assert job is not None and job.activation == 0
+        # Delivered with it, the request goes (first), and later deliveries pass.
+        assert await tx.store.mark_delivered("a20", "", [-1, 0], 1)
+    async with mf.backend.transaction() as tx:
+        await tx.store.insert_step(_step("a20", 1, status="done"))
+    async with mf.backend.transaction(single=True) as tx:
+        await tx.store.advance(Advance("a20", "", delivered=(2, [1])))

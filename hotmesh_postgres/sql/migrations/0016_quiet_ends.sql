@@ -12,7 +12,7 @@
 -- await_end), true for every other job, as before.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT true;
 
--- hm_advance as in version 13, but for the quiet finish.
+-- hm_advance as in version 15, but for the quiet finish.
 CREATE OR REPLACE FUNCTION hm_advance(p jsonb, p_bucket text, p_terminal text[],
                                       p_queue_channel text, p_job_channel text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
@@ -81,8 +81,13 @@ BEGIN
         SELECT array_agg(value::integer) INTO v_indexes
           FROM jsonb_array_elements_text(p->'delivered'->1);
         IF v_dim = '' THEN
+            -- A cancel request this run has not seen (it came after the run
+            -- read) is delivered by the next activation: one without it gives way.
             UPDATE jobs SET activation = v_act
-             WHERE id = v_job AND bucket = v_bucket AND activation = v_act - 1;
+             WHERE id = v_job AND bucket = v_bucket AND activation = v_act - 1
+               AND (-1 = ANY(coalesce(v_indexes, '{}')) OR NOT EXISTS (
+                    SELECT 1 FROM steps WHERE job_id = v_job AND bucket = v_bucket
+                       AND dimension = '' AND idx = -1 AND activation IS NULL));
         ELSE
             UPDATE threads SET activation = v_act
              WHERE job_id = v_job AND bucket = v_bucket AND dimension = v_dim
