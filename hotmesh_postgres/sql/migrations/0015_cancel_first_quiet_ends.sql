@@ -1,4 +1,14 @@
--- HotMesh schema, version 16: a job's end is announced to whoever may wait.
+-- HotMesh schema, version 15: an unseen cancel request is delivered first,
+-- and a job's end is announced to whoever may wait.
+--
+-- hm_advance as in version 13, with two changes. The main thread's compare-and-set of its
+-- activation refused (the advance superseded) while a cancel request that
+-- this delivery does not include is there undelivered: the request came after
+-- the run read, and the next activation is the one that delivers it. Without
+-- this, an inline chain of activities (or a handed signal, an armed timer)
+-- resumed its cached run step after step, winning every race against the
+-- request's wake-up, and ran the workflow to its end, never cancelled.
+-- Store.mark_delivered (hotmesh_postgres/store.py) checks the same.
 --
 -- A completed job's end is NOTIFYed on the job channel so that result() wakes
 -- in any process. When the job was started eagerly (its first run leased to a
@@ -8,11 +18,10 @@
 -- in a transaction of its own: one more commit per workflow, per listening
 -- process. So such a finish is "quiet" (Finish.quiet), and it is announced
 -- only if jobs.awaited says a handle elsewhere waits: false for an eager
--- start, set by a result() that did not start the job (Store.get_job with
--- await_end), true for every other job, as before.
+-- start, set by a result() that did not create the job
+-- (Store.get_awaited_job), true for every other job, as before.
 ALTER TABLE jobs ADD COLUMN IF NOT EXISTS awaited boolean NOT NULL DEFAULT true;
 
--- hm_advance as in version 15, but for the quiet finish.
 CREATE OR REPLACE FUNCTION hm_advance(p jsonb, p_bucket text, p_terminal text[],
                                       p_queue_channel text, p_job_channel text)
 RETURNS jsonb LANGUAGE plpgsql AS $$
