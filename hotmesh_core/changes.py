@@ -12,7 +12,8 @@ PostgreSQL listener reconnected): the watcher re-reads what it follows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+
+from hotmesh_core.event_wait import wait_event
 
 __all__ = ["ChangeNote", "ChangeQueue"]
 
@@ -36,8 +37,7 @@ class ChangeQueue:
         """The notes since the last call; ``[]`` after ``timeout`` without any;
         ``None`` when some may have been missed."""
         if not self._notes:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._event.wait(), max(timeout, 0.0))
+            await wait_event(self._event, timeout)
         notes, self._notes = self._notes, []
         self._event.clear()
         if any(note is None for note in notes):

@@ -17,6 +17,7 @@ from typing import Any
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock, SystemClock, VirtualClock
+from hotmesh_core.event_wait import wait_event
 from hotmesh_core.transactions import TransactionNotSupported
 
 from .signal import MemorySignal
@@ -142,9 +143,7 @@ class MemoryBackend:
         for queue in queues:
             state.watchers(state.queue_waiters, queue).add(event)
         try:
-            await asyncio.wait_for(event.wait(), max(timeout, 0.0))
-        except asyncio.TimeoutError:
-            pass
+            await wait_event(event, timeout)
         finally:
             for queue in queues:
                 state.unwatch(state.queue_waiters, queue, event)
@@ -164,13 +163,9 @@ class MemoryBackend:
     async def wait_changed(self, event: asyncio.Event, timeout: float) -> None:
         clock = self.clock
         skipping = isinstance(clock, VirtualClock) and clock.auto_skip
-        try:
-            await asyncio.wait_for(
-                event.wait(), max(min(timeout, 0.01) if skipping else timeout, 0)
-            )
-        except asyncio.TimeoutError:
-            if isinstance(clock, VirtualClock) and clock.auto_skip:
-                self._skip_if_idle(clock)
+        set_ = await wait_event(event, min(timeout, 0.01) if skipping else timeout)
+        if not set_ and isinstance(clock, VirtualClock) and clock.auto_skip:
+            self._skip_if_idle(clock)
 
     def _skip_if_idle(self, clock: VirtualClock) -> None:
         """Jump to the next timer when no task is ready or in flight (time skipping)."""

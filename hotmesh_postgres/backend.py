@@ -24,6 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable, UnknownApp
+from hotmesh_core.event_wait import wait_event
 from hotmesh_core.protocols import Backend
 
 from .connection import check_server_version, permission_denied, resolve_dsn
@@ -156,8 +157,7 @@ class _PgWatch:
         self.event = event
 
     async def wait(self, timeout: float) -> None:
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self.event.wait(), max(timeout, 0.0))
+        await wait_event(self.event, timeout)
         self.event.clear()
 
 
@@ -227,8 +227,7 @@ class PostgresBackend:
         await pool.open(wait=True)
         self.pool = pool
         self._listener = asyncio.create_task(self._listen(), name=f"hotmesh-listen:{self.app_id}")
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._listening.wait(), 10)
+        await wait_event(self._listening, 10)
 
     async def list_apps(self) -> list[str]:
         """The apps of this database (schemas with HotMesh's tables), without opening."""
