@@ -108,6 +108,11 @@ class Engine:
         # Told of every sleep's timer this engine dispatched (the worker arms
         # it in-process: see Worker._arm_timer); None: the stored row only.
         self.timer_armed: Callable[[Task, float], None] | None = None
+        # How much later than its due time the row of a sleep armed in-process
+        # becomes visible: the armed timer answers it at the due time, and the
+        # row, the way forward after a crash, is nobody's to claim before then
+        # (claims racing the armed timer made W4's late tail).
+        self.armed_grace = 0.0
 
     # -- jobs ----------------------------------------------------------------
     async def start_job(self, job: Job, eager: bool = False) -> tuple[Job, bool]:
@@ -659,7 +664,9 @@ class Engine:
             return Dispatch(command.step(run), timer, delay=timeout, signal_id=signal_id)
         if command.kind == "sleep":
             timer = _timer_task(run, command, _sleep_payload(run))
-            return Dispatch(command.step(run), timer, delay=command.options["seconds"])
+            seconds = command.options["seconds"]
+            grace = self.armed_grace if self.timer_armed is not None else 0.0
+            return Dispatch(command.step(run), timer, delay=seconds + grace)
         task = _activity_task(run, command)
         if local is not None and local.serves(task):
             return Dispatch(command.step(run), task, owner=local.owner, lease=local.lease)
@@ -694,7 +701,8 @@ class Engine:
                 and dispatch.signal_id is None  # a sleep's (a wait's timeout fires from its row)
                 and self.timer_armed is not None
             ):
-                remaining = dispatch.delay - (self.backend.now() - planned_at)
+                # Armed at the due time (the row comes due armed_grace later).
+                remaining = dispatch.delay - self.armed_grace - (self.backend.now() - planned_at)
                 self.timer_armed(evolve(dispatch.task, id=task_id), max(remaining, 0.0))
         return leased
 

@@ -52,6 +52,13 @@ log = logging.getLogger("hotmesh.worker")
 #: waits for a name this worker does not serve before it says so.
 UNSERVED_CHECK = 10.0
 
+#: Seconds by which the stored row of a sleep this worker arms in process comes
+#: due after the sleep: the armed timer answers at the due time, and until the
+#: grace is over no claim (this worker's or another's) races it for the row.
+#: The row fires the sleep this much late only when the armed timer could not:
+#: the worker crashed or stopped first.
+ARMED_TIMER_GRACE = 1.0
+
 Functions = Iterable[Callable[..., Any]] | Mapping[str, Callable[..., Any]]
 
 
@@ -130,6 +137,7 @@ class Worker:
         # Not under a virtual clock, whose time is not the event loop's.
         self._armed: dict[str, asyncio.TimerHandle] = {}
         self._firing: dict[str, asyncio.Event] = {}  # armed timers firing now: answered
+        self._waiting_firings: set[asyncio.Task[Any]] = set()  # for a slot (_slot_for_firing)
         # Eager starts (in_process.py): first runs a client of this process
         # leased to this worker, with the job as it was just created.
         self._eager_pending = 0  # handed owners whose start has not returned
@@ -146,6 +154,7 @@ class Worker:
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
             self.engine.timer_armed = self._arm_timer
+            self.engine.armed_grace = ARMED_TIMER_GRACE
 
     def _event(self, kind: str, **details: Any) -> None:
         if self.interceptors:
@@ -179,7 +188,7 @@ class Worker:
         self._stopping = True
         serve_eagerly(self.backend, self, False)
         for armed in self._armed.values():
-            armed.cancel()  # their rows fire them: whoever claims them next
+            armed.cancel()  # their rows fire them (ARMED_TIMER_GRACE late)
         self._armed.clear()
         for background in (self._loop_task, self._expiry_task):
             if background is not None:
@@ -312,11 +321,11 @@ class Worker:
             # Resuming the run here takes a slot like a claimed run (its chain
             # may run activities inline): only with one free (this firing
             # counts as one), else the row's answer wakes a run for the claim
-            # loop, which respects ``concurrency`` (adversarial finding).
-            busy = len(self._inflight) + self._eager_pending + self._claiming
-            suspended = (
-                None if busy > self.concurrency else self._cache.take(task.job_id, task.dimension)
-            )
+            # loop, which respects ``concurrency`` (adversarial finding). Slots
+            # are busy for moments (timers due together, eager starts): a
+            # while is worth waiting for one, a trip through the queue is not.
+            free = await self._slot_for_firing(ARMED_TIMER_GRACE / 2)
+            suspended = self._cache.take(task.job_id, task.dimension) if free else None
             if suspended is not None and task.index in suspended.run.awaiting:
                 await self._wake_in_process(suspended, task)
                 return
@@ -327,6 +336,33 @@ class Worker:
             raise
         except BaseException as error:  # a shortcut only: the row fires it
             log.debug("armed timer %s is left to its row: %r", task.id, error)
+
+    async def _slot_for_firing(self, patience: float) -> bool:
+        """Wait up to ``patience`` seconds until this firing (one of the tasks
+        in flight) fits within ``concurrency``; whether it does. Firings that
+        wait take no slot from each other (or timers due together would wait
+        on one another to the end), and the first to find one free takes it
+        before the next looks (no await between the look and the leaving)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        me = asyncio.current_task()
+        assert me is not None
+        waiting = self._waiting_firings
+        waiting.add(me)
+        try:
+            while True:
+                working = [running for running in self._inflight if running not in waiting]
+                if len(working) + 1 + self._eager_pending + self._claiming <= self.concurrency:
+                    return True
+                left = deadline - loop.time()
+                if left <= 0 or self._stopping:
+                    return False
+                if working:
+                    await asyncio.wait(working, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                else:  # only starts handed out, or a claim in flight: a round trip away
+                    await asyncio.sleep(min(left, 0.005))
+        finally:
+            waiting.discard(me)
 
     async def _wake_in_process(self, suspended: Suspended, timer: Task) -> None:
         """Resume the cached run that a sleep's armed timer answers, here and now,
@@ -584,10 +620,18 @@ class Worker:
                 await asyncio.sleep(pause)
 
     async def _release(self, task: Task) -> None:
-        """Make a task this worker holds visible again now (or let its lease run out)."""
-        try:
+        """Make a task this worker holds visible again now; if the database is
+        away, once it is back (a lost connection seldom comes alone: a run given
+        up for one, whose hand-back met the next, waited out its whole lease).
+        Only while this worker holds it, so a repeat after a commit whose answer
+        was lost moves nothing; at the end of patience, its lease runs out."""
+
+        async def release() -> None:
             async with self.backend.transaction() as tx:
-                await tx.stream.retry(task.id, delay=0.0)
+                await tx.stream.retry(task.id, delay=0.0, owner=task.lease_owner)
+
+        try:
+            await self._while_backend_returns(release)
         except Exception as exc:
             log.warning("task %s is left to its lease: %s", task.id, exc)
 

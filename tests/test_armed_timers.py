@@ -65,3 +65,38 @@ async def test_a_stopped_worker_leaves_its_sleeps_to_their_rows() -> None:
         assert await handle.result(timeout=10) == 1
     finally:
         await mf.shutdown()
+
+
+async def nap_once(seconds: float) -> float:
+    await workflow.sleep_for(seconds)
+    return seconds
+
+
+@pytest.mark.parametrize("backend", ["memory", "postgres"])
+async def test_sleeps_due_together_beyond_concurrency_all_resume_in_process(backend: str) -> None:
+    """More sleeps come due at once than the worker has slots: each waits a
+    moment for one and resumes its cached run here, and no claim races the
+    armed timers for their rows (those come due ARMED_TIMER_GRACE later)."""
+    mf = await MemFlow.init(
+        app_id=f"armed{uuid.uuid4().hex[:8]}", backend=backend, **backend_test_options(backend)
+    )
+    try:
+        worker = await mf.worker("q", workflows=[nap_once], concurrency=2, poll_interval=0.05)
+        paths: list[str] = []
+        resume, fire_row = worker._wake_in_process, worker.engine.fire_timer
+
+        async def resumed(suspended, timer):  # type: ignore[no-untyped-def]
+            paths.append("in process")
+            await resume(suspended, timer)
+
+        async def row_fired(task):  # type: ignore[no-untyped-def]
+            paths.append("row")
+            await fire_row(task)
+
+        worker._wake_in_process = resumed  # type: ignore[method-assign]
+        worker.engine.fire_timer = row_fired  # type: ignore[method-assign]
+        handles = [await mf.workflow.start("t", "nap_once", f"n-{i}", [0.3], "q") for i in range(8)]
+        assert [await h.result(timeout=30) for h in handles] == [0.3] * 8
+        assert paths == ["in process"] * 8
+    finally:
+        await mf.shutdown()
