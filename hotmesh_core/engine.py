@@ -644,7 +644,7 @@ class Engine:
                 return None
             plan.running = run.dimension == MAIN_THREAD and run.job.status == "pending"
             for command in outcome.commands:
-                plan.dispatches.append(self._dispatch(run, command, local))
+                plan.dispatches.append(self._dispatch(run, command, local, armed=True))
             return plan
         answered_parent = run.job.parent_id is not None and run.job.parent_index is not None
         if outcome.status == "continued" or run.dimension != MAIN_THREAD or answered_parent:
@@ -655,7 +655,13 @@ class Engine:
         plan.finish = Finish(status, outcome.result, outcome.error, quiet=quiet)
         return plan
 
-    def _dispatch(self, run: Run, command: Command, local: LocalWorker | None) -> Dispatch:
+    def _dispatch(
+        self, run: Run, command: Command, local: LocalWorker | None, *, armed: bool = False
+    ) -> Dispatch:
+        """``armed``: the dispatch commits through :meth:`_advance`, which arms a
+        sleep's in-process timer (when the worker arms them); only then does its
+        row come due ``armed_grace`` late. The general path (``_persist``) arms
+        nothing: its sleep's row is the only way it fires, at the due time."""
         if command.kind == "wait":
             signal_id, timeout = command.options["signal_id"], command.options.get("timeout")
             if timeout is None:
@@ -665,7 +671,7 @@ class Engine:
         if command.kind == "sleep":
             timer = _timer_task(run, command, _sleep_payload(run))
             seconds = command.options["seconds"]
-            grace = self.armed_grace if self.timer_armed is not None else 0.0
+            grace = self.armed_grace if armed and self.timer_armed is not None else 0.0
             return Dispatch(command.step(run), timer, delay=seconds + grace)
         task = _activity_task(run, command)
         if local is not None and local.serves(task):

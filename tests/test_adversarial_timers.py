@@ -1,0 +1,63 @@
+"""Adversarial findings on armed timers: a sleep's row comes due
+ARMED_TIMER_GRACE after the sleep when its worker arms it in process, and a
+firing waits a moment for a slot."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from hotmesh_core import MemFlow, workflow
+from hotmesh_core.plugins import backend_test_options
+
+BACKENDS = ["memory", "postgres"]
+
+
+async def _open(backend: str) -> MemFlow:
+    return await MemFlow.init(
+        app_id=f"advt{uuid.uuid4().hex[:8]}", backend=backend, **backend_test_options(backend)
+    )
+
+
+async def quick_child() -> int:
+    return 1
+
+
+async def sleep_beside_child(seconds: float) -> float:
+    started = workflow.now()
+    await asyncio.gather(workflow.sleep_for(seconds), workflow.exec_child("e", "quick_child"))
+    return (workflow.now() - started).total_seconds()
+
+
+async def sleep_after_abandoned_wait(seconds: float) -> float:
+    started = workflow.now()
+    waiting = asyncio.ensure_future(workflow.wait_for("never"))
+    napping = asyncio.ensure_future(workflow.sleep_for(0.05))
+    await asyncio.wait([waiting, napping], return_when=asyncio.FIRST_COMPLETED)
+    waiting.cancel()
+    # This run abandons the wait: it commits the next sleep on the general path.
+    await workflow.sleep_for(seconds)
+    return (workflow.now() - started).total_seconds()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_sleep_dispatched_on_the_general_path_is_not_a_grace_late(backend: str) -> None:
+    """The general path (a child, an abandoned wait beside the sleep) arms no
+    in-process timer: its sleep's row is its only way to fire, so the row must
+    come due at the due time, not ARMED_TIMER_GRACE later (each of these took
+    1.3 s for a 0.3 s sleep)."""
+    mf = await _open(backend)
+    try:
+        await mf.worker(
+            "q",
+            workflows=[quick_child, sleep_beside_child, sleep_after_abandoned_wait],
+            poll_interval=0.05,
+        )
+        beside = await mf.workflow.start("t", "sleep_beside_child", "beside", [0.3], "q")
+        after = await mf.workflow.start("t", "sleep_after_abandoned_wait", "after", [0.3], "q")
+        assert 0.3 <= await beside.result(timeout=10) < 0.9
+        assert 0.35 <= await after.result(timeout=10) < 0.95
+    finally:
+        await mf.shutdown()
