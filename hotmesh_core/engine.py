@@ -707,8 +707,11 @@ class Engine:
                 and dispatch.signal_id is None  # a sleep's (a wait's timeout fires from its row)
                 and self.timer_armed is not None
             ):
-                # Armed at the due time (the row comes due armed_grace later).
-                remaining = dispatch.delay - self.armed_grace - (self.backend.now() - planned_at)
+                # Armed at the due time (the row comes due armed_grace later,
+                # if it was planned while the worker armed timers: counted
+                # from the sleep itself, whatever the grace is now).
+                seconds = float(dispatch.step.args or 0.0)
+                remaining = seconds - (self.backend.now() - planned_at)
                 self.timer_armed(evolve(dispatch.task, id=task_id), max(remaining, 0.0))
         return leased
 

@@ -164,6 +164,8 @@ class Worker:
     async def start(self) -> Worker:
         """Start claiming (again, after :meth:`stop`: the same worker, its cache kept)."""
         self._stopping = False
+        if self.engine.timer_armed is not None:
+            self.engine.armed_grace = ARMED_TIMER_GRACE
         if self._stable_id:
             # The same id as before a crash or restart: what this worker held
             # then is its own, and nobody else holds it; take it back now.
@@ -186,6 +188,9 @@ class Worker:
     async def stop(self, *, drain: bool = True) -> None:
         """Stop claiming; with ``drain``, let the tasks in hand finish (else abandon them)."""
         self._stopping = True
+        # Sleeps the runs still in hand dispatch now are not armed
+        # (_arm_timer): their rows come due at the due time, for any worker.
+        self.engine.armed_grace = 0.0
         serve_eagerly(self.backend, self, False)
         for armed in self._armed.values():
             armed.cancel()  # their rows fire them (ARMED_TIMER_GRACE late)

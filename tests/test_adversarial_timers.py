@@ -61,3 +61,38 @@ async def test_a_sleep_dispatched_on_the_general_path_is_not_a_grace_late(backen
         assert 0.35 <= await after.result(timeout=10) < 0.95
     finally:
         await mf.shutdown()
+
+
+async def slow_step() -> int:
+    await asyncio.sleep(0.5)
+    return 1
+
+
+async def step_then_sleep(seconds: float) -> float:
+    await workflow.proxy_activities(activities=["slow_step"]).slow_step()
+    started = workflow.now()
+    await workflow.sleep_for(seconds)
+    return (workflow.now() - started).total_seconds()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_draining_worker_leaves_no_grace_on_the_sleeps_it_dispatches(backend: str) -> None:
+    """A run that a worker stopping with ``drain=True`` still finishes commits
+    a sleep the stopping worker will never arm: its row is the only way it
+    fires, and another worker serves the queue, so it fires at the due time
+    (it fired ARMED_TIMER_GRACE late: 1.2 s for 0.2 s)."""
+    mf = await _open(backend)
+    try:
+        functions = {"workflows": [step_then_sleep], "activities": [slow_step]}
+        first = await mf.worker("q", poll_interval=0.05, **functions)  # type: ignore[arg-type]
+        handle = await mf.workflow.start("t", "step_then_sleep", "drained", [0.2], "q")
+        await asyncio.sleep(0.2)  # its activity runs on the first worker
+        await mf.worker("q", poll_interval=0.05, **functions)  # type: ignore[arg-type]
+        await first.stop(drain=True)
+        assert first._armed == {}
+        assert 0.2 <= await handle.result(timeout=10) < 0.8
+        # Started again, it arms its sleeps once more (their rows a grace late).
+        await first.start()
+        assert first.engine.armed_grace > 0
+    finally:
+        await mf.shutdown()
