@@ -66,6 +66,10 @@ class WorkflowCache:
         while len(self._runs) > self.size:
             self._runs.popitem(last=False)
 
+    def peek(self, job_id: str, dimension: str) -> Suspended | None:
+        """The run of this thread, left in the cache (not counted as a hit or miss)."""
+        return self._runs.get((job_id, dimension))
+
     def take(self, job_id: str, dimension: str) -> Suspended | None:
         """Remove and return the run of this thread: while in use it is no one
         else's, and it goes back only once its next outcome has committed."""

@@ -329,7 +329,11 @@ class Worker:
             # loop, which respects ``concurrency`` (adversarial finding). Slots
             # are busy for moments (timers due together, eager starts): a
             # while is worth waiting for one, a trip through the queue is not.
-            free = await self._slot_for_firing(ARMED_TIMER_GRACE / 2)
+            # Only for a run it can resume: one not cached (max_cached_workflows=0,
+            # evicted) is woken through the queue, for any worker, at once.
+            cached = self._cache.peek(task.job_id, task.dimension)
+            resumable = cached is not None and task.index in cached.run.awaiting
+            free = resumable and await self._slot_for_firing(ARMED_TIMER_GRACE / 2)
             suspended = self._cache.take(task.job_id, task.dimension) if free else None
             if suspended is not None and task.index in suspended.run.awaiting:
                 await self._wake_in_process(suspended, task)

@@ -96,3 +96,45 @@ async def test_a_draining_worker_leaves_no_grace_on_the_sleeps_it_dispatches(bac
         assert first.engine.armed_grace > 0
     finally:
         await mf.shutdown()
+
+
+async def hog() -> int:
+    await asyncio.sleep(2.0)
+    return 1
+
+
+async def hogger() -> int:
+    result: int = await workflow.proxy_activities(activities=["hog"]).hog()
+    return result
+
+
+async def nap_timed(seconds: float) -> float:
+    started = workflow.now()
+    await workflow.sleep_for(seconds)
+    return (workflow.now() - started).total_seconds()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_a_firing_with_no_cached_run_does_not_wait_for_a_slot(backend: str) -> None:
+    """With ``max_cached_workflows=0`` an armed timer never resumes a run in
+    process, so waiting for a slot of its busy worker only holds back the run
+    its answer wakes, which another, idle worker would take at once (the
+    sleep took 0.8 s for 0.3 s)."""
+    mf = await _open(backend)
+    try:
+        options = {
+            "workflows": [nap_timed, hogger],
+            "activities": [hog],
+            "concurrency": 1,
+            "poll_interval": 0.05,
+            "max_cached_workflows": 0,
+        }
+        busy = await mf.worker("q", **options)  # type: ignore[arg-type]
+        nap = await mf.workflow.start("t", "nap_timed", "nap", [0.3], "q")  # eagerly, on busy
+        while not busy._armed:
+            await asyncio.sleep(0.01)
+        await mf.workflow.start("t", "hogger", "hog", [], "q")  # eagerly: holds busy's slot
+        await mf.worker("q", **options)  # type: ignore[arg-type]
+        assert 0.3 <= await nap.result(timeout=10) < 0.7
+    finally:
+        await mf.shutdown()
