@@ -67,6 +67,9 @@ log = logging.getLogger("hotmesh.engine")
 
 __all__ = ["Engine", "RunContext", "Superseded"]
 
+#: A sleep's timer payload key: its worker armed it in process, and its row came
+#: due a grace later (Engine.armed_grace).
+ARMED = "armed"
 PLAIN_COMMANDS = frozenset({"activity", "sleep", "wait"})  # what Store.advance dispatches
 
 DEFAULT_SIGNAL_EXPIRE = 86400.0  # a kept signal lives one day by default
@@ -669,9 +672,12 @@ class Engine:
             timer = _timer_task(run, command, {"signal": signal_id, "timeout": timeout})
             return Dispatch(command.step(run), timer, delay=timeout, signal_id=signal_id)
         if command.kind == "sleep":
-            timer = _timer_task(run, command, _sleep_payload(run))
             seconds = command.options["seconds"]
             grace = self.armed_grace if armed and self.timer_armed is not None else 0.0
+            payload = _sleep_payload(run)
+            if grace > 0:
+                payload[ARMED] = True  # see Worker._handle_engine_task
+            timer = _timer_task(run, command, payload)
             return Dispatch(command.step(run), timer, delay=seconds + grace)
         task = _activity_task(run, command)
         if local is not None and local.serves(task):

@@ -24,7 +24,7 @@ from .activity import _current as activity_context
 from .advance import Advance, Handoff
 from .cache import DEFAULT_MAX_CACHED_WORKFLOWS, DEFAULT_STICKY_WAIT, Suspended, WorkflowCache
 from .config import validate_name
-from .engine import Engine, LocalWorker, RunContext, Superseded
+from .engine import ARMED, Engine, LocalWorker, RunContext, Superseded
 from .errors import BackendUnavailable, SerializationError, UnknownWorkflow
 from .in_process import serve_eagerly
 from .interceptors import (
@@ -609,6 +609,13 @@ class Worker:
                 # This worker is firing it in process: let that answer it (the
                 # row then finds it answered), instead of a race it may lose.
                 await firing.wait()
+            wake_worker = task.payload.get("wake_worker")
+            if task.payload.get(ARMED) and wake_worker not in (None, self.id):
+                # Its worker armed it and, the grace over, has not fired it: it
+                # crashed (or stalled), and the run it wakes is nobody's to wait
+                # for (sticky_wait more), but any worker's now.
+                payload = {k: v for k, v in task.payload.items() if k != "wake_worker"}
+                task = evolve(task, payload=payload)
             await self.engine.fire_timer(task)
         else:
             log.error("unknown task kind %r; dropping task %s", task.kind, task.id)

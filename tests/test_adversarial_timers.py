@@ -138,3 +138,28 @@ async def test_a_firing_with_no_cached_run_does_not_wait_for_a_slot(backend: str
         assert 0.3 <= await nap.result(timeout=10) < 0.7
     finally:
         await mf.shutdown()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_after_a_crash_a_sleep_resumes_about_a_grace_late_not_a_sticky_wait_more(
+    backend: str,
+) -> None:
+    """A worker that armed its sleeps dies (``stop(drain=False)``: like a
+    process killed, nothing handed on). Their rows come due a grace late, and
+    another worker fires them; the runs they wake were sticky to the dead
+    worker and waited ``sticky_wait`` (2 s) more: 3 s late in all. An armed
+    row that another worker fires after the grace says its worker is gone."""
+    mf = await _open(backend)
+    try:
+        doomed = await mf.worker("q", workflows=[nap_timed], poll_interval=0.05)
+        naps = [await mf.workflow.start("t", "nap_timed", f"nap-{i}", [0.5], "q") for i in range(3)]
+        while len(doomed._armed) < 3:
+            await asyncio.sleep(0.01)
+        await mf.worker("q", workflows=[nap_timed], poll_interval=0.05)
+        await doomed.stop(drain=False)
+        for nap in naps:
+            assert 0.5 <= await nap.result(timeout=10) < 2.0
+            sleeps = [e for e in (await nap.export()).timeline if e.kind == "sleep"]
+            assert [e.status for e in sleeps] == ["done"]
+    finally:
+        await mf.shutdown()
