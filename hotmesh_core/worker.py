@@ -201,9 +201,11 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
         if drain:
+            # Before the drain: the runs its last commits wake are any worker's
+            # at once, as it claims no more (after it, they waited the drain out).
+            await self._unstick()
             if self._inflight:
                 await asyncio.gather(*self._inflight, return_exceptions=True)
-            await self._unstick()
         else:
             # Like a process dying: nothing is acked; leases will expire.
             for task in self._inflight:

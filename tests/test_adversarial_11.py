@@ -391,6 +391,8 @@ async def test_an_old_generations_sleep_firing_late_does_not_answer_the_new_gene
     monkeypatch.setattr(Engine, "fire_timer", slow_fire)
     # The claimed row's path: no in-process timer gets there first.
     monkeypatch.setattr(Worker, "_arm_timer", lambda self, task, delay: None)
+    # ...and its row comes due at the due time, as an unarmed sleep's does.
+    monkeypatch.setattr("hotmesh_core.worker.ARMED_TIMER_GRACE", 0.0)
     async with app(backend) as mf:
         await mf.worker("q", workflows=[sleep_or_signal])
         handle = await mf.workflow.start("t", "sleep_or_signal", "s", [0], "q")

@@ -42,11 +42,13 @@ async def test_nondeterminism_is_detected(hm: Harness) -> None:
         await handle.result(timeout=10)
     assert caught.value.type_name == "NonDeterminismError"
     assert "step_b" in caught.value.message and "step_a" in caught.value.message
-    timeline = (await handle.export()).timeline
-    assert [(e.kind, e.name, e.result) for e in timeline] == [
-        ("activity", "step_a", "a"),
-        ("sleep", "sleep", None),
-    ]
+    timeline = [(e.kind, e.name, e.result) for e in (await handle.export()).timeline]
+    # The sleep is recorded with step_a's answer; under faults that commit may
+    # be lost, and the next run meets the drift before it issues the sleep.
+    assert timeline in (
+        [("activity", "step_a", "a"), ("sleep", "sleep", None)],
+        [("activity", "step_a", "a")],
+    )
 
 
 async def uses_asyncio_sleep() -> None:
