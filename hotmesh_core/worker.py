@@ -250,6 +250,12 @@ class Worker:
             # once (release_leases) instead of sitting out a whole lease.
             self._claims += 1
             claim_owner = f"{self.id}#{self._claims}"
+            # One slot stays out of a claim that could fill several, for what
+            # this process hands the worker meanwhile (an eager start, a
+            # signalled run, an armed sleep's firing): while the claim is in
+            # flight, they would otherwise find it full and go through the
+            # queue (each then a NOTIFY, a claim and a read more).
+            free = free - 1 if free > 1 else free
             self._claiming = free
             try:
                 async with self.backend.transaction(single=True) as tx:

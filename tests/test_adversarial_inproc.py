@@ -85,15 +85,18 @@ async def plain(value: Any) -> Any:
 
 
 def gate_finish_run(worker: Any) -> asyncio.Event:
-    """Hold the worker's next run commits until the returned event is set."""
+    """Hold the worker's next run commits until the returned event is set: a
+    plain run's (finish_run) and a deferred first step's (its steps recorded,
+    or the run's start committed with them: record_deferred, continue_deferred)."""
     gate = asyncio.Event()
-    original = worker.engine.finish_run
+    for name in ("finish_run", "record_deferred", "continue_deferred"):
+        original = getattr(worker.engine, name)
 
-    async def held(*args: Any, **kwargs: Any) -> Any:
-        await gate.wait()
-        return await original(*args, **kwargs)
+        async def held(*args: Any, original: Any = original, **kwargs: Any) -> Any:
+            await gate.wait()
+            return await original(*args, **kwargs)
 
-    worker.engine.finish_run = held
+        setattr(worker.engine, name, held)
     return gate
 
 
