@@ -230,6 +230,13 @@ class Worker:
         workflow_names = sorted(self.workflows)
         activity_names = sorted(self.activities)
         while not self._stopping:
+            # Before the slots are counted: handing back awaits, and what this
+            # process hands the worker meanwhile (eager starts, signalled runs,
+            # armed firings) takes slots the count would still call free
+            # (adversarial finding: a duplicate start's lost claim).
+            if self._lost_claims and not await self._release_lost_claims():
+                await asyncio.sleep(self.poll_interval)
+                continue
             # Eager starts (eager_owner) take slots too: those handed out, and
             # not yet running, count; and while this claim is in flight, the
             # slots it may fill are reserved (self._claiming), or the two
@@ -241,9 +248,6 @@ class Worker:
                 else:
                     # Eager starts not yet handed over: they are one round trip away.
                     await asyncio.sleep(min(self.poll_interval, 0.02))
-                continue
-            if self._lost_claims and not await self._release_lost_claims():
-                await asyncio.sleep(self.poll_interval)
                 continue
             # Each claim leases under its own owner name, so a claim that committed
             # but whose rows were lost with the connection can be handed back at
