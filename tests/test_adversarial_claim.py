@@ -15,28 +15,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from hotmesh_core import MemFlow, workflow
+# The activity that counts how many run at once, and its workflow.
+from test_adversarial_inproc import PEAK, one_slow, slow
+
+from hotmesh_core import MemFlow
 from hotmesh_core.plugins import backend_test_options
 
 BACKENDS = ["memory", "postgres"]
-
-RUNNING: dict[str, int] = {}
-PEAK: dict[str, int] = {}
-
-
-async def slow(key: str, seconds: float) -> str:
-    RUNNING[key] = RUNNING.get(key, 0) + 1
-    PEAK[key] = max(PEAK.get(key, 0), RUNNING[key])
-    try:
-        await asyncio.sleep(seconds)
-    finally:
-        RUNNING[key] -= 1
-    return key
-
-
-async def one_slow(key: str, seconds: float) -> str:
-    acts = workflow.proxy_activities(activities=[slow])
-    return await acts.slow(key, seconds)
 
 
 @asynccontextmanager
