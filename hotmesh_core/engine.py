@@ -254,7 +254,7 @@ class Engine:
             for step in steps:
                 if step.kind == "sleep" and step.status == "pending":
                     # A sleep keeps its due time.
-                    due = step.started_at + float(step.args or 0)
+                    due = step.started_at + _sleep_seconds(step)
                     await tx.stream.enqueue(
                         Task(
                             queue=job.task_queue,
@@ -716,8 +716,7 @@ class Engine:
                 # Armed at the due time (the row comes due armed_grace later,
                 # if it was planned while the worker armed timers: counted
                 # from the sleep itself, whatever the grace is now).
-                seconds = float(dispatch.step.args or 0.0)
-                remaining = seconds - (self.backend.now() - planned_at)
+                remaining = _sleep_seconds(dispatch.step) - (self.backend.now() - planned_at)
                 self.timer_armed(evolve(dispatch.task, id=task_id), max(remaining, 0.0))
         return leased
 
@@ -1090,6 +1089,11 @@ def _activity_task(run: Run, command: Command) -> Task:
             **_traveling(run, command),
         },
     )
+
+
+def _sleep_seconds(step: Step) -> float:
+    """How long a sleep's step sleeps (its args): its due time is its start plus this."""
+    return float(step.args or 0.0)
 
 
 def _sleep_payload(run: Run) -> dict[str, Any]:

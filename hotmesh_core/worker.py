@@ -153,8 +153,7 @@ class Worker:
         self._context = contextvars.copy_context()
         clock = getattr(backend, "clock", None)
         if not getattr(clock, "virtual", False):
-            self.engine.timer_armed = self._arm_timer
-            self.engine.armed_grace = ARMED_TIMER_GRACE
+            self.engine.timer_armed = self._arm_timer  # with its grace from start()
 
     def _event(self, kind: str, **details: Any) -> None:
         if self.interceptors:

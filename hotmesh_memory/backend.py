@@ -163,8 +163,8 @@ class MemoryBackend:
     async def wait_changed(self, event: asyncio.Event, timeout: float) -> None:
         clock = self.clock
         skipping = isinstance(clock, VirtualClock) and clock.auto_skip
-        set_ = await wait_event(event, min(timeout, 0.01) if skipping else timeout)
-        if not set_ and isinstance(clock, VirtualClock) and clock.auto_skip:
+        woken = await wait_event(event, min(timeout, 0.01) if skipping else timeout)
+        if not woken and isinstance(clock, VirtualClock) and clock.auto_skip:
             self._skip_if_idle(clock)
 
     def _skip_if_idle(self, clock: VirtualClock) -> None:
