@@ -82,7 +82,16 @@ def render(results: dict[str, dict[str, Any]], w0: float | None, clients: int) -
 
     rows = [plain("W0", f"pgbench INSERT TPS ({clients} clients): the ceiling", num(w0, 0))]
     rows.append(compare("W1", "sequential-3 workflows/s", "w1_wfs", higher=True))
-    rows.append(compare("W1", "commits per workflow", "w1_commits", higher=False))
+    rows.append(compare("W1", "commits per workflow, steady", "w1_commits", higher=False, digits=2))
+    rows.append(
+        compare(
+            "W1",
+            "commits per workflow, cold (the engine's first run: connections opened as load came)",
+            "w1_commits_cold",
+            higher=False,
+            digits=2,
+        )
+    )
     oc, o = get(ours, "w1_commits"), get(ours, "w1_wfs")
     if w0 and oc:
         ceiling = w0 / oc
