@@ -142,6 +142,14 @@ class Worker:
         # leased to this worker, with the job as it was just created.
         self._eager_pending = 0  # handed owners whose start has not returned
         self._claiming = 0  # the slots a claim in flight may fill
+        # Fairness: work handed over in process (eager starts, signalled runs)
+        # takes a slot the moment it frees, before the claim loop wakes, so a
+        # steady stream of it kept queued work (other processes' starts, due
+        # timers, retries) waiting as long as the stream lasted. A claim loop
+        # that has found no slot for ``_idle_wait`` gets the next one: until
+        # it has claimed, handed-over work goes through the queue.
+        self._no_slot_since: float | None = None  # loop time the claim loop first found none
+        self._claim_first = False
         self._handing_back: set[asyncio.Future[None]] = set()
         self._fresh: dict[str, Job] = {}  # run task id: its job, no read needed
         # Signals handed over: run task id -> (the answered step's index, data).
@@ -242,6 +250,11 @@ class Worker:
             # together would exceed ``concurrency``.
             free = self.concurrency - len(self._inflight) - self._eager_pending
             if free <= 0:
+                now = asyncio.get_running_loop().time()
+                if self._no_slot_since is None:
+                    self._no_slot_since = now
+                elif now - self._no_slot_since >= self._idle_wait:
+                    self._claim_first = True  # the next slot that frees is the claim's
                 if self._inflight:
                     await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
                 else:
@@ -259,7 +272,8 @@ class Worker:
             # flight, they would otherwise find it full and go through the
             # queue (each then a NOTIFY, a claim and a read more).
             free = free - 1 if free > 1 else free
-            self._claiming = free
+            self._claiming = free  # reserved: handing over may go on (same turn)
+            self._no_slot_since, self._claim_first = None, False
             try:
                 async with self.backend.transaction(single=True) as tx:
                     tasks = await tx.stream.claim(
@@ -372,7 +386,10 @@ class Worker:
         try:
             while True:
                 working = [running for running in self._inflight if running not in waiting]
-                if len(working) + 1 + self._eager_pending + self._claiming <= self.concurrency:
+                if (
+                    not self._claim_first
+                    and len(working) + 1 + self._eager_pending + self._claiming <= self.concurrency
+                ):
                     return True
                 left = deadline - loop.time()
                 if left <= 0 or self._stopping:
@@ -464,9 +481,10 @@ class Worker:
         """A lease owner of its own for a run handed over in this process (``kind``:
         e, an eager start; s, a signal), if a slot is free, counting what is handed
         out and what a claim in flight may fill; None when the worker is stopping,
-        full, or in another event loop."""
+        full, owes its claim loop the next slot, or in another event loop."""
         if (
             self._stopping
+            or self._claim_first
             or self._loop is not asyncio.get_running_loop()
             or len(self._inflight) + self._eager_pending + self._claiming >= self.concurrency
         ):

@@ -70,34 +70,43 @@ async def test_starts_while_lost_claims_are_handed_back_respect_concurrency(
         assert PEAK[key] <= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (also at 84cc82a): eager starts always take the slot a run "
-    "frees before the claim loop wakes, so queued work waits as long as they come",
-)
-async def test_queued_work_is_not_starved_by_a_stream_of_eager_starts() -> None:
-    """concurrency=1. A process starts one job after another (each eager: the slot
-    is free when it starts); a job queued meanwhile by another client (no eager
-    path) must still be run, not wait for the stream to end."""
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("poll_interval", [0.05, 1.0])
+async def test_queued_work_is_not_starved_by_a_stream_of_eager_starts(
+    backend: str, poll_interval: float
+) -> None:
+    """concurrency=1. A process starts one job after another (each eager: the
+    slot is free the moment a run ends, before the claim loop wakes); a job
+    queued meanwhile by another client (no eager path) must still be run within
+    about the poll interval, not wait for the stream to end (it waited as long
+    as the stream lasted)."""
+    concurrency, streams = 1, 1
     key = f"starve-{uuid.uuid4().hex[:6]}"
-    async with app("postgres") as mf, app("postgres", mf.app_id) as other:
+    async with app(backend) as mf, app(backend, mf.app_id) as other:
         await mf.worker(
-            "q", workflows=[one_slow], activities=[slow], concurrency=1, poll_interval=0.05
+            "q",
+            workflows=[one_slow],
+            activities=[slow],
+            concurrency=concurrency,
+            poll_interval=poll_interval,
         )
         stop = asyncio.Event()
 
-        async def stream() -> None:
+        async def stream(n: int) -> None:
             i = 0
             while not stop.is_set():
-                handle = await mf.workflow.start("t", "one_slow", f"{key}-s{i}", [key, 0.05], "q")
+                handle = await mf.workflow.start(
+                    "t", "one_slow", f"{key}-{n}-{i}", [key, 0.05], "q"
+                )
                 await handle.result(timeout=10)
                 i += 1
 
-        streaming = asyncio.create_task(stream())
+        streaming = [asyncio.create_task(stream(n)) for n in range(streams)]
         try:
             await asyncio.sleep(0.3)
             queued = await other.workflow.start("t", "one_slow", f"{key}-queued", [key, 0.05], "q")
-            assert await queued.result(timeout=5) == key
+            assert await queued.result(timeout=2 + 2 * poll_interval) == key
         finally:
             stop.set()
-            await asyncio.wait_for(streaming, 15)
+            await asyncio.wait_for(asyncio.gather(*streaming), 15)
+        assert PEAK[key] <= concurrency
