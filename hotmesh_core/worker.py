@@ -248,7 +248,14 @@ class Worker:
             # not yet running, count; and while this claim is in flight, the
             # slots it may fill are reserved (self._claiming), or the two
             # together would exceed ``concurrency``.
-            free = self.concurrency - len(self._inflight) - self._eager_pending
+            # Armed firings waiting for a slot (_slot_for_firing) count as
+            # taking one, so that a claim does not take the slot they wait for;
+            # not once the loop is owed one: they let it go first, and each
+            # waiting on the other would hold both until the firing gave up.
+            busy = len(self._inflight)
+            if self._claim_first:
+                busy -= len(self._waiting_firings)
+            free = self.concurrency - busy - self._eager_pending
             if free <= 0:
                 now = asyncio.get_running_loop().time()
                 if self._no_slot_since is None:
@@ -256,7 +263,13 @@ class Worker:
                 elif now - self._no_slot_since >= self._idle_wait:
                     self._claim_first = True  # the next slot that frees is the claim's
                 if self._inflight:
-                    await asyncio.wait(self._inflight, return_when=asyncio.FIRST_COMPLETED)
+                    # Within the idle wait: a slot can free without any task of
+                    # this snapshot ending (a run handed over after it, an eager
+                    # start that created nothing), and while the loop is owed
+                    # one, nothing else takes it (adversarial finding).
+                    await asyncio.wait(
+                        self._inflight, timeout=self._idle_wait, return_when=asyncio.FIRST_COMPLETED
+                    )
                 else:
                     # Eager starts not yet handed over: they are one round trip away.
                     await asyncio.sleep(min(self.poll_interval, 0.02))
