@@ -171,6 +171,7 @@ class Worker:
     async def start(self) -> Worker:
         """Start claiming (again, after :meth:`stop`: the same worker, its cache kept)."""
         self._stopping = False
+        self._no_slot_since, self._claim_first = None, False  # owed to a loop now gone
         if self.engine.timer_armed is not None:
             self.engine.armed_grace = ARMED_TIMER_GRACE
         if self._stable_id:
@@ -407,9 +408,12 @@ class Worker:
                 left = deadline - loop.time()
                 if left <= 0 or self._stopping:
                     return False
-                if working:
+                if working and len(working) + 1 > self.concurrency:
                     await asyncio.wait(working, timeout=left, return_when=asyncio.FIRST_COMPLETED)
-                else:  # only starts handed out, or a claim in flight: a round trip away
+                else:
+                    # Held back by starts handed out, a claim in flight or the
+                    # loop owed a slot: none of them ends with a working task
+                    # (a claim that finds nothing frees its slots): look again soon.
                     await asyncio.sleep(min(left, 0.005))
         finally:
             waiting.discard(me)
