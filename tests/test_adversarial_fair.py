@@ -11,13 +11,13 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any, cast
 
 import psycopg
 import pytest
 from psycopg import sql
+from test_adversarial_claim import app
 from test_postgres_roles import Layout, layout  # noqa: F401 (the fixture)
 
 from hotmesh_core import MemFlow, workflow
@@ -89,17 +89,6 @@ async def waiter(key: str, group: str) -> str:
 
 WORKFLOWS: list[Callable[..., Any]] = [held, fast, napper, waiter]
 ACTIVITIES: list[Callable[..., Any]] = [hold, quick]
-
-
-@asynccontextmanager
-async def app(backend: str, app_id: str | None = None) -> AsyncIterator[MemFlow]:
-    options = backend_test_options(backend)
-    if app_id is not None and backend == "postgres":
-        options["drop_on_close"] = False
-    async with MemFlow.init(
-        app_id=app_id or f"advfa{uuid.uuid4().hex[:10]}", backend=backend, **options
-    ) as mf:
-        yield mf
 
 
 async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:

@@ -10,105 +10,31 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from hotmesh_core import MemFlow, workflow
-from hotmesh_core.plugins import backend_test_options
+# The workflows, activities and helpers of the first round.
+from test_adversarial_fair import (
+    ACTIVITIES,
+    ENTERED,
+    PEAK,
+    RELEASE,
+    RUNNING,
+    _event,
+    app,
+    nap_hold,
+    until,
+)
+from test_adversarial_fair import WORKFLOWS as FIRST_ROUND
+
+from hotmesh_core import workflow
 from hotmesh_memory.stream import MemoryStream
 from hotmesh_postgres.stream import PgStream
 
 BACKENDS = ["memory", "postgres"]
-
-ENTERED: dict[str, asyncio.Event] = {}
-RELEASE: dict[str, asyncio.Event] = {}
-RUNNING: dict[str, int] = {}
-PEAK: dict[str, int] = {}
-
-
-def _event(table: dict[str, asyncio.Event], key: str) -> asyncio.Event:
-    event = table.get(key)
-    if event is None:
-        event = table[key] = asyncio.Event()
-    return event
-
-
-def _enter(group: str) -> None:
-    RUNNING[group] = RUNNING.get(group, 0) + 1
-    PEAK[group] = max(PEAK.get(group, 0), RUNNING[group])
-
-
-async def hold(key: str, group: str) -> str:
-    _enter(group)
-    try:
-        _event(ENTERED, key).set()
-        await _event(RELEASE, key).wait()
-    finally:
-        RUNNING[group] -= 1
-    return key
-
-
-async def quick(key: str, group: str) -> str:
-    _enter(group)
-    try:
-        await asyncio.sleep(0)
-    finally:
-        RUNNING[group] -= 1
-    return key
-
-
-async def held(key: str, group: str) -> str:
-    acts = workflow.proxy_activities(activities=[hold])
-    return await acts.hold(key, group)  # type: ignore[no-any-return]
-
-
-async def fast(key: str, group: str) -> str:
-    acts = workflow.proxy_activities(activities=[quick])
-    return await acts.quick(key, group)  # type: ignore[no-any-return]
-
-
-async def napper(key: str, group: str, seconds: float) -> str:
-    await workflow.sleep_for(seconds)
-    acts = workflow.proxy_activities(activities=[quick])
-    return await acts.quick(key, group)  # type: ignore[no-any-return]
-
-
-async def nap_hold(key: str, group: str, seconds: float) -> str:
-    await workflow.sleep_for(seconds)
-    acts = workflow.proxy_activities(activities=[hold])
-    return await acts.hold(key, group)  # type: ignore[no-any-return]
-
-
-async def waiter(key: str, group: str) -> str:
-    data = await workflow.wait_for(f"{key}-go")
-    acts = workflow.proxy_activities(activities=[quick])
-    return await acts.quick(f"{key}:{data}", group)  # type: ignore[no-any-return]
-
-
-WORKFLOWS: list[Callable[..., Any]] = [held, fast, napper, nap_hold, waiter]
-ACTIVITIES: list[Callable[..., Any]] = [hold, quick]
-
-
-@asynccontextmanager
-async def app(backend: str, app_id: str | None = None) -> AsyncIterator[MemFlow]:
-    options = backend_test_options(backend)
-    if app_id is not None and backend == "postgres":
-        options["drop_on_close"] = False
-    async with MemFlow.init(
-        app_id=app_id or f"advfb{uuid.uuid4().hex[:10]}", backend=backend, **options
-    ) as mf:
-        yield mf
-
-
-async def until(check: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not check():
-        assert loop.time() < deadline, "the state the test drives to never came"
-        await asyncio.sleep(0.005)
+WORKFLOWS: list[Callable[..., Any]] = [*FIRST_ROUND, nap_hold]
 
 
 def slow_claims(monkeypatch: pytest.MonkeyPatch, worker: Any, seconds: float) -> None:
@@ -298,7 +224,8 @@ async def looper(key: str, group: str, n: int) -> int:
 
 
 async def mark(key: str, group: str) -> str:
-    _enter(group)
+    RUNNING[group] = RUNNING.get(group, 0) + 1
+    PEAK[group] = max(PEAK.get(group, 0), RUNNING[group])
     try:
         _event(ENTERED, key).set()
     finally:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from hotmesh_core import MemFlow, workflow
@@ -58,7 +59,14 @@ async def contended(writers: int, times: int) -> int:
     return await entity.get("counter")  # type: ignore[no-any-return]
 
 
-WORKFLOWS = [sequential_3, fanout, signal_waiter, sleeper, counter_hook, contended]
+WORKFLOWS: list[Callable[..., Any]] = [
+    sequential_3,
+    fanout,
+    signal_waiter,
+    sleeper,
+    counter_hook,
+    contended,
+]
 CONCURRENCY = 20
 
 # What a worker process serves: `hotmesh worker bench.adapters.hotmesh:TARGET -q bench`.
