@@ -408,7 +408,7 @@ class Worker:
                 left = deadline - loop.time()
                 if left <= 0 or self._stopping:
                     return False
-                if working and len(working) + 1 > self.concurrency:
+                if len(working) >= self.concurrency:  # only a working task's end frees one
                     await asyncio.wait(working, timeout=left, return_when=asyncio.FIRST_COMPLETED)
                 else:
                     # Held back by starts handed out, a claim in flight or the
