@@ -591,6 +591,52 @@ class Engine:
                 return None
         return plan
 
+    async def hold_deferred(
+        self,
+        run: Run,
+        first: Advance,
+        steps: list[Step],
+        outcome: RunOutcome,
+        local: LocalWorker,
+    ) -> Advance | None:
+        """Commit a deferred step (``first``'s own writes and the ``steps`` its
+        activities took) and its delivery to the resumed run, *keeping* the run
+        task leased, when what the run did next (``outcome``) may be deferred
+        as well: every new command an inline activity for ``local``, and
+        nothing else awaited. Returns that next step's plan (not committed:
+        its activities run under the run task's lease, as the first step's
+        did, and no task row is written for them); None, committing nothing,
+        when the run must go on the ordinary way (:meth:`continue_deferred`).
+
+        One commit per step, as the ordinary chain takes, without the task
+        each inline activity inserted and deleted there; should this worker
+        die, the run task's lease runs out and the run is replayed from the
+        steps committed so far (the activity then running again, at least
+        once, as a lapsed activity task's does)."""
+        if outcome.status != "suspended":
+            return None
+        waiting = {c.index for c in outcome.commands}
+        if any(index not in waiting for index in run.awaiting):
+            return None  # another step is pending: its answer would need a wake-up
+        plan = self._plan(run, outcome, run.peek_marks(), local)
+        if plan is None or not plan.dispatches:
+            return None
+        for dispatch in plan.dispatches:
+            task = dispatch.task
+            if task is None or task.kind != "activity" or dispatch.owner != local.owner:
+                return None
+        run.take_marks()
+        following = evolve(plan, delivered=None, values=[], running=False)
+        plan.recorded = [*first.values, *steps]
+        plan.running = plan.running or first.running
+        plan.dispatches = []
+        async with self.backend.transaction(single=True) as tx:
+            await tx.store.advance(plan)
+        if plan.running:
+            run.job.status = "running"
+        outcome.values = []  # committed: an ordinary commit of the outcome must not repeat them
+        return following
+
     async def record_deferred(self, run: Run, first: Advance, steps: list[Step]) -> None:
         """Commit a deferred run's own writes and its activities' steps (before a
         durable side effect of the run resumed with them); its run task stays

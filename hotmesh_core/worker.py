@@ -839,16 +839,98 @@ class Worker:
         """Run the inline activities of a first run (``first``, not committed), then
         resume the run with them and commit it all in one call: a job's start,
         first step and next dispatch. The run task's lease (kept by ``_handle``)
-        is the way forward meanwhile. An activity to be retried commits the run
-        the ordinary way with its failed attempt; anything else going wrong
-        hands the run task back, to run again from what is stored."""
+        is the way forward meanwhile. While the resumed run goes on with inline
+        activities alone, each step commits its results and their delivery
+        with the run task still leased (Engine.hold_deferred), and the next
+        activities run under that lease too: no task row for any of them.
+        An activity to be retried commits the run the ordinary way with its
+        failed attempt; anything else going wrong hands the run task back, to
+        run again from what is stored."""
+        while True:
+            steps = await self._deferred_step(task, run, fn, args, name, outcome, first, local)
+            if steps is None:
+                return  # abandoned, or a retry went the ordinary way
+            following = await self._resume_deferred(task, run, fn, args, name, first, steps, local)
+            if following is None:
+                return  # committed the ordinary way (or handed back)
+            first, outcome = following
+
+    async def _resume_deferred(
+        self,
+        task: Task,
+        run: Run,
+        fn: Callable[..., Any],
+        args: list[Any],
+        name: str,
+        first: Advance,
+        steps: list[Step],
+        local: LocalWorker,
+    ) -> tuple[Advance, RunOutcome] | None:
+        """Resume ``run`` with a deferred step's ``steps`` and commit: held (the
+        next step deferred too: its plan and the outcome that asked for it), or
+        the ordinary way and on down the chain (None), or handed back (None)."""
+        recorded = False
+
+        async def record_then_execute(resumed: Run, command: Command) -> Any:
+            # A durable side effect may depend on the results: record them first.
+            nonlocal recorded
+            if not recorded:
+                await self.engine.record_deferred(resumed, first, steps)
+                recorded = True
+            return await self.engine.execute_inline(resumed, command)
+
+        run.execute_inline = record_then_execute
+        following: Advance | None = None
+        try:
+            resumed = await self._execute(run, fn, args, name, steps)
+            if recorded:
+                leased = await self.engine.continue_inline(run, [], resumed, local, task)
+            else:
+                following = await self.engine.hold_deferred(run, first, steps, resumed, local)
+                if following is None:
+                    leased = await self.engine.continue_deferred(
+                        task, run, first, steps, resumed, local
+                    )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, BackendUnavailable):
+                self._lost_claims.append(local.owner)  # see _run_workflow
+            if not isinstance(exc, (Superseded, BackendUnavailable)):
+                log.exception("running %r's step inline failed; it runs again", run.job.id)
+            elif not recorded:
+                await self._keep_deferred(run, first, steps)
+            await self._release(task)
+            return None
+        finally:
+            run.execute_inline = self.engine.execute_inline
+        if following is not None:
+            return following, resumed
+        await self._follow_chain(run, fn, args, name, resumed, leased)
+        return None
+
+    async def _deferred_step(
+        self,
+        task: Task,
+        run: Run,
+        fn: Callable[..., Any],
+        args: list[Any],
+        name: str,
+        outcome: RunOutcome,
+        first: Advance,
+        local: LocalWorker,
+    ) -> list[Step] | None:
+        """Run ``first``'s activities under the run task's lease: the steps they
+        took (not committed). None when the lease was lost (an interrupt, or a
+        lapse and another worker has the run), or when one is to be retried:
+        ``outcome`` is then committed the ordinary way with the failed
+        attempts, and the chain goes on from there."""
         tasks = [
             evolve(d.task, attempts=1, lease_owner=task.lease_owner)
             for d in first.dispatches
             if d.task is not None
         ]
-        # The run task's lease is theirs: lost (an interrupt, or a lapse and
-        # another worker has the run), they are abandoned, as an activity is.
+        # The run task's lease is theirs: lost, they are abandoned, as an activity is.
         running: list[asyncio.Future[ActivityOutcome]] = [
             asyncio.ensure_future(self._activity_outcome(t, keep_lease=False)) for t in tasks
         ]
@@ -857,8 +939,8 @@ class Worker:
             outcomes = await asyncio.gather(*running)
         except asyncio.CancelledError:
             if task.id in self._abandoned:
-                log.warning("the first step of %r lost its run's lease; abandoned", run.job.id)
-                return
+                log.warning("a step of %r lost its run's lease; abandoned", run.job.id)
+                return None
             raise
         finally:
             self._under_run_lease.pop(task.id, None)
@@ -882,7 +964,7 @@ class Worker:
                 )
             )
             await self._follow_chain(run, fn, args, name, outcome, [])
-            return
+            return None
         steps: list[Step] = []
         for o in outcomes:
             assert o.task.index is not None
@@ -896,39 +978,7 @@ class Worker:
                     activation=None,
                 )
             )
-        recorded = False
-
-        async def record_then_execute(resumed: Run, command: Command) -> Any:
-            # A durable side effect may depend on the results: record them first.
-            nonlocal recorded
-            if not recorded:
-                await self.engine.record_deferred(resumed, first, steps)
-                recorded = True
-            return await self.engine.execute_inline(resumed, command)
-
-        run.execute_inline = record_then_execute
-        try:
-            resumed = await self._execute(run, fn, args, name, steps)
-            if recorded:
-                leased = await self.engine.continue_inline(run, [], resumed, local, task)
-            else:
-                leased = await self.engine.continue_deferred(
-                    task, run, first, steps, resumed, local
-                )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, BackendUnavailable):
-                self._lost_claims.append(local.owner)  # see _run_workflow
-            if not isinstance(exc, (Superseded, BackendUnavailable)):
-                log.exception("running %r's first step inline failed; it runs again", run.job.id)
-            elif not recorded:
-                await self._keep_deferred(run, first, steps)
-            await self._release(task)
-            return
-        finally:
-            run.execute_inline = self.engine.execute_inline
-        await self._follow_chain(run, fn, args, name, resumed, leased)
+        return steps
 
     async def _keep_deferred(self, run: Run, first: Advance, steps: list[Step]) -> None:
         """A deferred first step whose commit was lost (the connection) or refused

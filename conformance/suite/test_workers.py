@@ -148,17 +148,22 @@ async def test_an_inline_activity_that_lost_its_lease_is_recorded_once(hm: Harne
         return "warm"
 
     async def flow() -> str:
-        # A job's first step runs before its dispatch commits (it has no task
-        # another worker could take: a crash runs the run again); the second
-        # is the inline chain's, leased to the worker that dispatched it.
+        # A job's first steps run under its run's lease, before anything of
+        # them commits (no task another worker could take: a lapse runs the
+        # run again); a step after a signal is the inline chain's, its task
+        # leased to the worker that dispatched it.
         acts = workflow.proxy_activities(activities=["warm", "value"])
         await acts.warm()
+        await workflow.wait_for("race-go")
         return await acts.value()  # type: ignore[no-any-return]
 
     await mf.worker(
         "q", workflows={"flow": flow}, activities={"value": slow_on_a, "warm": warm}, lease=1.0
     )
     handle = await mf.workflow.start("t", "flow", "race", [], "q")
+    while await handle.status() != "running":
+        await asyncio.sleep(0.01)
+    await mf.workflow.signal("race-go", None)
     await asyncio.wait_for(started.wait(), 5)
     await mf.worker("q", activities={"value": quick_on_b}, lease=1.0)
     mf.clock.advance(2.0)  # worker a's lease on the activity runs out
@@ -166,9 +171,52 @@ async def test_an_inline_activity_that_lost_its_lease_is_recorded_once(hm: Harne
     release.set()  # a's late answer must change nothing
     await asyncio.sleep(0.1)
     assert ran == ["a", "b"]
-    (first, step) = (await handle.export()).timeline
+    (first, _, step) = (await handle.export()).timeline
     assert (first.result, step.result, step.attempts) == ("warm", "from b", 2)
     assert await handle.result(timeout=1) == "from b"
+
+
+@pytest.mark.requires("virtual_clock")
+async def test_a_deferred_step_whose_run_lost_its_lease_runs_again_recorded_once(
+    hm: Harness,
+) -> None:
+    """A job's chain of inline activities runs under its run task's lease, no
+    task row for any step; that lease runs out mid-step (the worker stalled),
+    the run is replayed from the steps committed and the step runs again. The
+    job completes once, with the second run's answer; the late one is dropped."""
+    mf = await hm.memflow(virtual_clock=True)
+    started, release = asyncio.Event(), asyncio.Event()
+    calls: list[int] = []
+
+    async def value() -> str:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            started.set()
+            await release.wait()
+            return "late"
+        return "again"
+
+    async def warm() -> str:
+        return "warm"
+
+    async def flow() -> str:
+        acts = workflow.proxy_activities(activities=["warm", "value"])
+        await acts.warm()
+        return await acts.value()  # type: ignore[no-any-return]
+
+    await mf.worker(
+        "q", workflows={"flow": flow}, activities={"value": value, "warm": warm}, lease=1.0
+    )
+    handle = await mf.workflow.start("t", "flow", "stall", [], "q")
+    await asyncio.wait_for(started.wait(), 5)
+    mf.clock.advance(2.0)  # the run task's lease runs out under the step
+    assert await handle.result(timeout=10) == "again"
+    release.set()  # the first attempt's late answer must change nothing
+    await asyncio.sleep(0.1)
+    assert len(calls) == 2
+    (first, step) = (await handle.export()).timeline
+    assert (first.result, step.result) == ("warm", "again")
+    assert await handle.result(timeout=1) == "again"
 
 
 async def test_an_answer_arriving_during_an_inline_activity_is_not_missed(hm: Harness) -> None:
