@@ -583,12 +583,8 @@ class Engine:
         if outcome.status != "suspended" or run.peek_marks() is not None:
             return None
         plan = self._plan(run, outcome, None, local)
-        if plan is None or not plan.dispatches:
+        if plan is None or not _all_inline_activities(plan, local):
             return None
-        for dispatch in plan.dispatches:
-            task = dispatch.task
-            if task is None or task.kind != "activity" or dispatch.owner != local.owner:
-                return None
         return plan
 
     async def hold_deferred(
@@ -619,12 +615,8 @@ class Engine:
         if any(index not in waiting for index in run.awaiting):
             return None  # another step is pending: its answer would need a wake-up
         plan = self._plan(run, outcome, run.peek_marks(), local)
-        if plan is None or not plan.dispatches:
+        if plan is None or not _all_inline_activities(plan, local):
             return None
-        for dispatch in plan.dispatches:
-            task = dispatch.task
-            if task is None or task.kind != "activity" or dispatch.owner != local.owner:
-                return None
         run.take_marks()
         following = evolve(plan, delivered=None, values=[], running=False)
         plan.recorded = [*first.values, *steps]
@@ -1185,3 +1177,12 @@ def _traveling(run: Run, command: Command) -> dict[str, Any]:
 def _child_search(run: Run, command: Command) -> dict[str, Any]:
     headers = _headers(run, command)
     return {HEADERS_KEY: headers} if headers else {}
+
+
+def _all_inline_activities(plan: Advance, local: LocalWorker) -> bool:
+    """Whether ``plan`` dispatches something, and only activities leased to
+    ``local``: the steps its worker may run before committing their dispatch."""
+    return bool(plan.dispatches) and all(
+        d.task is not None and d.task.kind == "activity" and d.owner == local.owner
+        for d in plan.dispatches
+    )

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -234,17 +234,22 @@ async def test_a_worker_killed_between_an_inline_activity_and_its_commit(
     from hotmesh_core.engine import Engine
 
     stuck = asyncio.Event()
-    original = Engine.continue_inline
     calls = {"n": 0}
 
-    async def hang_once(self: Engine, *args: Any, **kwargs: Any) -> Any:
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second inline answer: mid-chain
-            stuck.set()
-            await asyncio.Event().wait()  # until the worker is killed
-        return await original(self, *args, **kwargs)
+    def hang_once(original: Callable[..., Any]) -> Callable[..., Any]:
+        async def hanging(self: Engine, *args: Any, **kwargs: Any) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 2:  # the second inline answer: mid-chain
+                stuck.set()
+                await asyncio.Event().wait()  # until the worker is killed
+            return await original(self, *args, **kwargs)
 
-    monkeypatch.setattr(Engine, "continue_inline", hang_once)
+        return hanging
+
+    # A chain's step commits with its run task kept (hold_deferred) or, on
+    # the ordinary way, with the activity tasks' answers (continue_inline).
+    for name in ("continue_inline", "hold_deferred"):
+        monkeypatch.setattr(Engine, name, hang_once(getattr(Engine, name)))
     async with app(backend) as mf:
         doomed = await mf.worker("q", workflows=[chain], activities=[add], lease=1.0)
         handle = await mf.workflow.start("t", "chain", "killed", [5], "q")

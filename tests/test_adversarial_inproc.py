@@ -87,9 +87,10 @@ async def plain(value: Any) -> Any:
 def gate_finish_run(worker: Any) -> asyncio.Event:
     """Hold the worker's next run commits until the returned event is set: a
     plain run's (finish_run) and a deferred first step's (its steps recorded,
-    or the run's start committed with them: record_deferred, continue_deferred)."""
+    or the run's start committed with them: record_deferred, continue_deferred,
+    hold_deferred)."""
     gate = asyncio.Event()
-    for name in ("finish_run", "record_deferred", "continue_deferred"):
+    for name in ("finish_run", "record_deferred", "continue_deferred", "hold_deferred"):
         original = getattr(worker.engine, name)
 
         async def held(*args: Any, original: Any = original, **kwargs: Any) -> Any:
