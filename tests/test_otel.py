@@ -282,10 +282,11 @@ async def test_a_lost_lease_is_counted() -> None:
         return "quick"
 
     async def waits() -> str:
-        # The second step: an activity task of its own (a job's first step runs
-        # under its run's lease, whose loss counts as the run's).
+        # A step after a signal: an activity task of its own (a job's first
+        # steps run under its run's lease, whose loss counts as the run's).
         acts = workflow.proxy_activities(activities=[quick, slow])
         await acts.quick()
+        await workflow.wait_for("otel-lease-go")
         result: str = await acts.slow()
         return result
 
@@ -297,6 +298,9 @@ async def test_a_lost_lease_is_counted() -> None:
         await worker.start()
         try:
             handle = await mf.workflow.start("l", "waits", "l1", [], "lq")
+            while await handle.status() != "running":
+                await asyncio.sleep(0.01)
+            await mf.workflow.signal("otel-lease-go", None)
             await asyncio.wait_for(started.wait(), 10)
             await handle.interrupt("enough")  # its activity task goes: the lease is lost
             for _ in range(100):
