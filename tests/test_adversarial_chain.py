@@ -5,38 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from test_adversarial_adv4 import BACKENDS, app, until
 
-from hotmesh_core import MemFlow, RetryPolicy, workflow
+from hotmesh_core import RetryPolicy, workflow
 from hotmesh_core.errors import WorkflowCancelled, WorkflowInterrupted
-from hotmesh_postgres.testing import test_dsn
-
-BACKENDS = ["memory", "postgres"]
-
-
-@asynccontextmanager
-async def app(backend: str, **extra: Any) -> AsyncIterator[MemFlow]:
-    options: dict[str, Any] = dict(extra)
-    if backend == "postgres":
-        options.update(dsn=test_dsn(), drop_on_close=True)
-    async with MemFlow.init(
-        app_id=f"advch{uuid.uuid4().hex[:10]}", backend=backend, **options
-    ) as mf:
-        yield mf
-
-
-async def until(condition: Any, timeout: float = 10.0, what: str = "condition") -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.01)
-
 
 CALLS: dict[str, int] = {}
 GATES: dict[str, asyncio.Event] = {}
