@@ -14,11 +14,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, evolve
+from attrs import define, evolve, field
 
 from .advance import (
     Advance,
-    Advanced,
     Answer,
     Dispatch,
     Finish,
@@ -38,6 +37,7 @@ from .errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
+from .group_commit import GroupCommit, commit_alone
 from .in_process import eager_taker, local_results, signal_taker
 from .interceptors import HEADERS_KEY, job_headers
 from .models import (
@@ -83,6 +83,8 @@ class LocalWorker:
     lease: float
     task_queue: str
     activity_names: frozenset[str]
+    # Its commits, grouped when they overlap (group_commit.py): its own only.
+    commits: GroupCommit = field(factory=GroupCommit, eq=False, repr=False, kw_only=True)
 
     def serves(self, task: Task) -> bool:
         return task.queue == self.task_queue and task.name in self.activity_names
@@ -518,7 +520,7 @@ class Engine:
         plan = self._plan(run, outcome, marks, local)
         if plan is not None:
             plan.acks.append(task.id)
-            return await self._advance(run, plan, outcome)
+            return await self._advance(run, plan, outcome, local)
         async with self.backend.transaction() as tx:
             await tx.store.lock_job(run.job.id)
             await self._record_progress(tx, run, [], marks)
@@ -559,7 +561,7 @@ class Engine:
                 plan.wake = wake_task(Command(0, "", "").step(run))
             if run_task is not None:
                 plan.acks.append(run_task.id)
-            return await self._advance(run, plan, outcome)
+            return await self._advance(run, plan, outcome, local)
         async with self.backend.transaction() as tx:
             await tx.store.lock_job(run.job.id)
             await self._record_answers(tx, answers)
@@ -622,21 +624,21 @@ class Engine:
         plan.recorded = [*first.values, *steps]
         plan.running = plan.running or first.running
         plan.dispatches = []
-        async with self.backend.transaction(single=True) as tx:
-            await tx.store.advance(plan)
+        await local.commits.commit(self.backend, plan)
         if plan.running:
             run.job.status = "running"
         outcome.values = []  # committed: an ordinary commit of the outcome must not repeat them
         return following
 
-    async def record_deferred(self, run: Run, first: Advance, steps: list[Step]) -> None:
+    async def record_deferred(
+        self, run: Run, first: Advance, steps: list[Step], local: LocalWorker
+    ) -> None:
         """Commit a deferred run's own writes and its activities' steps (before a
         durable side effect of the run resumed with them); its run task stays
         leased, the way forward until the continuation commits and acks it."""
         # The run's values before its activities' steps: the order it took them in.
         plan = evolve(first, dispatches=[], recorded=[*first.values, *steps], values=[], acks=[])
-        async with self.backend.transaction(single=True) as tx:
-            await tx.store.advance(plan)
+        await local.commits.commit(self.backend, plan)
         if plan.running:
             run.job.status = "running"
 
@@ -653,7 +655,7 @@ class Engine:
         before committing, their delivery to the resumed run and what that did
         next: one call, where the ordinary way takes two."""
         if self._plan(run, outcome, run.peek_marks(), local) is None:
-            await self.record_deferred(run, first, steps)
+            await self.record_deferred(run, first, steps, local)
             return await self.continue_inline(run, [], outcome, local, task)
         waiting = {c.index for c in outcome.commands}
         wake = outcome.status == "suspended" and any(index not in waiting for index in run.awaiting)
@@ -666,7 +668,7 @@ class Engine:
         if wake:
             plan.wake = wake_task(Command(0, "", "").step(run))
         plan.acks.append(task.id)
-        return await self._advance(run, plan, outcome)
+        return await self._advance(run, plan, outcome, local)
 
     def _plan(
         self,
@@ -722,14 +724,19 @@ class Engine:
             return Dispatch(command.step(run), task, owner=local.owner, lease=local.lease)
         return Dispatch(command.step(run), task)
 
-    async def _advance(self, run: Run, plan: Advance, outcome: RunOutcome) -> list[Task]:
-        """Apply a plain run's commit (one backend call); the tasks leased to this worker."""
+    async def _advance(
+        self, run: Run, plan: Advance, outcome: RunOutcome, local: LocalWorker | None
+    ) -> list[Task]:
+        """Apply a plain run's commit (one backend call, grouped with others of
+        ``local``'s when they overlap); the tasks leased to this worker."""
         # A sleep's in-process timer counts from now, when the workflow asked
         # for it, not from the end of the commit (which waits for a connection
         # on a busy pool): the code after the sleep runs when it asked.
         planned_at = self.backend.now()
-        async with self.backend.transaction(single=True) as tx:
-            done: Advanced = await tx.store.advance(plan)
+        if local is None:
+            done = await commit_alone(self.backend, plan)
+        else:
+            done = await local.commits.commit(self.backend, plan)
         if plan.running:
             run.job.status = "running"
         if done.finished and outcome.error is not None:

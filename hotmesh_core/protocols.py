@@ -165,6 +165,17 @@ class Store(Protocol):
         Raises :class:`hotmesh_core.advance.Superseded`, having changed nothing,
         when an answer was not pending or the activation had moved."""
 
+    async def advance_many(self, plans: Sequence[Advance]) -> list[Advanced | None]:
+        """Apply several runs' commits in this transaction (group commit,
+        :mod:`hotmesh_core.group_commit`), each as :meth:`advance` applies it
+        alone and each all-or-nothing on its own: one that would raise
+        (superseded, or any other error) changes nothing and is None in the
+        result, in its plan's place; the caller applies it again alone, where
+        it fails or succeeds as it would have. The plans are applied in job
+        order (``job_id``, then the order given), so that two groups lock
+        jobs in one order. Asked only of a backend with the ``advance_many``
+        capability."""
+
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
     ) -> None:

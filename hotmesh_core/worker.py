@@ -875,7 +875,7 @@ class Worker:
             # A durable side effect may depend on the results: record them first.
             nonlocal recorded
             if not recorded:
-                await self.engine.record_deferred(resumed, first, steps)
+                await self.engine.record_deferred(resumed, first, steps, self._local)
                 recorded = True
             return await self.engine.execute_inline(resumed, command)
 
@@ -989,7 +989,7 @@ class Worker:
         interrupted; still no database: the run runs again, activities too."""
         try:
             await self._while_backend_returns(
-                lambda: self.engine.record_deferred(run, first, steps)
+                lambda: self.engine.record_deferred(run, first, steps, self._local)
             )
         except Superseded:
             pass

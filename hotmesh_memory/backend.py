@@ -18,6 +18,7 @@ from typing import Any
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock, SystemClock, VirtualClock
 from hotmesh_core.event_wait import wait_event
+from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.transactions import TransactionNotSupported
 
 from .signal import MemorySignal
@@ -57,7 +58,7 @@ class _MemoryWatch:
 
 class MemoryBackend:
     name = "memory"
-    capabilities = frozenset({"virtual_clock"})
+    capabilities = frozenset({"virtual_clock", ADVANCE_MANY})
 
     def __init__(self, app_id: str, options: dict[str, Any]) -> None:
         self.app_id = app_id

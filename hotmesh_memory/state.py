@@ -292,6 +292,26 @@ class MemoryTx:
         else:
             mapping[key] = previous
 
+    def savepoint(self) -> tuple[int, int, frozenset[str], frozenset[str]]:
+        """Where the transaction is now: :meth:`rollback_to` undoes what comes after."""
+        return (
+            len(self.undo),
+            len(self.change_notes),
+            frozenset(self.queues_to_wake),
+            frozenset(self.jobs_to_wake),
+        )
+
+    def rollback_to(self, mark: tuple[int, int, frozenset[str], frozenset[str]]) -> None:
+        """Undo what was done since ``mark`` (a subtransaction's rollback); the
+        transaction goes on."""
+        undone, notes, queues, jobs = mark
+        for undo in reversed(self.undo[undone:]):
+            undo()
+        del self.undo[undone:]
+        del self.change_notes[notes:]
+        self.queues_to_wake = set(queues)
+        self.jobs_to_wake = set(jobs)
+
     def rollback(self) -> None:
         for undo in reversed(self.undo):
             undo()

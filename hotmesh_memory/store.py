@@ -87,6 +87,18 @@ class MemoryStore:
         # The reference semantics, in this transaction (undone as a whole on Superseded).
         return await apply_advance(self, MemoryStream(self.tx), MemorySignal(self.tx), plan)
 
+    async def advance_many(self, plans: Sequence[Advance]) -> list[Advanced | None]:
+        # In job order, each undone on its own should it fail (PostgreSQL's
+        # subtransaction per advance in hm_advance_many).
+        done: list[Advanced | None] = [None] * len(plans)
+        for position in sorted(range(len(plans)), key=lambda i: (plans[i].job_id, i)):
+            mark = self.tx.savepoint()
+            try:
+                done[position] = await self.advance(plans[position])
+            except Exception:
+                self.tx.rollback_to(mark)
+        return done
+
     async def get_job(self, job_id: str) -> Job | None:
         job = self.state.jobs.get(job_id)
         return clone(job) if job is not None else None

@@ -25,6 +25,7 @@ from psycopg_pool import AsyncConnectionPool
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable, UnknownApp
 from hotmesh_core.event_wait import wait_event
+from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.protocols import Backend
 
 from .connection import check_server_version, permission_denied, resolve_dsn
@@ -163,7 +164,7 @@ class _PgWatch:
 
 class PostgresBackend:
     name = "postgres"
-    capabilities = frozenset({"multi_process", "partial_index", "join_transaction"})
+    capabilities = frozenset({"multi_process", "partial_index", "join_transaction", ADVANCE_MANY})
 
     def __init__(self, app_id: str, options: dict[str, Any]) -> None:
         self.app_id = app_id

@@ -557,6 +557,30 @@ class PgStore:
             bool(done["finished"]),
         )
 
+    async def advance_many(self, plans: Sequence[Advance]) -> list[Advanced | None]:
+        # hm_advance_many (migration 0017): each advance a subtransaction, NULL
+        # where one failed (the caller applies it again alone, to see why).
+        row = await self.tx.one(
+            "SELECT hm_advance_many(%s, %s::text[], %s, %s, %s) AS done",
+            [
+                jsonb([rows.advance_document(plan) for plan in plans]),
+                [self._hint(plan.job_id) for plan in plans],
+                TERMINAL,
+                self.tx.backend.queue_channel,
+                self.tx.backend.job_channel,
+            ],
+        )
+        assert row is not None
+        return [
+            None
+            if done is None
+            else Advanced(
+                [None if task_id is None else str(task_id) for task_id in done["task_ids"]],
+                bool(done["finished"]),
+            )
+            for done in row["done"]
+        ]
+
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
     ) -> None:

@@ -496,3 +496,77 @@ async def test_a_delivery_that_leaves_a_cancel_request_behind_supersedes(hm: Har
         await tx.store.insert_step(_step("a20", 1, status="done"))
     async with mf.backend.transaction(single=True) as tx:
         await tx.store.advance(Advance("a20", "", delivered=(2, [1])))
+
+
+async def test_advance_many_applies_each_on_its_own_and_none_where_one_fails(
+    hm: Harness,
+) -> None:
+    """Group commit (``advance_many``): the plans that hold commit together, in
+    one transaction; one superseded (its answer taken by another worker) is
+    None in its place and leaves nothing behind, not even its dispatch."""
+    hm.require("advance_many")
+    mf = await hm.memflow()
+    for job_id in ("m1", "m2", "m3"):
+        await _started(mf, job_id)
+    async with mf.backend.transaction(single=True) as tx:
+        first = await tx.store.advance(
+            Advance(
+                "m2",
+                "",
+                running=True,
+                dispatches=[Dispatch(_step("m2", 0), _activity("m2", 0), owner="w#r1", lease=30)],
+            )
+        )
+    (m2_task,) = first.task_ids
+    assert m2_task is not None
+    async with mf.backend.transaction() as tx:  # another worker answered m2's step
+        assert await tx.store.resolve_step("m2", "", 0, result="theirs") is not None
+    plans = [
+        Advance("m3", "", running=True, recorded=[_step("m3", 0, "done")], delivered=(1, [0])),
+        Advance(
+            "m2",
+            "",
+            answers=[Answer(m2_task, 0, result="ours")],
+            delivered=(1, [0]),
+            dispatches=[Dispatch(_step("m2", 1), _activity("m2", 1))],
+        ),
+        Advance("m1", "", running=True, finish=Finish("completed", result="one")),
+    ]
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance_many(plans)
+    assert [None if d is None else d.finished for d in done] == [False, None, True]
+    async with mf.backend.transaction(readonly=True) as tx:
+        jobs = {job.id: job for job in await tx.store.get_jobs(["m1", "m2", "m3"])}
+        m2_steps = await tx.store.load_steps("m2", "")
+        m3_steps = await tx.store.load_steps("m3", "")
+    assert (jobs["m1"].status, jobs["m1"].result) == ("completed", "one")
+    assert (jobs["m3"].status, jobs["m3"].activation) == ("running", 1)
+    assert [(s.index, s.status, s.activation) for s in m3_steps] == [(0, "done", 1)]
+    # The superseded plan wrote nothing: no answer, no new step, no new task.
+    assert jobs["m2"].activation == 0
+    assert [(s.index, s.status, s.result) for s in m2_steps] == [(0, "done", "theirs")]
+    assert await _claim(mf, "w5#1") == []
+    # Applied again alone, it fails as it would have.
+    with pytest.raises(Superseded):
+        async with mf.backend.transaction(single=True) as tx:
+            await tx.store.advance(plans[1])
+
+
+async def test_advance_many_keeps_the_order_of_one_jobs_plans(hm: Harness) -> None:
+    """Two plans of one job in one group apply in the order given: the second
+    delivers what the first recorded (activation 1, then 2)."""
+    hm.require("advance_many")
+    mf = await hm.memflow()
+    await _started(mf, "m4")
+    plans = [
+        Advance("m4", "", running=True, recorded=[_step("m4", 0, "done")], delivered=(1, [0])),
+        Advance("m4", "", recorded=[_step("m4", 1, "done")], delivered=(2, [1])),
+    ]
+    async with mf.backend.transaction(single=True) as tx:
+        done = await tx.store.advance_many(plans)
+    assert [d is not None for d in done] == [True, True]
+    async with mf.backend.transaction(readonly=True) as tx:
+        job = await tx.store.get_job("m4")
+        steps = await tx.store.load_steps("m4", "")
+    assert job is not None and job.activation == 2
+    assert [(s.index, s.activation) for s in steps] == [(0, 1), (1, 2)]
