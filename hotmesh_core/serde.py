@@ -9,6 +9,7 @@ turned into JSON-able dicts by the cattrs converter below.
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, TypeVar
 
@@ -140,14 +141,29 @@ def exact_json(value: Any) -> str:
     return text
 
 
+# Values whose JSON form reads back as themselves (exactly these classes: an
+# IntEnum member reads back as a plain int, so it takes the long way).
+_EXACT_SCALARS: frozenset[type] = frozenset({int, bool, type(None)})
+
+
 def ensure_json(value: Any, *, what: str = "value") -> Any:
     """Return the JSON-normalized copy of ``value`` (tuples become lists, ...).
 
     Normalizing at the call means a first execution and a replay observe the
     very same value.
     """
-    normal = json.loads(dumps(value, what=what))
-    if "-0.0" in json.dumps(normal):
+    cls = value.__class__
+    if cls in _EXACT_SCALARS:
+        return value  # int, bool, None: JSON as they are
+    if cls is float and math.isfinite(value):
+        return 0.0 if value == 0 else value  # -0.0 too (see below)
+    if cls is str and "\x00" not in value and _SURROGATE.search(value) is None:
+        return value
+    if (cls is list or cls is tuple) and all(item.__class__ in _EXACT_SCALARS for item in value):
+        return list(value)  # activity arguments, mostly: no text made and parsed
+    text = dumps(value, what=what)
+    normal = json.loads(text)
+    if "-0.0" in text:
         # No decimal keeps a negative zero (PostgreSQL reads -0.0 back as 0.0):
         # every backend, and a first run and its replay, see 0.0.
         normal = _walk_floats(normal, lambda number: 0.0 if number == 0 else number)
