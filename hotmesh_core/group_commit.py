@@ -7,7 +7,9 @@ a worker's commits overlap, the ones that come while ``IN_FLIGHT`` are out
 wait, and the first of them, when a flight lands, takes every one waiting
 (up to ``MAX_GROUP``) to the backend in one transaction
 (:meth:`Store.advance_many`). A commit that comes when fewer are out goes at
-once, alone, as it always did: a quiet worker waits for nothing.
+once, alone, as it always did: a quiet worker waits for nothing. One that has
+waited ``LONGEST_WAIT`` without a flight landing leads a group itself: two
+flights stuck on locks never hold up the rest.
 
 What each step commits, and when it counts as committed, does not change:
 each advance is applied as it would be alone, all-or-nothing on its own (one
@@ -34,7 +36,14 @@ from .advance import Advance, Advanced
 from .errors import BackendUnavailable, HotMeshError
 from .protocols import Backend
 
-__all__ = ["ADVANCE_MANY", "IN_FLIGHT", "MAX_GROUP", "GroupCommit", "commit_alone"]
+__all__ = [
+    "ADVANCE_MANY",
+    "IN_FLIGHT",
+    "LONGEST_WAIT",
+    "MAX_GROUP",
+    "GroupCommit",
+    "commit_alone",
+]
 
 #: The capability of a backend whose store has ``advance_many``.
 ADVANCE_MANY = "advance_many"
@@ -44,6 +53,12 @@ IN_FLIGHT = 2
 #: Advances in one group at most. Each is a subtransaction on PostgreSQL,
 #: and a transaction of more than 64 overflows its backend's cache of them.
 MAX_GROUP = 32
+#: Seconds a commit waits for a flight to land before it goes anyway, leading
+#: a group of its own: a flight waiting on a row lock that another transaction
+#: holds (an administrator's, a report's) must not hold up the worker's other
+#: workflows. A flight takes a few milliseconds; a group's advances wait 50 ms
+#: at most for a lock and then go alone, holding up nobody else.
+LONGEST_WAIT = 0.025
 
 _LEAD: Any = object()  # a waiting commit's turn: it leads the next group
 _ALONE: Any = object()  # its advance failed in the group: apply it again alone
@@ -71,6 +86,7 @@ class GroupCommit:
     def __init__(self) -> None:
         self._flights = 0  # out now, or handed to a leader about to send
         self._waiting: deque[_Waiting] = deque()
+        self._timer: asyncio.TimerHandle | None = None  # the first waiting's LONGEST_WAIT
         self.groups = 0  # groups of two or more sent (tests, diagnostics)
 
     async def commit(self, backend: Backend, plan: Advance) -> Advanced:
@@ -86,6 +102,7 @@ class GroupCommit:
                 self._land()
         waiting = _Waiting(plan, asyncio.get_running_loop().create_future())
         self._waiting.append(waiting)
+        self._rearm()
         try:
             turn = await waiting.turn
         except asyncio.CancelledError:
@@ -101,7 +118,11 @@ class GroupCommit:
     async def _lead(self, backend: Backend, mine: _Waiting) -> Advanced:
         group = [mine]
         while self._waiting and len(group) < MAX_GROUP:
-            group.append(self._waiting.popleft())
+            waiting = self._waiting.popleft()
+            if waiting.turn.done():
+                continue  # cancelled while it waited: never sent
+            group.append(waiting)
+        self._rearm()
         followers = group[1:]
         try:
             if followers:
@@ -136,6 +157,28 @@ class GroupCommit:
             return await commit_alone(backend, mine.plan)
         return done[0]
 
+    def _rearm(self) -> None:
+        """Keep the one timer armed while commits wait, none when none do."""
+        if not self._waiting:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(LONGEST_WAIT, self._overdue)
+
+    def _overdue(self) -> None:
+        """No flight landed within ``LONGEST_WAIT`` of the first waiting commit's
+        arrival (one may be waiting on a lock another transaction holds): it
+        leads a group now, a flight beyond ``IN_FLIGHT``, rather than wait on."""
+        self._timer = None
+        while self._waiting:
+            waiting = self._waiting.popleft()
+            if not waiting.turn.done():
+                self._flights += 1
+                waiting.turn.set_result(_LEAD)
+                break
+        self._rearm()
+
     def _leave(self, waiting: _Waiting) -> None:
         """A waiting commit was cancelled: out of the line if it was never sent;
         if it had been handed the lead, the lead goes on to the next."""
@@ -143,6 +186,7 @@ class GroupCommit:
         if not turn.done() or turn.cancelled():
             if waiting in self._waiting:
                 self._waiting.remove(waiting)
+                self._rearm()
             return
         if turn.exception() is None and turn.result() is _LEAD:
             self._land()
@@ -156,3 +200,4 @@ class GroupCommit:
                 continue  # cancelled while it waited
             self._flights += 1
             waiting.turn.set_result(_LEAD)
+        self._rearm()

@@ -16,13 +16,20 @@ import psycopg
 import pytest
 
 from conformance.suite.test_advance import _started, _step
-from hotmesh_core import workflow
+from hotmesh_core import group_commit, workflow
 from hotmesh_core.advance import Advance, Superseded
 from hotmesh_core.group_commit import IN_FLIGHT, GroupCommit
 from hotmesh_postgres.testing import test_dsn
 from tests.test_adversarial_adv4 import BACKENDS, app, until
 
 pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting commits wait for a flight to land, however long (no LONGEST_WAIT):
+    these tests hold flights by hand for longer than it."""
+    monkeypatch.setattr(group_commit, "LONGEST_WAIT", 60.0)
 
 
 def _deliver_first(job_id: str) -> Advance:
@@ -37,7 +44,7 @@ async def _activations(mf: Any, job_ids: list[str]) -> dict[str, int]:
         return {job.id: job.activation for job in await tx.store.get_jobs(job_ids)}
 
 
-async def test_commits_that_wait_are_grouped_each_on_its_own() -> None:
+async def test_commits_that_wait_are_grouped_each_on_its_own(patient: None) -> None:
     """Two commits held in flight; four wait. The four go as one group when a
     flight lands: the superseded one raises Superseded as it would alone, the
     one cancelled while it waited is never applied, the others commit."""
@@ -75,7 +82,7 @@ async def test_commits_that_wait_are_grouped_each_on_its_own() -> None:
     assert isinstance(results[3], Superseded)
 
 
-async def test_a_cancelled_wait_leaves_its_job_untouched_and_the_rest_commit() -> None:
+async def test_a_cancelled_wait_leaves_its_job_untouched_and_the_rest_commit(patient: None) -> None:
     async with app("postgres") as mf:
         jobs = [f"c{i}" for i in range(5)]
         for job_id in jobs:
@@ -100,7 +107,7 @@ async def test_a_cancelled_wait_leaves_its_job_untouched_and_the_rest_commit() -
     assert activations == {"c0": 1, "c1": 1, "c2": 0, "c3": 1, "c4": 1}
 
 
-async def test_an_advance_of_a_group_that_would_wait_on_a_lock_gives_way() -> None:
+async def test_an_advance_of_a_group_that_would_wait_on_a_lock_gives_way(patient: None) -> None:
     """A grouped advance whose job another transaction holds waits 50 ms at most
     (it would hold the group's other jobs meanwhile): it is applied again alone,
     and waits there; the rest of its group commits without it."""
@@ -126,6 +133,31 @@ async def test_an_advance_of_a_group_that_would_wait_on_a_lock_gives_way() -> No
         await asyncio.gather(*out)
         assert await _activations(mf, jobs) == {job_id: 1 for job_id in jobs}
     assert commits.groups == 1
+
+
+async def test_commits_stuck_behind_two_locked_flights_go_after_the_longest_wait() -> None:
+    """Both flights wait on row locks another transaction holds: the commits
+    that come meanwhile do not wait for them. After LONGEST_WAIT the first
+    leads a group of all four, which commits while the locks are still held."""
+    async with app("postgres") as mf:
+        jobs = [f"s{i}" for i in range(6)]
+        for job_id in jobs:
+            await _started(mf, job_id)
+        commits = GroupCommit()
+        with psycopg.connect(test_dsn()) as locker:
+            locker.execute(
+                f'SELECT 1 FROM "{mf.app_id}".jobs WHERE id = ANY(%s) FOR UPDATE', [["s0", "s1"]]
+            )
+            out = [
+                asyncio.ensure_future(commits.commit(mf.backend, _deliver_first(job_id)))
+                for job_id in jobs
+            ]
+            await until(lambda: all(task.done() for task in out[2:]), what="the waiting four")
+            assert not out[0].done() and not out[1].done()
+            assert commits.groups == 1
+            locker.rollback()
+        await asyncio.gather(*out)
+        assert await _activations(mf, jobs) == {job_id: 1 for job_id in jobs}
 
 
 async def plus_one(x: int) -> int:
