@@ -15,13 +15,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from conformance.suite.test_advance import _started, _step
-from hotmesh_core import MemFlow, RetryPolicy, group_commit, workflow
+from conformance.suite.test_advance import _started
+from hotmesh_core import MemFlow, RetryPolicy, workflow
 from hotmesh_core.advance import Advance, Advanced
 from hotmesh_core.errors import BackendUnavailable
 from hotmesh_core.group_commit import ADVANCE_MANY, IN_FLIGHT, GroupCommit
 from hotmesh_postgres.testing import test_dsn
 from tests.test_adversarial_adv4 import BACKENDS, app, until
+from tests.test_group_commit import _activations, _deliver_first, patient  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.asyncio
 
@@ -31,24 +32,6 @@ CALLS: Counter[str] = Counter()
 @pytest.fixture(autouse=True)
 def _reset() -> None:
     CALLS.clear()
-
-
-@pytest.fixture
-def patient(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Waiting commits wait for a flight to land, however long (no LONGEST_WAIT):
-    the races below hold flights by hand for longer than it."""
-    monkeypatch.setattr(group_commit, "LONGEST_WAIT", 60.0)
-
-
-def _deliver_first(job_id: str) -> Advance:
-    return Advance(
-        job_id, "", running=True, recorded=[_step(job_id, 0, "done")], delivered=(1, [0])
-    )
-
-
-async def _activations(mf: Any, job_ids: list[str]) -> dict[str, int]:
-    async with mf.backend.transaction(readonly=True) as tx:
-        return {job.id: job.activation for job in await tx.store.get_jobs(job_ids)}
 
 
 # -- a fake backend: every advance held on an event, every applied plan recorded ---------
@@ -102,6 +85,19 @@ class _FakeBackend:
         yield _FakeTx(self)
 
 
+async def _held_and_waiting(
+    b: _FakeBackend, commits: GroupCommit, n: int
+) -> tuple[list[asyncio.Future[Any]], list[asyncio.Future[Any]]]:
+    """Flights "a" and "b" out, held on their gates; ``n`` commits (w0, w1, ...)
+    waiting behind them."""
+    b.gates = {"a": asyncio.Event(), "b": asyncio.Event()}
+    held = [asyncio.ensure_future(commits.commit(b, _deliver_first(j))) for j in ("a", "b")]
+    await asyncio.sleep(0)
+    waiting = [asyncio.ensure_future(commits.commit(b, _deliver_first(f"w{i}"))) for i in range(n)]
+    await asyncio.sleep(0.01)
+    return held, waiting
+
+
 class _HookedCommits(GroupCommit):
     """A GroupCommit that runs ``on_land`` right after a flight lands (in the same
     loop step, before the task handed the lead runs): a cancel that arrives then."""
@@ -117,9 +113,8 @@ class _HookedCommits(GroupCommit):
             hook()
 
 
-async def test_gc_cancelled_waiting_commit_is_never_applied_even_after_lead_handed(
-    patient: None,
-) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_cancelled_waiting_commit_is_never_applied_even_after_lead_handed() -> None:
     """Two flights held; W1 and W2 wait. Flight A lands (W1 handed the lead) and,
     in the same loop step before W1 resumes, W2's task is cancelled. W2's caller
     gets CancelledError; its plan must never be applied (contract: 'a waiting
@@ -143,7 +138,8 @@ async def test_gc_cancelled_waiting_commit_is_never_applied_even_after_lead_hand
     assert "w2" not in b.applied, (b.applied, b.grouped)
 
 
-async def test_gc_cancelled_waiting_commit_never_applied_postgres(patient: None) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_cancelled_waiting_commit_never_applied_postgres() -> None:
     """The same race on PostgreSQL, with real rows: the cancelled commit's job
     must stay at activation 0."""
     async with app("postgres") as mf:
@@ -169,17 +165,12 @@ async def test_gc_cancelled_waiting_commit_never_applied_postgres(patient: None)
     assert activations["p3"] == 0, activations
 
 
-async def test_gc_group_failing_as_a_whole_reaches_every_caller_and_flights_recover(
-    patient: None,
-) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_group_failing_as_a_whole_reaches_every_caller_and_flights_recover() -> None:
     b = _FakeBackend()
-    b.gates = {"a": asyncio.Event(), "b": asyncio.Event()}
     b.group_error = BackendUnavailable("cut")
     commits = GroupCommit()
-    held = [asyncio.ensure_future(commits.commit(b, _deliver_first(j))) for j in ("a", "b")]
-    await asyncio.sleep(0)
-    waiting = [asyncio.ensure_future(commits.commit(b, _deliver_first(f"w{i}"))) for i in range(5)]
-    await asyncio.sleep(0.01)
+    held, waiting = await _held_and_waiting(b, commits, 5)
     b.gates["a"].set()
     res = await asyncio.gather(*waiting, return_exceptions=True)
     assert all(isinstance(r, BackendUnavailable) for r in res), res
@@ -191,15 +182,12 @@ async def test_gc_group_failing_as_a_whole_reaches_every_caller_and_flights_reco
     assert commits._flights == 0
 
 
-async def test_gc_leader_cancelled_mid_group_followers_unavailable_no_leak(patient: None) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_leader_cancelled_mid_group_followers_unavailable_no_leak() -> None:
     b = _FakeBackend()
-    b.gates = {"a": asyncio.Event(), "b": asyncio.Event()}
     b.group_gate = asyncio.Event()
     commits = GroupCommit()
-    held = [asyncio.ensure_future(commits.commit(b, _deliver_first(j))) for j in ("a", "b")]
-    await asyncio.sleep(0)
-    waiting = [asyncio.ensure_future(commits.commit(b, _deliver_first(f"w{i}"))) for i in range(4)]
-    await asyncio.sleep(0.01)
+    held, waiting = await _held_and_waiting(b, commits, 4)
     b.gates["a"].set()
     await until(lambda: len(b.grouped) == 1, what="group sent")
     waiting[0].cancel()  # the leader, mid-send
@@ -211,16 +199,11 @@ async def test_gc_leader_cancelled_mid_group_followers_unavailable_no_leak(patie
     assert commits._flights == 0 and not commits._waiting
 
 
-async def test_gc_leader_cancelled_right_after_being_handed_the_lead_passes_it_on(
-    patient: None,
-) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_leader_cancelled_right_after_being_handed_the_lead_passes_it_on() -> None:
     b = _FakeBackend()
-    b.gates = {"a": asyncio.Event(), "b": asyncio.Event()}
     commits = _HookedCommits()
-    held = [asyncio.ensure_future(commits.commit(b, _deliver_first(j))) for j in ("a", "b")]
-    await asyncio.sleep(0)
-    waiting = [asyncio.ensure_future(commits.commit(b, _deliver_first(f"w{i}"))) for i in range(4)]
-    await asyncio.sleep(0.01)
+    held, waiting = await _held_and_waiting(b, commits, 4)
     commits.on_land = waiting[0].cancel  # handed the lead in this very step: pass it on
     b.gates["a"].set()
     res = await asyncio.wait_for(asyncio.gather(*waiting, return_exceptions=True), 5)
@@ -232,15 +215,12 @@ async def test_gc_leader_cancelled_right_after_being_handed_the_lead_passes_it_o
     assert commits._flights == 0 and not commits._waiting
 
 
-async def test_gc_follower_failed_in_group_applied_alone_once(patient: None) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_follower_failed_in_group_applied_alone_once() -> None:
     b = _FakeBackend()
-    b.gates = {"a": asyncio.Event(), "b": asyncio.Event()}
     b.fail_in_group = {"w0", "w2"}
     commits = GroupCommit()
-    held = [asyncio.ensure_future(commits.commit(b, _deliver_first(j))) for j in ("a", "b")]
-    await asyncio.sleep(0)
-    waiting = [asyncio.ensure_future(commits.commit(b, _deliver_first(f"w{i}"))) for i in range(4)]
-    await asyncio.sleep(0.01)
+    held, waiting = await _held_and_waiting(b, commits, 4)
     b.gates["a"].set()
     b.gates["b"].set()
     await asyncio.gather(*held, *waiting)
@@ -248,16 +228,11 @@ async def test_gc_follower_failed_in_group_applied_alone_once(patient: None) -> 
     assert commits._flights == 0 and not commits._waiting
 
 
-async def test_gc_many_waiting_more_than_max_group_all_applied_once(patient: None) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_gc_many_waiting_more_than_max_group_all_applied_once() -> None:
     b = _FakeBackend()
-    b.gates = {"a": asyncio.Event(), "b": asyncio.Event()}
     commits = GroupCommit()
-    held = [asyncio.ensure_future(commits.commit(b, _deliver_first(j))) for j in ("a", "b")]
-    await asyncio.sleep(0)
-    waiting = [
-        asyncio.ensure_future(commits.commit(b, _deliver_first(f"w{i}"))) for i in range(100)
-    ]
-    await asyncio.sleep(0.01)
+    held, waiting = await _held_and_waiting(b, commits, 100)
     for i in range(0, 100, 7):
         waiting[i].cancel()
     b.gates["a"].set()

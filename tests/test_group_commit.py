@@ -16,11 +16,12 @@ import psycopg
 import pytest
 
 from conformance.suite.test_advance import _started, _step
-from hotmesh_core import group_commit, workflow
+from hotmesh_core import group_commit
 from hotmesh_core.advance import Advance, Superseded
 from hotmesh_core.group_commit import IN_FLIGHT, GroupCommit
 from hotmesh_postgres.testing import test_dsn
 from tests.test_adversarial_adv4 import BACKENDS, app, until
+from tests.test_postgres_queue_plans import plus_one, three_steps
 
 pytestmark = pytest.mark.asyncio
 
@@ -44,26 +45,39 @@ async def _activations(mf: Any, job_ids: list[str]) -> dict[str, int]:
         return {job.id: job.activation for job in await tx.store.get_jobs(job_ids)}
 
 
-async def test_commits_that_wait_are_grouped_each_on_its_own(patient: None) -> None:
+async def _started_jobs(mf: Any, prefix: str, n: int) -> list[str]:
+    jobs = [f"{prefix}{i}" for i in range(n)]
+    for job_id in jobs:
+        await _started(mf, job_id)
+    return jobs
+
+
+def _lock(conn: psycopg.Connection[Any], mf: Any, job_ids: list[str]) -> None:
+    """Hold the rows of ``job_ids`` in ``conn``'s transaction (until its rollback)."""
+    conn.execute(f'SELECT 1 FROM "{mf.app_id}".jobs WHERE id = ANY(%s) FOR UPDATE', [job_ids])
+
+
+def _commit_each(mf: Any, commits: GroupCommit, jobs: list[str]) -> list[asyncio.Future[Any]]:
+    """Each job's first delivery committed through ``commits``, all at once."""
+    return [
+        asyncio.ensure_future(commits.commit(mf.backend, _deliver_first(job_id))) for job_id in jobs
+    ]
+
+
+@pytest.mark.usefixtures("patient")
+async def test_commits_that_wait_are_grouped_each_on_its_own() -> None:
     """Two commits held in flight; four wait. The four go as one group when a
     flight lands: the superseded one raises Superseded as it would alone, the
     one cancelled while it waited is never applied, the others commit."""
     assert IN_FLIGHT == 2
     async with app("postgres") as mf:
-        jobs = [f"g{i}" for i in range(6)]
-        for job_id in jobs:
-            await _started(mf, job_id)
+        jobs = await _started_jobs(mf, "g", 6)
         async with mf.backend.transaction(single=True) as tx:  # g3: delivered elsewhere
             await tx.store.advance(_deliver_first("g3"))
         commits = GroupCommit()
         with psycopg.connect(test_dsn()) as locker:
-            locker.execute(
-                f'SELECT 1 FROM "{mf.app_id}".jobs WHERE id = ANY(%s) FOR UPDATE', [["g0", "g1"]]
-            )
-            out = [
-                asyncio.ensure_future(commits.commit(mf.backend, _deliver_first(job_id)))
-                for job_id in jobs
-            ]
+            _lock(locker, mf, ["g0", "g1"])
+            out = _commit_each(mf, commits, jobs)
             await asyncio.sleep(0.3)  # g0 and g1 in flight, blocked; g2-g5 waiting
             assert not any(task.done() for task in out)
             out[4].cancel()
@@ -82,20 +96,14 @@ async def test_commits_that_wait_are_grouped_each_on_its_own(patient: None) -> N
     assert isinstance(results[3], Superseded)
 
 
-async def test_a_cancelled_wait_leaves_its_job_untouched_and_the_rest_commit(patient: None) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_a_cancelled_wait_leaves_its_job_untouched_and_the_rest_commit() -> None:
     async with app("postgres") as mf:
-        jobs = [f"c{i}" for i in range(5)]
-        for job_id in jobs:
-            await _started(mf, job_id)
+        jobs = await _started_jobs(mf, "c", 5)
         commits = GroupCommit()
         with psycopg.connect(test_dsn()) as locker:
-            locker.execute(
-                f'SELECT 1 FROM "{mf.app_id}".jobs WHERE id = ANY(%s) FOR UPDATE', [["c0", "c1"]]
-            )
-            out = [
-                asyncio.ensure_future(commits.commit(mf.backend, _deliver_first(job_id)))
-                for job_id in jobs
-            ]
+            _lock(locker, mf, ["c0", "c1"])
+            out = _commit_each(mf, commits, jobs)
             await asyncio.sleep(0.3)
             out[2].cancel()  # the first in line: it would have led the group
             await asyncio.sleep(0.05)
@@ -107,23 +115,18 @@ async def test_a_cancelled_wait_leaves_its_job_untouched_and_the_rest_commit(pat
     assert activations == {"c0": 1, "c1": 1, "c2": 0, "c3": 1, "c4": 1}
 
 
-async def test_an_advance_of_a_group_that_would_wait_on_a_lock_gives_way(patient: None) -> None:
+@pytest.mark.usefixtures("patient")
+async def test_an_advance_of_a_group_that_would_wait_on_a_lock_gives_way() -> None:
     """A grouped advance whose job another transaction holds waits 50 ms at most
     (it would hold the group's other jobs meanwhile): it is applied again alone,
     and waits there; the rest of its group commits without it."""
     async with app("postgres") as mf:
-        jobs = [f"h{i}" for i in range(6)]
-        for job_id in jobs:
-            await _started(mf, job_id)
+        jobs = await _started_jobs(mf, "h", 6)
         commits = GroupCommit()
-        lock = f'SELECT 1 FROM "{mf.app_id}".jobs WHERE id = ANY(%s) FOR UPDATE'
         with psycopg.connect(test_dsn()) as flights, psycopg.connect(test_dsn()) as holder:
-            flights.execute(lock, [["h0", "h1"]])
-            holder.execute(lock, [["h3"]])
-            out = [
-                asyncio.ensure_future(commits.commit(mf.backend, _deliver_first(job_id)))
-                for job_id in jobs
-            ]
+            _lock(flights, mf, ["h0", "h1"])
+            _lock(holder, mf, ["h3"])
+            out = _commit_each(mf, commits, jobs)
             await asyncio.sleep(0.3)
             flights.rollback()  # h0, h1 land; h2-h5 go as a group
             await until(lambda: all(out[i].done() for i in (0, 1, 2, 4, 5)), what="the group")
@@ -140,35 +143,17 @@ async def test_commits_stuck_behind_two_locked_flights_go_after_the_longest_wait
     that come meanwhile do not wait for them. After LONGEST_WAIT the first
     leads a group of all four, which commits while the locks are still held."""
     async with app("postgres") as mf:
-        jobs = [f"s{i}" for i in range(6)]
-        for job_id in jobs:
-            await _started(mf, job_id)
+        jobs = await _started_jobs(mf, "s", 6)
         commits = GroupCommit()
         with psycopg.connect(test_dsn()) as locker:
-            locker.execute(
-                f'SELECT 1 FROM "{mf.app_id}".jobs WHERE id = ANY(%s) FOR UPDATE', [["s0", "s1"]]
-            )
-            out = [
-                asyncio.ensure_future(commits.commit(mf.backend, _deliver_first(job_id)))
-                for job_id in jobs
-            ]
+            _lock(locker, mf, ["s0", "s1"])
+            out = _commit_each(mf, commits, jobs)
             await until(lambda: all(task.done() for task in out[2:]), what="the waiting four")
             assert not out[0].done() and not out[1].done()
             assert commits.groups == 1
             locker.rollback()
         await asyncio.gather(*out)
         assert await _activations(mf, jobs) == {job_id: 1 for job_id in jobs}
-
-
-async def plus_one(x: int) -> int:
-    return x + 1
-
-
-async def three_steps(x: int) -> int:
-    acts = workflow.proxy_activities(activities=[plus_one])
-    a = await acts.plus_one(x)
-    b = await acts.plus_one(a)
-    return await acts.plus_one(b)  # type: ignore[no-any-return]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
