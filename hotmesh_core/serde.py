@@ -141,9 +141,18 @@ def exact_json(value: Any) -> str:
     return text
 
 
-# Values whose JSON form reads back as themselves (exactly these classes: an
-# IntEnum member reads back as a plain int, so it takes the long way).
-_EXACT_SCALARS: frozenset[type] = frozenset({int, bool, type(None)})
+# Ints this far from zero take the short way; a longer one may exceed the
+# digits Python turns into text (sys.get_int_max_str_digits), which the long
+# way refuses with a SerializationError.
+_SHORT_INT = 1 << 64
+
+
+def _plain(value: Any) -> bool:
+    """Whether ``value``'s JSON form reads back as itself, a short int, a bool or
+    None (exactly these classes: an IntEnum member reads back as a plain int,
+    so it takes the long way)."""
+    cls = value.__class__
+    return value is None or cls is bool or (cls is int and -_SHORT_INT < value < _SHORT_INT)
 
 
 def ensure_json(value: Any, *, what: str = "value") -> Any:
@@ -152,14 +161,14 @@ def ensure_json(value: Any, *, what: str = "value") -> Any:
     Normalizing at the call means a first execution and a replay observe the
     very same value.
     """
+    if _plain(value):
+        return value
     cls = value.__class__
-    if cls in _EXACT_SCALARS:
-        return value  # int, bool, None: JSON as they are
     if cls is float and math.isfinite(value):
         return 0.0 if value == 0 else value  # -0.0 too (see below)
     if cls is str and "\x00" not in value and _SURROGATE.search(value) is None:
         return value
-    if (cls is list or cls is tuple) and all(item.__class__ in _EXACT_SCALARS for item in value):
+    if (cls is list or cls is tuple) and all(_plain(item) for item in value):
         return list(value)  # activity arguments, mostly: no text made and parsed
     text = dumps(value, what=what)
     normal = json.loads(text)

@@ -6,6 +6,7 @@ these pin the edges of each rule without a backend.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -111,3 +112,27 @@ def test_hook_depth_is_read_from_the_dotted_dimension() -> None:
     assert _hook_depth("hhg3.5.9") == 3
     assert issubclass(HookDepthExceeded, HotMeshError)
     assert MAX_HOOK_DEPTH == 32
+
+
+@pytest.mark.parametrize(
+    "value",
+    [10**5000, -(10**5000), [1, 10**5000], (10**5000,)],
+    ids=["int", "negative int", "in a list", "in a tuple"],
+)
+def test_an_int_too_long_for_text_is_refused_alone_or_in_a_list(value: Any) -> None:
+    """Beyond sys.get_int_max_str_digits an int has no JSON text: refused at the
+    call (SerializationError), as every other unstorable value is."""
+    with pytest.raises(SerializationError, match="not JSON-serializable"):
+        ensure_json(value)
+
+
+@pytest.mark.parametrize(
+    "value", [0, -(2**63), 2**63, True, None, 1.5, -0.0, "text", [1, 2, 3], (1, None, False)]
+)
+def test_plain_values_normalize_as_their_json_reads_back(value: Any) -> None:
+    """The short ways of ensure_json give what a JSON round trip gives."""
+    normal = ensure_json(value)
+    assert normal == json.loads(json.dumps(value))
+    assert type(normal) is type(json.loads(json.dumps(value)))
+    if value == 0 and isinstance(value, float):
+        assert str(normal) == "0.0"  # no negative zero
