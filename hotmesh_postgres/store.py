@@ -551,11 +551,7 @@ class PgStore:
                 raise Superseded(error.diag.message_primary or str(error)) from None
             raise
         assert row is not None
-        done = row["done"]
-        return Advanced(
-            [None if task_id is None else str(task_id) for task_id in done["task_ids"]],
-            bool(done["finished"]),
-        )
+        return _advanced(row["done"])
 
     async def advance_many(self, plans: Sequence[Advance]) -> list[Advanced | None]:
         # hm_advance_many (migration 0017): each advance a subtransaction, NULL
@@ -571,15 +567,7 @@ class PgStore:
             ],
         )
         assert row is not None
-        return [
-            None
-            if done is None
-            else Advanced(
-                [None if task_id is None else str(task_id) for task_id in done["task_ids"]],
-                bool(done["finished"]),
-            )
-            for done in row["done"]
-        ]
+        return [None if done is None else _advanced(done) for done in row["done"]]
 
     async def note_attempt(
         self, job_id: str, dimension: str, index: int, attempts: int, error: ErrorInfo
@@ -867,3 +855,11 @@ def _column_equals(**columns: str | None) -> tuple[list[sql.Composable], list[An
             conditions.append(sql.SQL("{} = %s").format(sql.Identifier(column)))
             params.append(value)
     return conditions, params
+
+
+def _advanced(done: dict[str, Any]) -> Advanced:
+    """What hm_advance returned (``{"task_ids": [...], "finished": bool}``)."""
+    return Advanced(
+        [None if task_id is None else str(task_id) for task_id in done["task_ids"]],
+        bool(done["finished"]),
+    )
