@@ -11,9 +11,7 @@ PostgreSQL listener reconnected): the watcher re-reads what it follows.
 
 from __future__ import annotations
 
-import asyncio
-
-from hotmesh_core.event_wait import wait_event
+from hotmesh_core.event_wait import Wakeup
 
 __all__ = ["ChangeNote", "ChangeQueue"]
 
@@ -24,7 +22,7 @@ MAX_NOTES = 10_000  # past this many unread notes, one "re-read everything" stan
 class ChangeQueue:
     def __init__(self) -> None:
         self._notes: list[ChangeNote | None] = []
-        self._event = asyncio.Event()
+        self._event = Wakeup()
 
     def put(self, note: ChangeNote | None) -> None:
         if len(self._notes) >= MAX_NOTES:
@@ -37,7 +35,7 @@ class ChangeQueue:
         """The notes since the last call; ``[]`` after ``timeout`` without any;
         ``None`` when some may have been missed."""
         if not self._notes:
-            await wait_event(self._event, timeout)
+            await self._event.wait(timeout)
         notes, self._notes = self._notes, []
         self._event.clear()
         if any(note is None for note in notes):

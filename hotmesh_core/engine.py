@@ -14,7 +14,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from attrs import define, evolve, field
+from attrs import define, field
 
 from .advance import (
     Advance,
@@ -51,6 +51,7 @@ from .models import (
     Thread,
 )
 from .protocols import Backend, Transaction
+from .records import revise
 from .replay import (
     CANCEL_INDEX,
     Command,
@@ -433,7 +434,7 @@ class Engine:
         except (BackendUnavailable, RunAborted):
             raise
         except HotMeshError as exc:
-            failed = evolve(command.step(run), status="failed", error=error_info(exc))
+            failed = revise(command.step(run), status="failed", error=error_info(exc))
             async with self.backend.transaction() as tx:
                 await tx.store.lock_job(run.job.id)
                 await self._record_progress(tx, run, values, marks)
@@ -620,7 +621,7 @@ class Engine:
         if plan is None or not _all_inline_activities(plan, local):
             return None
         run.take_marks()
-        following = evolve(plan, delivered=None, values=[], running=False)
+        following = revise(plan, delivered=None, values=[], running=False)
         plan.recorded = [*first.values, *steps]
         plan.running = plan.running or first.running
         plan.dispatches = []
@@ -637,7 +638,7 @@ class Engine:
         durable side effect of the run resumed with them); its run task stays
         leased, the way forward until the continuation commits and acks it."""
         # The run's values before its activities' steps: the order it took them in.
-        plan = evolve(first, dispatches=[], recorded=[*first.values, *steps], values=[], acks=[])
+        plan = revise(first, dispatches=[], recorded=[*first.values, *steps], values=[], acks=[])
         await local.commits.commit(self.backend, plan)
         if plan.running:
             run.job.status = "running"
@@ -751,7 +752,7 @@ class Engine:
             if dispatch.task is None or task_id is None:
                 continue
             if dispatch.owner is not None:
-                task = evolve(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
+                task = revise(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
                 leased.append(task)
             elif (
                 dispatch.task.kind == "timer"
@@ -762,7 +763,7 @@ class Engine:
                 # if it was planned while the worker armed timers: counted
                 # from the sleep itself, whatever the grace is now).
                 remaining = _sleep_seconds(dispatch.step) - (self.backend.now() - planned_at)
-                self.timer_armed(evolve(dispatch.task, id=task_id), max(remaining, 0.0))
+                self.timer_armed(revise(dispatch.task, id=task_id), max(remaining, 0.0))
         return leased
 
     async def record_answers(
@@ -856,7 +857,7 @@ class Engine:
         for step in await tx.store.load_steps(run.job.id, MAIN_THREAD, sorted(indexes)):
             if step.index == CANCEL_INDEX:
                 if step.activation is None or run.cancel_held:
-                    request = evolve(step, activation=None)
+                    request = revise(step, activation=None)
             elif step.kind == "wait" and step.status == "done" and step.activation is None:
                 signals.append(step)
         job = await tx.store.continue_job(run.job.id, args)
@@ -939,7 +940,7 @@ class Engine:
             task_id = await apply_dispatch(tx.store, tx.stream, tx.signal, dispatch)
             if task_id is None or dispatch.owner is None or dispatch.task is None:
                 return None
-            return evolve(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
+            return revise(dispatch.task, id=task_id, attempts=1, lease_owner=dispatch.owner)
         step = command.step(run)
         if not await tx.store.insert_step(step):
             return None  # a concurrent run of the same thread recorded it already
@@ -948,7 +949,7 @@ class Engine:
             await self._start_awaited_child(tx, run, command, step)
         elif command.kind == "exec_hook":
             await self._start_command_hook(tx, run, command, options["signal_id"])
-            wait = self._dispatch(run, evolve(command, kind="wait"), None)
+            wait = self._dispatch(run, revise(command, kind="wait"), None)
             await follow_dispatch(tx.store, tx.stream, tx.signal, wait)
         else:
             raise HotMeshError(f"unknown command {command.kind!r}")

@@ -32,7 +32,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
-from attrs import define, evolve, field
+from attrs import define, field
 
 from .entity_ops import EntityPathError
 from .errors import (
@@ -51,6 +51,7 @@ from .errors import (
     WorkflowNotFound,
 )
 from .models import MAIN_THREAD, ErrorInfo, Job, Step, Thread
+from .records import revise
 
 __all__ = [
     "CANCEL_INDEX",
@@ -562,7 +563,7 @@ class Run:
                 activation = self._live_activation()
                 self._marks = (activation, [step.index for step in live])
                 for step in live:
-                    self.recorded[step.index] = evolve(step, activation=activation)
+                    self.recorded[step.index] = revise(step, activation=activation)
                 self._deliver(live, activation, live=True)
                 await self._settle()
                 self.activation = activation
@@ -711,7 +712,7 @@ class Run:
                 try:
                     result = await self.execute_inline(self, command)
                 except InlineFailed as failed:  # recorded as a failed step; raised in the workflow
-                    self.recorded[command.index] = evolve(
+                    self.recorded[command.index] = revise(
                         command.step(self), status="failed", error=error_info(failed.error)
                     )
                     command.future.set_exception(failed.error)

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import contextvars
 import logging
+import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from attrs import define, evolve
+from attrs import define
 
 from .activity import _current as activity_context
 from .advance import Advance, Handoff
@@ -40,6 +41,7 @@ from .interceptors import (
 )
 from .models import MAIN_THREAD, TERMINAL_STATUSES, Backlog, ErrorInfo, Job, Step, Task, Thread
 from .protocols import Backend
+from .records import revise
 from .replay import Command, Run, RunOutcome, error_info
 from .retry import retry_delay
 from .serde import ensure_json
@@ -536,7 +538,7 @@ class Worker:
         an owner name of that commit's own (like a claim's), so that a commit whose
         answer was lost can have its leases handed back."""
         self._claims += 1
-        return evolve(self._local, owner=f"{self.id}#r{self._claims}")
+        return revise(self._local, owner=f"{self.id}#r{self._claims}")
 
     async def _release_lost_claims(self) -> bool:
         """Hand back what claims lost with their connection may have leased."""
@@ -615,7 +617,7 @@ class Worker:
         # Activities keep their own lease alive while they run (_activity_outcome).
         heartbeat = None
         if task.kind != "activity":
-            heartbeat = asyncio.create_task(self._heartbeat(task, self._lost_callback(task)))
+            heartbeat = self._keep_lease(task, self._lost_callback(task))
         try:
             if task.kind == "activity":
                 await self._run_activity(task)
@@ -661,7 +663,7 @@ class Worker:
                 # crashed (or stalled), and the run it wakes is nobody's to wait
                 # for (sticky_wait more), but any worker's now.
                 payload = {k: v for k, v in task.payload.items() if k != "wake_worker"}
-                task = evolve(task, payload=payload)
+                task = revise(task, payload=payload)
             await self.engine.fire_timer(task)
         else:
             log.error("unknown task kind %r; dropping task %s", task.kind, task.id)
@@ -710,23 +712,29 @@ class Worker:
 
         return lost
 
+    def _keep_lease(self, task: Task, lost: Callable[[], None] | None = None) -> _LeaseKeeper:
+        """Keep ``task``'s lease from a third of it on (:meth:`_heartbeat`), until
+        the keeper is cancelled."""
+        return _LeaseKeeper(self.lease / 3, lambda: self._heartbeat(task, lost))
+
     async def _heartbeat(self, task: Task, lost: Callable[[], None] | None = None) -> None:
-        """Keep ``task``'s lease; once it is lost (the task was interrupted, or
-        the lease ran out and someone else has it) call ``lost`` and stop."""
+        """Keep ``task``'s lease, extending it now and every third of it; once it
+        is lost (the task was interrupted, or the lease ran out and someone
+        else has it) call ``lost`` and stop."""
         owner = task.lease_owner or self.id
         while True:
-            await asyncio.sleep(self.lease / 3)
             try:
                 async with self.backend.transaction(single=True) as tx:
                     kept = await tx.stream.extend_lease(task.id, owner=owner, lease=self.lease)
             except Exception:
                 log.exception("could not extend the lease of task %s", task.id)
-                continue
-            if not kept:
-                self._event("lease_lost", name=task.name, task_kind=task.kind)
-                if lost is not None:
-                    lost()
-                return
+            else:
+                if not kept:
+                    self._event("lease_lost", name=task.name, task_kind=task.kind)
+                    if lost is not None:
+                        lost()
+                    return
+            await asyncio.sleep(self.lease / 3)
 
     async def _run_workflow(self, task: Task) -> None:
         # A run of this thread we hold suspended needs only the answers it waits
@@ -741,14 +749,14 @@ class Worker:
             # needs (others answered meanwhile queued a run of their own).
             index, data = signalled
             step = cached.run.step_at(index)
-            answered = evolve(step, status="done", result=data, error=None, activation=None)
+            answered = revise(step, status="done", result=data, error=None, activation=None)
             # As this run left them (its commits moved the activation): should
             # another run have moved it since, the commit's compare-and-set fails.
             held = cached.run
             if held.thread is None:
-                context = RunContext(evolve(held.job, activation=held.activation), None, [answered])
+                context = RunContext(revise(held.job, activation=held.activation), None, [answered])
             else:
-                held_thread = evolve(held.thread, activation=held.activation)
+                held_thread = revise(held.thread, activation=held.activation)
                 context = RunContext(held.job, held_thread, [answered])
         else:
             context = await self.engine.load_run(
@@ -926,7 +934,7 @@ class Worker:
         ``outcome`` is then committed the ordinary way with the failed
         attempts, and the chain goes on from there."""
         tasks = [
-            evolve(d.task, attempts=1, lease_owner=task.lease_owner)
+            revise(d.task, attempts=1, lease_owner=task.lease_owner)
             for d in first.dispatches
             if d.task is not None
         ]
@@ -957,7 +965,7 @@ class Worker:
             await self._while_backend_returns(
                 lambda: self._answer_normally(
                     [
-                        evolve(o, task=by_index[o.task.index])
+                        revise(o, task=by_index[o.task.index])
                         for o in outcomes
                         if o.task.index in by_index
                     ]
@@ -969,7 +977,7 @@ class Worker:
         for o in outcomes:
             assert o.task.index is not None
             steps.append(
-                evolve(
+                revise(
                     run.step_at(o.task.index),
                     status="done" if o.error is None else "failed",
                     result=o.result,
@@ -1159,7 +1167,7 @@ class Worker:
             assert task.index is not None
             step = run.step_at(task.index)
             answered.append(
-                evolve(
+                revise(
                     step,
                     status="done" if error is None else "failed",
                     result=result,
@@ -1169,7 +1177,7 @@ class Worker:
                 )
             )
         run_task: Task | None = None
-        heartbeat: asyncio.Task[None] | None = None
+        heartbeat: _LeaseKeeper | None = None
         local = self._next_local()
 
         async def record_then_execute(resumed: Run, command: Command) -> Any:
@@ -1177,7 +1185,7 @@ class Worker:
             nonlocal run_task, heartbeat
             if run_task is None:
                 run_task = await self.engine.record_answers(resumed, answers, local)
-                heartbeat = asyncio.create_task(self._heartbeat(run_task))
+                heartbeat = self._keep_lease(run_task)
             return await self.engine.execute_inline(resumed, command)
 
         replaying = self._cache.size == 0
@@ -1240,7 +1248,7 @@ class Worker:
             if running is not None:
                 running.cancel()
 
-        heartbeat = asyncio.create_task(self._heartbeat(task, lease_lost)) if keep_lease else None
+        heartbeat = self._keep_lease(task, lease_lost) if keep_lease else None
         info = ActivityInfo(
             task.job_id,
             str(payload.get("workflow_name", "")),
@@ -1258,7 +1266,7 @@ class Worker:
             invoked: Awaitable[Any] = chain(
                 self.interceptors, "execute_activity", info, lambda: _invoke(fn, arguments)
             )
-            result = await asyncio.wait_for(invoked, payload.get("start_to_close") or None)
+            result = await _within(invoked, payload.get("start_to_close") or None)
             return ActivityOutcome(
                 task, ensure_json(result, what=f"the result of activity {task.name!r}")
             )
@@ -1297,6 +1305,29 @@ class Worker:
                 heartbeat.cancel()
 
 
+class _LeaseKeeper:
+    """A heartbeat that starts ``delay`` seconds from now, unless cancelled first.
+
+    Most tasks end well within a third of their lease: a timer until then,
+    not a task that sleeps (W1 on the memory backend made one a workflow,
+    and one an activity, for nothing).
+    """
+
+    __slots__ = ("_beating", "_timer")
+
+    def __init__(self, delay: float, beat: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._beating: asyncio.Task[None] | None = None
+        self._timer = asyncio.get_running_loop().call_later(delay, self._start, beat)
+
+    def _start(self, beat: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self._beating = asyncio.get_running_loop().create_task(beat())
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+        if self._beating is not None:
+            self._beating.cancel()
+
+
 @define
 class ActivityOutcome:
     task: Task
@@ -1313,6 +1344,23 @@ class _Escaped(Exception):
     def __init__(self, error: BaseException) -> None:
         super().__init__(repr(error))
         self.error = error
+
+
+if sys.version_info >= (3, 11):
+
+    async def _within(invoked: Awaitable[Any], seconds: float | None) -> Any:
+        """``invoked``'s result, cancelled after ``seconds`` (``TimeoutError``).
+
+        In the caller's task: ``asyncio.wait_for`` on 3.11 runs it in a task
+        of its own, one more per activity (3.12's ``wait_for`` is this).
+        """
+        async with asyncio.timeout(seconds):
+            return await invoked
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(invoked: Awaitable[Any], seconds: float | None) -> Any:
+        return await asyncio.wait_for(invoked, seconds)
 
 
 async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:

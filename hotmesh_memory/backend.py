@@ -17,7 +17,7 @@ from typing import Any
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock, SystemClock, VirtualClock
-from hotmesh_core.event_wait import wait_event
+from hotmesh_core.event_wait import Wakeup, wait_event
 from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.transactions import TransactionNotSupported
 
@@ -47,7 +47,7 @@ class _MemoryWatch:
     """One watcher's event, registered before the caller first reads the job: a
     commit notifying the job after that sets it, so no wake-up is missed."""
 
-    def __init__(self, backend: MemoryBackend, event: asyncio.Event) -> None:
+    def __init__(self, backend: MemoryBackend, event: Wakeup) -> None:
         self._backend = backend
         self._event = event
 
@@ -140,7 +140,7 @@ class MemoryBackend:
             if due is not None:
                 timeout = min(timeout, max(due - self.clock.now(), 0.0) + 0.0005)
         state = self.state
-        event = asyncio.Event()
+        event = Wakeup()
         for queue in queues:
             state.watchers(state.queue_waiters, queue).add(event)
         try:
@@ -154,14 +154,14 @@ class MemoryBackend:
         if not self._opened:
             await self.open()
         state = self.state
-        event = asyncio.Event()
+        event = Wakeup()
         state.watchers(state.job_watchers, job_id).add(event)
         try:
             yield _MemoryWatch(self, event)
         finally:
             state.unwatch(state.job_watchers, job_id, event)
 
-    async def wait_changed(self, event: asyncio.Event, timeout: float) -> None:
+    async def wait_changed(self, event: Wakeup, timeout: float) -> None:
         clock = self.clock
         skipping = isinstance(clock, VirtualClock) and clock.auto_skip
         woken = await wait_event(event, min(timeout, 0.01) if skipping else timeout)

@@ -18,6 +18,7 @@ import attrs
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock
+from hotmesh_core.event_wait import Wakeup
 from hotmesh_core.models import (
     DeadLetter,
     EntityChange,
@@ -146,41 +147,6 @@ def _copier(cls: type) -> Callable[[Any], Any]:
 
 _COPIERS: dict[type, Callable[[Any], Any]] = {}
 
-R = TypeVar("R")
-
-
-def revise(record: R, **changes: Any) -> R:
-    """``record`` with ``changes``, as a new record (what ``attrs.evolve`` does,
-    at a fraction of its cost: it walks the fields and runs ``__init__`` per
-    call). The fields not changed are shared, so give it a stored record or a
-    fresh copy, never a caller's."""
-    cls = record.__class__
-    shallow = _SHALLOW.get(cls)
-    if shallow is None:
-        shallow = _shallow_copier(cls)
-    copied = shallow(record)
-    for name, value in changes.items():
-        object.__setattr__(copied, name, value)  # slots: an unknown name raises
-    return copied  # type: ignore[no-any-return]
-
-
-def _shallow_copier(cls: type) -> Callable[[Any], Any]:
-    names = [f.name for f in attrs.fields(cls)]
-    lines = ["def copy(value):", "    copied = new(cls)"]
-    if _frozen(cls):
-        lines += [f"    setattr(copied, {name!r}, value.{name})" for name in names]
-    else:
-        lines += [f"    copied.{name} = value.{name}" for name in names]
-    lines.append("    return copied")
-    namespace: dict[str, Any] = {"new": object.__new__, "cls": cls, "setattr": object.__setattr__}
-    exec("\n".join(lines), namespace)  # generated from the class's own fields
-    copier: Callable[[Any], Any] = namespace["copy"]
-    _SHALLOW[cls] = copier
-    return copier
-
-
-_SHALLOW: dict[type, Callable[[Any], Any]] = {}
-
 
 class MemoryState:
     """All the data of one app."""
@@ -207,8 +173,8 @@ class MemoryState:
         # and the waiters of the queues it touched, nobody else. (One event for
         # all made every commit wake every waiting result(), which then re-read
         # its job: O(N^2) reads with N workflows waited on.)
-        self.job_watchers: dict[str, set[asyncio.Event]] = {}
-        self.queue_waiters: dict[str, set[asyncio.Event]] = {}
+        self.job_watchers: dict[str, set[Wakeup]] = {}
+        self.queue_waiters: dict[str, set[Wakeup]] = {}
         self.change_feeds: set[ChangeQueue] = set()  # entity watchers (watch)
 
     def wake_jobs(self, job_ids: Iterable[str]) -> None:
@@ -236,14 +202,14 @@ class MemoryState:
             for event in watchers:
                 event.set()
 
-    def watchers(self, table: dict[str, set[asyncio.Event]], key: str) -> set[asyncio.Event]:
+    def watchers(self, table: dict[str, set[Wakeup]], key: str) -> set[Wakeup]:
         found = table.get(key)
         if found is None:
             found = table[key] = set()
         return found
 
     @staticmethod
-    def unwatch(table: dict[str, set[asyncio.Event]], key: str, event: asyncio.Event) -> None:
+    def unwatch(table: dict[str, set[Wakeup]], key: str, event: Wakeup) -> None:
         found = table.get(key)
         if found is not None:
             found.discard(event)
@@ -256,7 +222,10 @@ class MemoryTx:
 
     def __init__(self, state: MemoryState) -> None:
         self.state = state
-        self.undo: list[Callable[[], None]] = []
+        # What undoes each write, newest last: a (mapping, key, previous value)
+        # to put back (most writes; a tuple costs less than a closure), or a
+        # function to call.
+        self.undo: list[tuple[MutableMapping[Any, Any], Any, Any] | Callable[[], None]] = []
         self.queues_to_wake: set[str] = set()
         self.jobs_to_wake: set[str] = set()
         self.change_notes: list[tuple[str, int]] = []  # for entity watchers, at commit
@@ -267,7 +236,7 @@ class MemoryTx:
     def put(self, mapping: MutableMapping[K, V], key: K, value: V) -> None:
         previous = mapping.get(key, _MISSING)
         mapping[key] = value
-        self.undo.append(lambda: self._restore(mapping, key, previous))
+        self.undo.append((mapping, key, previous))
 
     def append(self, items: list[V], value: V) -> None:
         """Append in place (undone by a pop): a log that grows without copying."""
@@ -282,7 +251,7 @@ class MemoryTx:
         previous = mapping.pop(key, _MISSING)
         if previous is _MISSING:
             return None
-        self.undo.append(lambda: self._restore(mapping, key, previous))
+        self.undo.append((mapping, key, previous))
         return previous  # type: ignore[no-any-return]
 
     @staticmethod
@@ -305,14 +274,21 @@ class MemoryTx:
         """Undo what was done since ``mark`` (a subtransaction's rollback); the
         transaction goes on."""
         undone, notes, queues, jobs = mark
-        for undo in reversed(self.undo[undone:]):
-            undo()
+        self._undo(self.undo[undone:])
         del self.undo[undone:]
         del self.change_notes[notes:]
         self.queues_to_wake = set(queues)
         self.jobs_to_wake = set(jobs)
 
     def rollback(self) -> None:
-        for undo in reversed(self.undo):
-            undo()
+        self._undo(self.undo)
         self.undo.clear()
+
+    def _undo(
+        self, entries: list[tuple[MutableMapping[Any, Any], Any, Any] | Callable[[], None]]
+    ) -> None:
+        for entry in reversed(entries):
+            if isinstance(entry, tuple):
+                self._restore(*entry)
+            else:
+                entry()

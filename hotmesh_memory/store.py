@@ -24,13 +24,14 @@ from hotmesh_core.models import (
     WorkerPresence,
 )
 from hotmesh_core.observe import RunCursor
+from hotmesh_core.records import revise
 from hotmesh_core.replay import CANCEL_INDEX
 
 from .entity_query import after as comes_after
 from .entity_query import job_matches, json_equal, sort_key
 from .entity_query import matches as query_matches
 from .signal import MemorySignal
-from .state import MemoryTx, clone, revise
+from .state import MemoryTx, clone
 from .stream import MemoryStream
 
 _MISSING: Any = object()

@@ -6,8 +6,9 @@ from collections.abc import Sequence
 
 from hotmesh_core.models import Backlog, DeadLetter, ErrorInfo, Task
 from hotmesh_core.observe import QueueStats
+from hotmesh_core.records import revise
 
-from .state import MemoryTx, clone, revise
+from .state import MemoryTx, clone
 
 
 class MemoryStream:

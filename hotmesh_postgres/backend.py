@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable, UnknownApp
-from hotmesh_core.event_wait import wait_event
+from hotmesh_core.event_wait import Wakeup, wait_event
 from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.protocols import Backend
 
@@ -154,7 +154,7 @@ class PgTransaction:
 
 
 class _PgWatch:
-    def __init__(self, event: asyncio.Event) -> None:
+    def __init__(self, event: Wakeup) -> None:
         self.event = event
 
     async def wait(self, timeout: float) -> None:
@@ -180,11 +180,11 @@ class PostgresBackend:
         self.pool: AsyncConnectionPool[Connection] | None = None
         self._listener: asyncio.Task[None] | None = None
         self._listening = asyncio.Event()
-        self._queue_events: dict[str, asyncio.Event] = {}
+        self._queue_events: dict[str, Wakeup] = {}
         # queue -> (monotonic time, seconds until its next task was due then),
         # from a claim that found nothing: the idle wait that follows uses it.
         self._next_due: dict[str, tuple[float, float | None]] = {}
-        self._job_watchers: dict[str, set[asyncio.Event]] = {}
+        self._job_watchers: dict[str, set[Wakeup]] = {}
         self.buckets: dict[str, str] = {}  # job id -> bucket (PgStore's hint)
         self._told_not_maintaining = False  # said once: this role skips maintenance
         self._warned_unmaintained = False  # warned once: nobody has maintained for a day
@@ -446,10 +446,10 @@ class PostgresBackend:
             await self.pool.putconn(tx.conn)
 
     # -- wake-ups --------------------------------------------------------------
-    def queue_event(self, queue: str) -> asyncio.Event:
+    def queue_event(self, queue: str) -> Wakeup:
         event = self._queue_events.get(queue)
         if event is None:
-            event = self._queue_events[queue] = asyncio.Event()
+            event = self._queue_events[queue] = Wakeup()
         return event
 
     async def _listen(self) -> None:
@@ -510,6 +510,9 @@ class PostgresBackend:
         due = await self._seconds_to_next_due(queues)
         if due is not None:
             timeout = min(timeout, due + 0.001)
+        if len(queues) == 1:  # a worker's own queue: no task to wait
+            await self.queue_event(queues[0]).wait(max(timeout, 0.0))
+            return
         waits = [asyncio.ensure_future(self.queue_event(q).wait()) for q in queues]
         try:
             await asyncio.wait(
@@ -521,7 +524,7 @@ class PostgresBackend:
 
     @asynccontextmanager
     async def watch_job(self, job_id: str) -> AsyncIterator[_PgWatch]:
-        event = asyncio.Event()
+        event = Wakeup()
         watchers = self._job_watchers.setdefault(job_id, set())
         watchers.add(event)
         try:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from hotmesh_core.changes import ChangeQueue
-from hotmesh_core.event_wait import wait_event
+from hotmesh_core.event_wait import Wakeup, wait_event
 from hotmesh_memory.backend import MemoryBackend
 from hotmesh_postgres.backend import _PgWatch
 
@@ -57,8 +57,34 @@ async def test_an_entity_change_feed_keeps_the_cancel() -> None:
     await cancelled_as_woken(feed.wait(30), lambda: feed.put(("job", 1)))
 
 
+async def test_a_wakeup_keeps_a_cancel_that_meets_the_wake_up() -> None:
+    wakeup = Wakeup()
+    await cancelled_as_woken(wakeup.wait(30), wakeup.set)
+
+
+async def test_a_wakeup_wakes_every_waiter_and_reports_set_and_timed_out() -> None:
+    wakeup = Wakeup()
+    assert await wakeup.wait(0.01) is False
+    assert await wait_event(wakeup, 0) is False
+    waiters = [asyncio.ensure_future(wakeup.wait(30)) for _ in range(3)]
+    await asyncio.sleep(0)
+    wakeup.set()
+    assert await asyncio.wait_for(asyncio.gather(*waiters), 5) == [True, True, True]
+    assert await wakeup.wait(None) is True  # stays set until cleared
+    wakeup.clear()
+    asyncio.get_running_loop().call_later(0.01, wakeup.set)
+    assert await wait_event(wakeup, None) is True
+    # Waits that ended (timed out, cancelled, woken) leave nothing behind.
+    wakeup.clear()
+    cancelled = asyncio.ensure_future(wakeup.wait(30))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.wait_for(wakeup.wait(0.01), 5)
+    assert not wakeup._waiters
+
+
 async def test_a_postgres_job_watch_keeps_the_cancel() -> None:
-    event = asyncio.Event()
+    event = Wakeup()
     await cancelled_as_woken(_PgWatch(event).wait(30), event.set)
 
 
