@@ -944,7 +944,10 @@ class Worker:
         ]
         self._under_run_lease[task.id] = running
         try:
-            outcomes = await asyncio.gather(*running)
+            if len(running) == 1:  # the common step: no gathering future to make
+                outcomes = [await running[0]]
+            else:
+                outcomes = await asyncio.gather(*running)
         except asyncio.CancelledError:
             if task.id in self._abandoned:
                 log.warning("a step of %r lost its run's lease; abandoned", run.job.id)
