@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import contextvars
 import logging
-import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping
@@ -1349,21 +1348,36 @@ class _Escaped(Exception):
         self.error = error
 
 
-if sys.version_info >= (3, 11):
+async def _within(invoked: Awaitable[Any], seconds: float | None) -> Any:
+    """``invoked``'s result, run in a task of its own and given up after
+    ``seconds`` (``asyncio.TimeoutError``) or when the caller is cancelled.
 
-    async def _within(invoked: Awaitable[Any], seconds: float | None) -> Any:
-        """``invoked``'s result, cancelled after ``seconds`` (``TimeoutError``).
+    Its own task: what the activity sets in contextvars stays its own (in
+    the caller's task it leaked into the worker's code after it: its events,
+    logs and commits), and a cancel of the caller (a lost lease, a worker
+    stopping) is the caller's whatever the activity makes of it: one that
+    catches the CancelledError and returns is abandoned all the same, its
+    result never recorded. ``asyncio.wait`` never swallows a cancel (3.12's
+    ``wait_for`` awaits in the caller's task; 3.10's and 3.11's lose a cancel
+    that meets the result, gh-86296). A cancelled attempt is not waited for:
+    it was told to stop, and its outcome no longer counts.
+    """
+    attempt = asyncio.ensure_future(invoked)
+    try:
+        await asyncio.wait((attempt,), timeout=seconds)
+    except asyncio.CancelledError:
+        _abandon(attempt)
+        raise
+    if not attempt.done():
+        _abandon(attempt)
+        raise asyncio.TimeoutError()
+    return attempt.result()
 
-        In the caller's task: ``asyncio.wait_for`` on 3.11 runs it in a task
-        of its own, one more per activity (3.12's ``wait_for`` is this).
-        """
-        async with asyncio.timeout(seconds):
-            return await invoked
 
-else:  # pragma: no cover - Python 3.10
-
-    async def _within(invoked: Awaitable[Any], seconds: float | None) -> Any:
-        return await asyncio.wait_for(invoked, seconds)
+def _abandon(attempt: asyncio.Future[Any]) -> None:
+    attempt.cancel()
+    # Whatever it ends with is nobody's: retrieved, so asyncio does not log it.
+    attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
 
 
 async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:

@@ -247,11 +247,27 @@ class MemoryTx:
 
         self.undo.append(undo)
 
-    def pop(self, mapping: MutableMapping[K, V], key: K) -> V | None:
+    def pop(
+        self, mapping: MutableMapping[K, V], key: K, *, order: Callable[[K], Any] | None = None
+    ) -> V | None:
+        """Remove ``key``. Undone, it comes back last, unless ``order`` is given:
+        the sort key of the mapping's keys, which are kept in that order (a
+        queue, served first come, first served), and it comes back in its place."""
         previous = mapping.pop(key, _MISSING)
         if previous is _MISSING:
             return None
-        self.undo.append((mapping, key, previous))
+        if order is None:
+            self.undo.append((mapping, key, previous))
+        else:
+
+            def undo() -> None:
+                mapping[key] = previous
+                if len(mapping) > 1:  # rolled back seldom: a sort then is cheaper than a place kept
+                    ordered = sorted(mapping.items(), key=lambda item: order(item[0]))
+                    mapping.clear()
+                    mapping.update(ordered)
+
+            self.undo.append(undo)
         return previous  # type: ignore[no-any-return]
 
     @staticmethod

@@ -17,6 +17,7 @@ class MemoryStream:
         self.state = tx.state
 
     def _queue(self, name: str) -> dict[str, Task]:
+        # In task id order (ids grow, and are inserted once): first come, first served.
         return self.state.queues.setdefault(name, {})
 
     def _put(self, task: Task) -> None:
@@ -180,7 +181,7 @@ class MemoryStream:
         return len(doomed)
 
     def _remove(self, task: Task) -> None:
-        self.tx.pop(self._queue(task.queue), task.id)
+        self.tx.pop(self._queue(task.queue), task.id, order=task_order)
         self.tx.pop(self.state.task_queue_of, task.id)
         run_key = (task.job_id, task.dimension)
         if task.kind == "run" and self.state.unclaimed_runs.get(run_key) == task.id:
@@ -234,3 +235,8 @@ class MemoryStream:
             letters.pop()
 
         self.tx.undo.append(undo)
+
+
+def task_order(task_id: str) -> int:
+    """The place of a task in its queue: its number (ids are ``m1``, ``m2``, ...)."""
+    return int(task_id[1:])
