@@ -42,6 +42,22 @@ def app_id(prefix: str = "adv") -> str:
     return f"{prefix}{uuid.uuid4().hex[:10]}"
 
 
+@contextlib.asynccontextmanager
+async def memory_app() -> AsyncIterator[MemFlow]:
+    """A fresh app on the memory backend, shut down after."""
+    mf = await MemFlow.init(app_id=app_id(), backend="memory")
+    try:
+        yield mf
+    finally:
+        await mf.shutdown()
+
+
+async def start_one(mf: MemFlow, workflow_fn: Any, activities: list[Any], key: str) -> Any:
+    """A worker of queue ``q`` for ``workflow_fn`` and the job started with ``key``."""
+    await mf.worker("q", workflows=[workflow_fn], activities=activities)
+    return await mf.workflow.start("job", workflow_fn.__name__, key, [key], "q")
+
+
 async def settle(n: int = 5) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -198,8 +214,7 @@ async def test_memory_watchers_leave_nothing_behind() -> None:
 
 
 async def test_memory_result_timeout_is_honoured() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         handle = await mf.workflow.start("e", "nobody-runs-this", "wf", [], "nowhere")
         t0 = time.monotonic()
         with pytest.raises(TimeoutError):
@@ -207,8 +222,6 @@ async def test_memory_result_timeout_is_honoured() -> None:
         took = time.monotonic() - t0
         assert 0.25 <= took < 2, took
         assert not any(mf.backend.state.job_watchers.values())  # type: ignore[attr-defined]
-    finally:
-        await mf.shutdown()
 
 
 async def test_postgres_single_queue_wait_keeps_cancel_and_timeout() -> None:
@@ -416,11 +429,8 @@ async def _two_workers_keep_leases(mf: MemFlow, queue: str) -> None:
 
 
 async def test_long_activities_keep_their_leases_memory() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         await _two_workers_keep_leases(mf, "q")
-    finally:
-        await mf.shutdown()
 
 
 @pytest.fixture
@@ -472,11 +482,8 @@ async def _interrupt_stops_activity(mf: MemFlow) -> None:
 
 
 async def test_interrupt_stops_a_running_activity_memory() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         await _interrupt_stops_activity(mf)
-    finally:
-        await mf.shutdown()
 
 
 async def test_interrupt_stops_a_running_activity_postgres(pg: MemFlow) -> None:
@@ -504,6 +511,18 @@ async def uses_slow_then_fast(key: str) -> int:
     return await acts.slow_then_fast(key)  # type: ignore[no-any-return]
 
 
+ONCE = RetryPolicy(maximum_attempts=1)
+
+
+async def _outcome_of(activity: Any, key: str, **options: Any) -> Any:
+    """The activity's result, or the type of its error (inside a workflow)."""
+    acts = workflow.proxy_activities(activities=[activity], **options)
+    try:
+        return await getattr(acts, activity.__name__)(key)
+    except ActivityFailed as failure:
+        return failure.type_name
+
+
 async def own_cancelled(key: str) -> str:
     counted(key)
     future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -513,15 +532,8 @@ async def own_cancelled(key: str) -> str:
 
 
 async def uses_own_cancelled(key: str) -> Any:
-    acts = workflow.proxy_activities(
-        activities=[own_cancelled],
-        start_to_close=5,
-        retry_policy=RetryPolicy(maximum_attempts=2, initial_interval=0.01),
-    )
-    try:
-        return await acts.own_cancelled(key)
-    except ActivityFailed as failure:
-        return failure.type_name
+    retry = RetryPolicy(maximum_attempts=2, initial_interval=0.01)
+    return await _outcome_of(own_cancelled, key, start_to_close=5, retry_policy=retry)
 
 
 def sync_sleeper(key: str) -> str:
@@ -531,15 +543,7 @@ def sync_sleeper(key: str) -> str:
 
 
 async def uses_sync_sleeper(key: str) -> Any:
-    acts = workflow.proxy_activities(
-        activities=[sync_sleeper],
-        start_to_close=0.2,
-        retry_policy=RetryPolicy(maximum_attempts=1),
-    )
-    try:
-        return await acts.sync_sleeper(key)
-    except ActivityFailed as failure:
-        return failure.type_name
+    return await _outcome_of(sync_sleeper, key, start_to_close=0.2, retry_policy=ONCE)
 
 
 VAR: contextvars.ContextVar[str | None] = contextvars.ContextVar("adv_var", default=None)
@@ -552,13 +556,7 @@ async def sets_a_var(key: str) -> str:
 
 
 async def uses_sets_a_var(key: str) -> Any:
-    acts = workflow.proxy_activities(
-        activities=[sets_a_var], retry_policy=RetryPolicy(maximum_attempts=1)
-    )
-    try:
-        return await acts.sets_a_var(key)
-    except ActivityFailed as failure:
-        return failure.type_name
+    return await _outcome_of(sets_a_var, key, retry_policy=ONCE)
 
 
 class _Observer(Interceptor):
@@ -570,42 +568,30 @@ class _Observer(Interceptor):
 
 
 async def test_timed_out_activity_is_retried() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"slow-{mf.app_id}"
-        await mf.worker("q", workflows=[uses_slow_then_fast], activities=[slow_then_fast])
-        handle = await mf.workflow.start("job", "uses_slow_then_fast", "slow", [key], "q")
+        handle = await start_one(mf, uses_slow_then_fast, [slow_then_fast], key)
         t0 = time.monotonic()
         assert await handle.result(timeout=10) == 2
         assert time.monotonic() - t0 < 3
         assert CALLS[key] == 2
-    finally:
-        await mf.shutdown()
 
 
 async def test_activity_own_cancelled_error_is_an_ordinary_failure() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"own-{mf.app_id}"
-        await mf.worker("q", workflows=[uses_own_cancelled], activities=[own_cancelled])
-        handle = await mf.workflow.start("job", "uses_own_cancelled", "own", [key], "q")
+        handle = await start_one(mf, uses_own_cancelled, [own_cancelled], key)
         assert await handle.result(timeout=10) == "CancelledError"
         assert CALLS[key] == 2
-    finally:
-        await mf.shutdown()
 
 
 async def test_sync_activity_times_out() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"sync-{mf.app_id}"
-        await mf.worker("q", workflows=[uses_sync_sleeper], activities=[sync_sleeper])
-        handle = await mf.workflow.start("job", "uses_sync_sleeper", "sync", [key], "q")
+        handle = await start_one(mf, uses_sync_sleeper, [sync_sleeper], key)
         t0 = time.monotonic()
         assert await handle.result(timeout=10) == "TimeoutError"
         assert time.monotonic() - t0 < 2
-    finally:
-        await mf.shutdown()
 
 
 async def test_activity_set_contextvar_does_not_leak_into_the_worker() -> None:
@@ -613,8 +599,7 @@ async def test_activity_set_contextvar_does_not_leak_into_the_worker() -> None:
     after it (its events to interceptors, its logs, its commits) runs in the
     worker's context, as it did with wait_for's task."""
     observer = _Observer()
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"var-{mf.app_id}"
         await mf.worker(
             "q", workflows=[uses_sets_a_var], activities=[sets_a_var], interceptors=[observer]
@@ -624,8 +609,6 @@ async def test_activity_set_contextvar_does_not_leak_into_the_worker() -> None:
         failed = [value for kind, value in observer.seen if kind == "failed"]
         assert failed, observer.seen
         assert failed == [None] * len(failed), observer.seen
-    finally:
-        await mf.shutdown()
 
 
 async def test_activity_set_contextvar_does_not_leak_direct() -> None:
@@ -678,8 +661,7 @@ async def test_abandoned_activity_that_swallows_the_cancel_answers_nothing() -> 
     is abandoned. An activity that catches the CancelledError and returns must
     not have that abandoned outcome recorded (with wait_for it could not: the
     worker's await raised CancelledError whatever the inner task did)."""
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"swallow-{mf.app_id}"
         await mf.worker("q", workflows=[uses_swallows_cancel])
         worker = await mf.worker("acts", activities=[swallows_cancel], lease=0.6)
@@ -698,13 +680,10 @@ async def test_abandoned_activity_that_swallows_the_cancel_answers_nothing() -> 
         result = await handle.result(timeout=15)
         assert reported, "the lease keeper never ran"
         assert result != "from-the-abandoned-attempt", result
-    finally:
-        await mf.shutdown()
 
 
 async def test_worker_stop_without_drain_ends_running_activity_promptly() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"stop-{mf.app_id}"
         worker = await mf.worker(
             "q", workflows=[runs_interruptible], activities=[interruptible], lease=5
@@ -718,41 +697,26 @@ async def test_worker_stop_without_drain_ends_running_activity_promptly() -> Non
         assert not [
             t for t in asyncio.all_tasks() if "_heartbeat" in repr(t.get_coro()) and not t.done()
         ]
-    finally:
-        await mf.shutdown()
 
 
 async def nested_timeouts(key: str) -> str:
     counted(key)
-    try:
-        async with asyncio.timeout(10):  # the activity's own, longer: start_to_close wins
-            await asyncio.sleep(5)
-    except TimeoutError:
+    try:  # the activity's own, longer timeout: start_to_close wins
+        await asyncio.wait_for(asyncio.sleep(5), 10)
+    except asyncio.TimeoutError:
         return "inner"
     return "slept"
 
 
 async def uses_nested_timeouts(key: str) -> Any:
-    acts = workflow.proxy_activities(
-        activities=[nested_timeouts],
-        start_to_close=0.2,
-        retry_policy=RetryPolicy(maximum_attempts=1),
-    )
-    try:
-        return await acts.nested_timeouts(key)
-    except ActivityFailed as failure:
-        return failure.type_name
+    return await _outcome_of(nested_timeouts, key, start_to_close=0.2, retry_policy=ONCE)
 
 
 async def test_start_to_close_wins_over_an_activity_own_longer_timeout() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"nest-{mf.app_id}"
-        await mf.worker("q", workflows=[uses_nested_timeouts], activities=[nested_timeouts])
-        handle = await mf.workflow.start("job", "uses_nested_timeouts", "nest", [key], "q")
+        handle = await start_one(mf, uses_nested_timeouts, [nested_timeouts], key)
         assert await handle.result(timeout=10) == "TimeoutError"
-    finally:
-        await mf.shutdown()
 
 
 # ---------------------------------------------------------------------------
@@ -930,11 +894,8 @@ async def _taken_over_swallower(mf: MemFlow) -> None:
 
 
 async def test_taken_over_activity_that_swallows_the_cancel_answers_nothing() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         await _taken_over_swallower(mf)
-    finally:
-        await mf.shutdown()
 
 
 async def test_taken_over_activity_that_swallows_the_cancel_answers_nothing_postgres(
@@ -963,8 +924,7 @@ async def test_stop_without_drain_acks_nothing_even_if_the_activity_swallows() -
     """stop(drain=False) is "like a process dying: nothing is acked"; an
     activity that catches the CancelledError and returns must not get its
     outcome committed by the stopping worker."""
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         key = f"stopsw-{mf.app_id}"
         await mf.worker("q", workflows=[uses_stop_swallows])
         a = await mf.worker("acts", activities=[stop_swallows], lease=0.5, poll_interval=0.05)
@@ -973,22 +933,20 @@ async def test_stop_without_drain_acks_nothing_even_if_the_activity_swallows() -
         await a.stop(drain=False)
         await mf.worker("acts", activities=[stop_swallows], lease=0.5, poll_interval=0.05)
         assert await handle.result(timeout=15) == "attempt-2"
-    finally:
-        await mf.shutdown()
 
 
-async def quick(x: int) -> int:
-    await asyncio.sleep(1.0)
+async def napping(x: int, seconds: float) -> int:
+    await asyncio.sleep(seconds)
     return x
 
 
-async def uses_quick(x: int) -> int:
-    acts = workflow.proxy_activities(activities=[quick])
-    return await acts.quick(x)  # type: ignore[no-any-return]
+async def uses_quick(x: int, seconds: float = 1.0) -> int:
+    acts = workflow.proxy_activities(activities=[napping])
+    return await acts.napping(x, seconds)  # type: ignore[no-any-return]
 
 
 async def _many_result_waiters(mf: MemFlow) -> None:
-    await mf.worker("q", workflows=[uses_quick], activities=[quick])
+    await mf.worker("q", workflows=[uses_quick], activities=[napping])
     handle = await mf.workflow.start("job", "uses_quick", "many", [7], "q")
     handles = [handle] + [await mf.workflow.get_handle("many") for _ in range(29)]
     waiters = [asyncio.ensure_future(h.result(timeout=10)) for h in handles]
@@ -1010,12 +968,9 @@ async def _many_result_waiters(mf: MemFlow) -> None:
 
 
 async def test_many_result_waiters_memory() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         await _many_result_waiters(mf)
         assert not any(mf.backend.state.job_watchers.values())  # type: ignore[attr-defined]
-    finally:
-        await mf.shutdown()
 
 
 async def test_many_result_waiters_postgres(pg: MemFlow) -> None:
@@ -1024,23 +979,13 @@ async def test_many_result_waiters_postgres(pg: MemFlow) -> None:
     assert not any(backend._job_watchers.values())
 
 
-async def quick_03(x: int) -> int:
-    await asyncio.sleep(0.3)
-    return x
-
-
-async def uses_quick_03(x: int) -> int:
-    acts = workflow.proxy_activities(activities=[quick_03])
-    return await acts.quick_03(x)  # type: ignore[no-any-return]
-
-
 async def _cancels_around_completion(mf: MemFlow) -> None:
     """result() waiters cancelled at moments spread around the job's end: a
     cancel that reached a waiter still running always raises, never a result."""
-    await mf.worker("q", workflows=[uses_quick_03], activities=[quick_03])
+    await mf.worker("q", workflows=[uses_quick], activities=[napping])
     for round_ in range(3):
         wid = f"around-{round_}"
-        handle = await mf.workflow.start("job", "uses_quick_03", wid, [round_], "q")
+        handle = await mf.workflow.start("job", "uses_quick", wid, [round_, 0.3], "q")
         handles = [await mf.workflow.get_handle(wid) for _ in range(60)]
         waiters = [asyncio.ensure_future(h.result(timeout=10)) for h in handles]
         loop = asyncio.get_running_loop()
@@ -1062,11 +1007,8 @@ async def _cancels_around_completion(mf: MemFlow) -> None:
 
 
 async def test_result_cancels_around_completion_memory() -> None:
-    mf = await MemFlow.init(app_id=app_id(), backend="memory")
-    try:
+    async with memory_app() as mf:
         await _cancels_around_completion(mf)
-    finally:
-        await mf.shutdown()
 
 
 async def test_result_cancels_around_completion_postgres(pg: MemFlow) -> None:
