@@ -1265,10 +1265,12 @@ class Worker:
         current = activity_context.set(info)
         try:
             arguments = payload.get("args", [])
-            invoked: Awaitable[Any] = chain(
-                self.interceptors, "execute_activity", info, lambda: _invoke(fn, arguments)
+            result = await _within(
+                lambda: chain(
+                    self.interceptors, "execute_activity", info, lambda: _invoke(fn, arguments)
+                ),
+                payload.get("start_to_close") or None,
             )
-            result = await _within(invoked, payload.get("start_to_close") or None)
             return ActivityOutcome(
                 task, ensure_json(result, what=f"the result of activity {task.name!r}")
             )
@@ -1341,43 +1343,71 @@ class ActivityOutcome:
 class _Escaped(Exception):
     """Carries a SystemExit or KeyboardInterrupt out of an activity as an ordinary
     error: raised bare inside an asyncio task, asyncio would re-raise it out of
-    the event loop and end the worker process (on every retry, forever)."""
+    the event loop and end the worker process (on every retry, forever). It
+    carries an activity's own CancelledError the same way (an outcome, not a
+    cancel of the attempt)."""
 
     def __init__(self, error: BaseException) -> None:
         super().__init__(repr(error))
         self.error = error
 
 
-async def _within(invoked: Awaitable[Any], seconds: float | None) -> Any:
-    """``invoked``'s result, run in a task of its own and given up after
-    ``seconds`` (``asyncio.TimeoutError``) or when the caller is cancelled.
+async def _within(start: Callable[[], Awaitable[Any]], seconds: float | None) -> Any:
+    """The result of the attempt ``start()`` makes, run in a task of its own and
+    given up after ``seconds`` (``asyncio.TimeoutError``) or when the caller
+    is cancelled.
 
     Its own task: what the activity sets in contextvars stays its own (in
     the caller's task it leaked into the worker's code after it: its events,
     logs and commits), and a cancel of the caller (a lost lease, a worker
     stopping) is the caller's whatever the activity makes of it: one that
     catches the CancelledError and returns is abandoned all the same, its
-    result never recorded. ``asyncio.wait`` never swallows a cancel (3.12's
-    ``wait_for`` awaits in the caller's task; 3.10's and 3.11's lose a cancel
-    that meets the result, gh-86296). A cancelled attempt is not waited for:
-    it was told to stop, and its outcome no longer counts.
+    result never recorded, and so is one that outlives its ``start_to_close``
+    that way. ``asyncio.wait`` never swallows a cancel (3.12's ``wait_for``
+    awaits in the caller's task; 3.10's and 3.11's lose a cancel that meets
+    the result, gh-86296). A given-up attempt is waited for (:func:`_stop`),
+    as ``wait_for`` does: its cleanup runs before the worker moves on, and a
+    worker's ``concurrency`` bounds the activity code running, stubborn
+    attempts included.
     """
-    attempt = asyncio.ensure_future(invoked)
+    attempt = asyncio.ensure_future(_guarded(start))
     try:
         await asyncio.wait((attempt,), timeout=seconds)
     except asyncio.CancelledError:
-        _abandon(attempt)
+        await _stop(attempt)
         raise
     if not attempt.done():
-        _abandon(attempt)
+        await _stop(attempt)
         raise asyncio.TimeoutError()
+    if attempt.cancelled():
+        # Nobody here cancelled it: its own code did (current_task().cancel()).
+        # An outcome, retried by its policy; raised on, the attempt would run
+        # again at every lease, forever, with nothing recorded.
+        raise _Escaped(asyncio.CancelledError("the activity cancelled its own task"))
     return attempt.result()
 
 
-def _abandon(attempt: asyncio.Future[Any]) -> None:
+async def _guarded(start: Callable[[], Awaitable[Any]]) -> Any:
+    """The attempt, interceptors included: a ``SystemExit`` or
+    ``KeyboardInterrupt`` from any of it fails the attempt (see :class:`_Escaped`)."""
+    try:
+        return await start()
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raise _Escaped(exc) from None
+
+
+async def _stop(attempt: asyncio.Future[Any]) -> None:
+    """Cancel a given-up attempt and wait for it to end, whatever it ends with
+    (nobody's: retrieved, so asyncio does not log it). A further cancel of
+    the caller stops the waiting."""
     attempt.cancel()
-    # Whatever it ends with is nobody's: retrieved, so asyncio does not log it.
-    attempt.add_done_callback(lambda done: done.cancelled() or done.exception())
+    attempt.add_done_callback(_retrieved)
+    await asyncio.wait((attempt,))
+
+
+def _retrieved(done: asyncio.Future[Any]) -> None:
+    if not done.cancelled():
+        done.exception()
 
 
 async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
@@ -1388,8 +1418,6 @@ async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
         if asyncio.iscoroutine(result):
             result = await result
         return result
-    except (SystemExit, KeyboardInterrupt) as exc:
-        raise _Escaped(exc) from None
     except asyncio.CancelledError as exc:
         # Not a cancel of this attempt (its timeout, a lost lease, a stopping
         # worker: the task is being cancelled) but the activity's own error,
