@@ -21,8 +21,10 @@ from test_adversarial_claim import app
 from test_postgres_roles import Layout, layout  # noqa: F401 (the fixture)
 
 from hotmesh_core import MemFlow, workflow
+from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.plugins import backend_test_options
 from hotmesh_postgres import migrations as pg_migrations
+from hotmesh_postgres.backend import PostgresBackend
 from hotmesh_postgres.migrations import MigrationRequired
 from hotmesh_postgres.testing import test_dsn
 
@@ -430,9 +432,16 @@ async def test_migration_16_under_a_running_worker_of_version_15(
     try:
         await schema_at(app_id, 15)
         monkeypatch.setattr(pg_migrations, "migrations", lambda: at_most(15))
+        # A worker of version 15 had no group commit (hm_advance_many came with
+        # 17): its commits go alone. Today's code on a schema of 15 would send
+        # hm_advance_many whenever two of its commits overlapped (the test
+        # failed then, now and again).
+        capabilities = PostgresBackend.capabilities - {ADVANCE_MANY}
+        monkeypatch.setattr(PostgresBackend, "capabilities", capabilities)
         options = backend_test_options("postgres")
         options["drop_on_close"] = False
         async with MemFlow.init(app_id=app_id, backend="postgres", **options) as old:
+            assert ADVANCE_MANY not in old.backend.capabilities  # as a worker of 15
             await old.worker("q", workflows=WORKFLOWS, activities=ACTIVITIES, concurrency=4)
             waiting = [
                 await old.workflow.start("t", "waiter", f"{key}-w{i}", [f"{key}-w{i}", key], "q")
