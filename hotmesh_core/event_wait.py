@@ -19,8 +19,9 @@ the memory backend, every worker idle wait and every ``result()`` took one
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-__all__ = ["Wakeup", "wait_event"]
+__all__ = ["Wakeup", "wait_any", "wait_event"]
 
 
 class Wakeup:
@@ -53,21 +54,31 @@ class Wakeup:
     async def wait(self, timeout: float | None = None) -> bool:
         """Wait until set or ``timeout`` seconds pass (``None``: no limit); return
         whether it is set. A cancel of the caller always raises."""
-        if self._flag:
-            return True
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        self._waiters[waiter] = None
-        timer = None if timeout is None else loop.call_later(max(timeout, 0.0), _expire, waiter)
-        try:
-            await waiter
-        finally:
-            if timer is not None:
-                timer.cancel()
-            if not waiter.done():
-                waiter.cancel()
-            self._waiters.pop(waiter, None)  # woken by the timer, or cancelled
-        return self._flag
+        return await wait_any((self,), timeout)
+
+
+async def wait_any(wakeups: Sequence[Wakeup], timeout: float | None) -> bool:
+    """Wait until one of ``wakeups`` is set or ``timeout`` seconds pass
+    (``None``: no limit); return whether one is set. One future for them all,
+    registered with each: no task however many are waited on. A cancel of the
+    caller always raises."""
+    if any(wakeup._flag for wakeup in wakeups):
+        return True
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+    for wakeup in wakeups:
+        wakeup._waiters[waiter] = None
+    timer = None if timeout is None else loop.call_later(max(timeout, 0.0), _expire, waiter)
+    try:
+        await waiter
+    finally:
+        if timer is not None:
+            timer.cancel()
+        if not waiter.done():
+            waiter.cancel()
+        for wakeup in wakeups:
+            wakeup._waiters.pop(waiter, None)  # woken elsewhere, by the timer, or cancelled
+    return any(wakeup._flag for wakeup in wakeups)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -75,13 +86,11 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(None)
 
 
-async def wait_event(event: asyncio.Event | Wakeup, timeout: float | None) -> bool:
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
     """Wait until ``event`` is set or ``timeout`` seconds pass (``None``: no
     limit); return whether it is set. A cancel of the caller always raises."""
     if event.is_set():
         return True
-    if isinstance(event, Wakeup):
-        return await event.wait(timeout)
     waiter = asyncio.ensure_future(event.wait())
     try:
         await asyncio.wait((waiter,), timeout=None if timeout is None else max(timeout, 0.0))

@@ -29,10 +29,10 @@ def revise(record: R, **changes: Any) -> R:
     ``TypeError`` from ``evolve``).
     """
     cls = record.__class__
-    shallow = _SHALLOW.get(cls)
+    shallow = _SHALLOW.get(cls, _UNSEEN)
+    if shallow is _UNSEEN:
+        shallow = _SHALLOW[cls] = _shallow_copier(cls)
     if shallow is None:
-        shallow = _shallow_copier(cls)
-    if shallow is _evolved:
         return attrs.evolve(record, **changes)  # type: ignore[misc]
     copied = shallow(record)
     for name, value in changes.items():
@@ -43,16 +43,15 @@ def revise(record: R, **changes: Any) -> R:
 _set = object.__setattr__  # frozen records refuse setattr; a fresh copy is still ours
 
 
-def _shallow_copier(cls: type) -> Callable[[Any], Any]:
+def _shallow_copier(cls: type) -> Callable[[Any], Any] | None:
+    """The slot copier of ``cls``, or None where ``attrs.evolve`` must build it."""
     fields = attrs.fields(cls)
     if (
         "__slots__" not in cls.__dict__
         or hasattr(cls, "__attrs_post_init__")
         or any(f.validator is not None or f.converter is not None or not f.init for f in fields)
     ):
-        # What __init__ would do to it cannot be skipped: evolve it is.
-        _SHALLOW[cls] = _evolved
-        return _evolved
+        return None  # what its __init__ does cannot be skipped
     names = [f.name for f in fields]
     lines = ["def copy(value):", "    copied = new(cls)"]
     if getattr(cls, "__setattr__", None) is _set:  # not frozen: plain stores, far cheaper
@@ -63,13 +62,8 @@ def _shallow_copier(cls: type) -> Callable[[Any], Any]:
     namespace: dict[str, Any] = {"new": object.__new__, "cls": cls, "setattr": _set}
     exec("\n".join(lines), namespace)  # generated from the class's own fields
     copier: Callable[[Any], Any] = namespace["copy"]
-    _SHALLOW[cls] = copier
     return copier
 
 
-def _evolved(value: Any) -> Any:
-    """The marker of a class whose records ``attrs.evolve`` builds."""
-    return attrs.evolve(value)
-
-
-_SHALLOW: dict[type, Callable[[Any], Any]] = {}
+_UNSEEN: Any = object()
+_SHALLOW: dict[type, Callable[[Any], Any] | None] = {}

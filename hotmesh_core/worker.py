@@ -943,10 +943,7 @@ class Worker:
         ]
         self._under_run_lease[task.id] = running
         try:
-            if len(running) == 1:  # the common step: no gathering future to make
-                outcomes = [await running[0]]
-            else:
-                outcomes = await asyncio.gather(*running)
+            outcomes = await asyncio.gather(*running)
         except asyncio.CancelledError:
             if task.id in self._abandoned:
                 log.warning("a step of %r lost its run's lease; abandoned", run.job.id)
@@ -1379,12 +1376,14 @@ async def _within(start: Callable[[], Awaitable[Any]], seconds: float | None) ->
     if not attempt.done():
         await _stop(attempt)
         raise asyncio.TimeoutError()
-    if attempt.cancelled():
-        # Nobody here cancelled it: its own code did (current_task().cancel()).
-        # An outcome, retried by its policy; raised on, the attempt would run
-        # again at every lease, forever, with nothing recorded.
-        raise _Escaped(asyncio.CancelledError("the activity cancelled its own task"))
-    return attempt.result()
+    try:
+        return attempt.result()
+    except asyncio.CancelledError as own:
+        # Nobody here cancelled it: its own code did (a cancelled request it
+        # awaited, current_task().cancel()). An outcome, retried by its
+        # policy; raised on, the attempt would run again at every lease,
+        # forever, with nothing recorded.
+        raise _Escaped(own) from None
 
 
 async def _guarded(start: Callable[[], Awaitable[Any]]) -> Any:
@@ -1411,23 +1410,12 @@ def _retrieved(done: asyncio.Future[Any]) -> None:
 
 
 async def _invoke(fn: Callable[..., Any], args: list[Any]) -> Any:
-    try:
-        if asyncio.iscoroutinefunction(fn):
-            return await fn(*args)
-        result = await _in_own_thread(fn, args)
-        if asyncio.iscoroutine(result):
-            result = await result
-        return result
-    except asyncio.CancelledError as exc:
-        # Not a cancel of this attempt (its timeout, a lost lease, a stopping
-        # worker: the task is being cancelled) but the activity's own error,
-        # say a cancelled request it awaited: an outcome, retried by its
-        # policy; raised on, the attempt would be repeated at every lease,
-        # forever, with nothing recorded. (Python 3.10 cannot tell: raised on.)
-        cancelling = getattr(asyncio.current_task(), "cancelling", None)
-        if cancelling is not None and cancelling() == 0:
-            raise _Escaped(exc) from None
-        raise
+    if asyncio.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await _in_own_thread(fn, args)
+    if asyncio.iscoroutine(result):
+        result = await result
+    return result
 
 
 def _in_own_thread(fn: Callable[..., Any], args: list[Any]) -> asyncio.Future[Any]:

@@ -17,7 +17,7 @@ from typing import Any
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.clock import Clock, SystemClock, VirtualClock
-from hotmesh_core.event_wait import Wakeup, wait_event
+from hotmesh_core.event_wait import Wakeup
 from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.transactions import TransactionNotSupported
 
@@ -144,7 +144,7 @@ class MemoryBackend:
         for queue in queues:
             state.watchers(state.queue_waiters, queue).add(event)
         try:
-            await wait_event(event, timeout)
+            await event.wait(timeout)
         finally:
             for queue in queues:
                 state.unwatch(state.queue_waiters, queue, event)
@@ -164,7 +164,7 @@ class MemoryBackend:
     async def wait_changed(self, event: Wakeup, timeout: float) -> None:
         clock = self.clock
         skipping = isinstance(clock, VirtualClock) and clock.auto_skip
-        woken = await wait_event(event, min(timeout, 0.01) if skipping else timeout)
+        woken = await event.wait(min(timeout, 0.01) if skipping else timeout)
         if not woken and isinstance(clock, VirtualClock) and clock.auto_skip:
             self._skip_if_idle(clock)
 

@@ -24,7 +24,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.changes import ChangeQueue
 from hotmesh_core.errors import BackendUnavailable, UnknownApp
-from hotmesh_core.event_wait import Wakeup, wait_event
+from hotmesh_core.event_wait import Wakeup, wait_any, wait_event
 from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.protocols import Backend
 
@@ -158,7 +158,7 @@ class _PgWatch:
         self.event = event
 
     async def wait(self, timeout: float) -> None:
-        await wait_event(self.event, timeout)
+        await self.event.wait(timeout)
         self.event.clear()
 
 
@@ -510,17 +510,7 @@ class PostgresBackend:
         due = await self._seconds_to_next_due(queues)
         if due is not None:
             timeout = min(timeout, due + 0.001)
-        if len(queues) == 1:  # a worker's own queue: no task to wait
-            await self.queue_event(queues[0]).wait(max(timeout, 0.0))
-            return
-        waits = [asyncio.ensure_future(self.queue_event(q).wait()) for q in queues]
-        try:
-            await asyncio.wait(
-                waits, timeout=max(timeout, 0.0), return_when=asyncio.FIRST_COMPLETED
-            )
-        finally:
-            for waiting in waits:
-                waiting.cancel()
+        await wait_any([self.queue_event(q) for q in queues], max(timeout, 0.0))
 
     @asynccontextmanager
     async def watch_job(self, job_id: str) -> AsyncIterator[_PgWatch]:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from hotmesh_core.changes import ChangeQueue
-from hotmesh_core.event_wait import Wakeup, wait_event
+from hotmesh_core.event_wait import Wakeup, wait_any, wait_event
 from hotmesh_memory.backend import MemoryBackend
 from hotmesh_postgres.backend import _PgWatch
 
@@ -65,7 +65,7 @@ async def test_a_wakeup_keeps_a_cancel_that_meets_the_wake_up() -> None:
 async def test_a_wakeup_wakes_every_waiter_and_reports_set_and_timed_out() -> None:
     wakeup = Wakeup()
     assert await wakeup.wait(0.01) is False
-    assert await wait_event(wakeup, 0) is False
+    assert await wakeup.wait(0) is False
     waiters = [asyncio.ensure_future(wakeup.wait(30)) for _ in range(3)]
     await asyncio.sleep(0)
     wakeup.set()
@@ -73,7 +73,7 @@ async def test_a_wakeup_wakes_every_waiter_and_reports_set_and_timed_out() -> No
     assert await wakeup.wait(None) is True  # stays set until cleared
     wakeup.clear()
     asyncio.get_running_loop().call_later(0.01, wakeup.set)
-    assert await wait_event(wakeup, None) is True
+    assert await wakeup.wait(None) is True
     # Waits that ended (timed out, cancelled, woken) leave nothing behind.
     wakeup.clear()
     cancelled = asyncio.ensure_future(wakeup.wait(30))
@@ -81,6 +81,20 @@ async def test_a_wakeup_wakes_every_waiter_and_reports_set_and_timed_out() -> No
     cancelled.cancel()
     await asyncio.wait_for(wakeup.wait(0.01), 5)
     assert not wakeup._waiters
+
+
+async def test_wait_any_wakes_on_the_first_and_leaves_nothing_behind() -> None:
+    """A worker of several queues waits for all their wake-ups with one future."""
+    first, second = Wakeup(), Wakeup()
+    assert await wait_any((first, second), 0.01) is False
+    waiting = asyncio.ensure_future(wait_any((first, second), 30))
+    await asyncio.sleep(0)
+    second.set()
+    assert await asyncio.wait_for(waiting, 5) is True
+    assert not first._waiters and not second._waiters
+    second.clear()
+    await cancelled_as_woken(wait_any((first, second), 30), first.set)
+    assert not first._waiters and not second._waiters
 
 
 async def test_a_postgres_job_watch_keeps_the_cancel() -> None:
