@@ -60,6 +60,15 @@ UNSERVED_CHECK = 10.0
 #: the worker crashed or stopped first.
 ARMED_TIMER_GRACE = 1.0
 
+#: Pauses (s) between attempts at a transition while the database is away:
+#: short at first (a cut connection is usually back at once), then every
+#: BACKEND_PAUSE_MAX, for as long as BACKEND_PATIENCE says.
+BACKEND_PAUSES = (0.1, 0.3, 1.0)
+BACKEND_PAUSE_MAX = 3.0
+
+#: The least patience (s) with a database that is away, whatever the lease.
+BACKEND_PATIENCE_MIN = 5.0
+
 Functions = Iterable[Callable[..., Any]] | Mapping[str, Callable[..., Any]]
 
 
@@ -671,13 +680,28 @@ class Worker:
     async def _while_backend_returns(self, attempt: Callable[[], Awaitable[None]]) -> None:
         """Run ``attempt``; if the database went away (a restart?), run it again
         once it is back. This worker still holds the task's lease, so nobody
-        else will, and every engine transition is safe to repeat."""
-        for pause in (0.1, 0.3, 1.0, 3.0, None):
+        else will, and every engine transition is safe to repeat.
+
+        Patient for one lease (at least ``BACKEND_PATIENCE_MIN``) from the first
+        failure: given up sooner, a run waits out its whole lease after an
+        outage shorter than it, and an activity that ran is run again (a 4.4 s
+        patience left a hook of the faults suite to its 30 s lease). Past one
+        lease another worker may hold the task, and it is left to that one.
+        """
+        loop = asyncio.get_running_loop()
+        give_up_at: float | None = None
+        tries = 0
+        while True:
             try:
                 await attempt()
                 return
             except BackendUnavailable as error:
-                if pause is None or self._stopping:
+                now = loop.time()
+                if give_up_at is None:
+                    give_up_at = now + max(self.lease, BACKEND_PATIENCE_MIN)
+                pause = BACKEND_PAUSES[tries] if tries < len(BACKEND_PAUSES) else BACKEND_PAUSE_MAX
+                tries += 1
+                if self._stopping or now + pause > give_up_at:
                     raise
                 log.info("%s; trying again in %.1f s", error, pause)
                 await asyncio.sleep(pause)
