@@ -69,6 +69,12 @@ BACKEND_PAUSE_MAX = 3.0
 #: The least patience (s) with a database that is away, whatever the lease.
 BACKEND_PATIENCE_MIN = 5.0
 
+#: Seconds a draining stop waits once the database is found away, for a
+#: transition in hand to get through after all, before it abandons the tasks
+#: in hand to their leases; and how often the drain looks.
+STOP_PATIENCE = 1.0
+STOP_CHECK = 0.25
+
 Functions = Iterable[Callable[..., Any]] | Mapping[str, Callable[..., Any]]
 
 
@@ -126,6 +132,10 @@ class Worker:
         self._loop_task: asyncio.Task[None] | None = None
         self._expiry_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Loop time the database was first found away (a lost connection) by a
+        # transition or a claim, None once one got through again: a draining
+        # stop does not wait for what cannot finish without it.
+        self._away_since: float | None = None
         self._claims = 0
         self._lost_claims: list[str] = []  # claim owners whose answer a cut connection lost
         self._reported: set[tuple[str, str]] = set()  # unserved names already logged
@@ -219,19 +229,47 @@ class Worker:
                 with contextlib.suppress(asyncio.CancelledError):
                     await background
         if drain:
-            # Before the drain: the runs its last commits wake are any worker's
-            # at once, as it claims no more (after it, they waited the drain out).
-            await self._unstick()
-            if self._inflight:
-                await asyncio.gather(*self._inflight, return_exceptions=True)
+            # With the drain, not after it: the runs its last commits wake are
+            # any worker's at once, as it claims no more (stopped_workers covers
+            # those made sticky after it). Not waited for with the database
+            # away: they go after sticky_wait.
+            unstick = asyncio.ensure_future(self._unstick())
+            await self._drain()
+            if self._away_since is not None:
+                unstick.cancel()
+            await asyncio.gather(unstick, return_exceptions=True)
         else:
-            # Like a process dying: nothing is acked; leases will expire.
-            for task in self._inflight:
-                task.cancel()
-            await asyncio.gather(*self._inflight, return_exceptions=True)
-            # Handed runs cancelled before they began never reached their cleanup.
-            self._fresh.clear()
-            self._signalled.clear()
+            await self._abandon()
+
+    async def _drain(self) -> None:
+        """Let the tasks in hand finish, unless the database is away: once it
+        has been for ``STOP_PATIENCE``, what cannot finish without it is
+        abandoned as by ``drain=False`` (leases run out; every transition is
+        safe to repeat). Waited for, a stop during an outage took 89 s: each
+        commit in hand waited out the pool's timeout for a connection, one
+        after another (adversarial finding)."""
+        loop = asyncio.get_running_loop()
+        while self._inflight:
+            away = self._away_since
+            if away is not None and loop.time() - away >= STOP_PATIENCE:
+                log.warning(
+                    "stopping with the database away: %d task(s) in hand are left to their leases",
+                    len(self._inflight),
+                )
+                await self._abandon()
+                return
+            await asyncio.wait(
+                self._inflight, timeout=STOP_CHECK, return_when=asyncio.FIRST_COMPLETED
+            )
+
+    async def _abandon(self) -> None:
+        """Like a process dying: nothing is acked; leases will expire."""
+        for task in self._inflight:
+            task.cancel()
+        await asyncio.gather(*self._inflight, return_exceptions=True)
+        # Handed runs cancelled before they began never reached their cleanup.
+        self._fresh.clear()
+        self._signalled.clear()
 
     async def _unstick(self) -> None:
         """A stopping worker's cached runs are gone with it: the run tasks that
@@ -311,6 +349,7 @@ class Worker:
                     )
             except BackendUnavailable as error:
                 self._claiming = 0
+                self._found_away()
                 log.warning("claim on queue %r: %s; retrying", self.task_queue, error)
                 self._lost_claims.append(claim_owner)
                 await asyncio.sleep(self.poll_interval)
@@ -325,6 +364,7 @@ class Worker:
                 self._claiming = 0
                 raise
             self._claiming = 0
+            self._away_since = None
             if not tasks:
                 try:
                     await self.backend.wait_for_tasks([self.task_queue], self._idle_wait)
@@ -694,9 +734,9 @@ class Worker:
         while True:
             try:
                 await attempt()
-                return
             except BackendUnavailable as error:
                 now = loop.time()
+                self._found_away()
                 if give_up_at is None:
                     give_up_at = now + max(self.lease, BACKEND_PATIENCE_MIN)
                 pause = BACKEND_PAUSES[tries] if tries < len(BACKEND_PAUSES) else BACKEND_PAUSE_MAX
@@ -705,6 +745,19 @@ class Worker:
                     raise
                 log.info("%s; trying again in %.1f s", error, pause)
                 await asyncio.sleep(pause)
+            else:
+                self._away_since = None
+                return
+
+    def _found_away(self) -> None:
+        if self._away_since is None:
+            self._away_since = asyncio.get_running_loop().time()
+
+    def _lost_with_connection(self, owner: str) -> None:
+        """A commit under ``owner`` met a lost connection: it may have happened
+        and leased tasks to ``owner``, to be handed back once the database is."""
+        self._lost_claims.append(owner)
+        self._found_away()
 
     async def _release(self, task: Task) -> None:
         """Make a task this worker holds visible again now; if the database is
@@ -853,7 +906,7 @@ class Worker:
         except BackendUnavailable:
             # The commit may have happened and leased activities to ``local``
             # with nobody left to run them: hand them back, not a lease later.
-            self._lost_claims.append(local.owner)
+            self._lost_with_connection(local.owner)
             raise
 
     async def _run_deferred(
@@ -926,7 +979,7 @@ class Worker:
             raise
         except Exception as exc:
             if isinstance(exc, BackendUnavailable):
-                self._lost_claims.append(local.owner)  # see _run_workflow
+                self._lost_with_connection(local.owner)  # see _run_workflow
             if not isinstance(exc, (Superseded, BackendUnavailable)):
                 log.exception("running %r's step inline failed; it runs again", run.job.id)
             elif not recorded:
@@ -1228,7 +1281,7 @@ class Worker:
             raise
         except Exception as exc:
             if isinstance(exc, BackendUnavailable):
-                self._lost_claims.append(local.owner)  # see _run_workflow
+                self._lost_with_connection(local.owner)  # see _run_workflow
             if not isinstance(exc, (Superseded, BackendUnavailable)):
                 log.exception("continuing %r inline failed; it goes the ordinary way", run.job.id)
             if run_task is None:

@@ -217,6 +217,9 @@ class PostgresBackend:
             self.dsn,
             min_size=int(self.options.get("pool_min", 1)),
             max_size=int(self.options.get("pool_size", 10)),
+            # How long a statement waits for a connection (and, while the
+            # server is away, for it to come back) before BackendUnavailable.
+            timeout=float(self.options.get("pool_timeout", 30.0)),
             kwargs={
                 "autocommit": True,
                 "row_factory": dict_row,

@@ -19,15 +19,6 @@ if TYPE_CHECKING:
     from .backend import PgTransaction
 
 
-# Appended to a text value this is a no-op that, for every row written, sets
-# synchronous_commit = off for the rest of the transaction: a claim or a lease
-# extension need not wait for its WAL flush (had the server crashed and lost it,
-# the task would simply be claimed again, which leases allow anyway). Written in
-# the statement itself to spare a round trip; a transaction writing no row has
-# nothing to flush.
-ASYNC_COMMIT = " || left(set_config('synchronous_commit', 'off', true), 0)"
-
-
 class PgStream:
     def __init__(self, tx: PgTransaction) -> None:
         self.tx = tx
@@ -95,7 +86,7 @@ class PgStream:
             f"       OR visible_at <= statement_timestamp() - make_interval(secs => %s)"
             f"       OR sticky IN (SELECT worker FROM stopped_workers WHERE queue = %s))"
             f"  ORDER BY visible_at LIMIT %s FOR UPDATE SKIP LOCKED),"
-            f" claimed AS (UPDATE tasks t SET lease_owner = %s{ASYNC_COMMIT},"
+            f" claimed AS (UPDATE tasks t SET lease_owner = %s,"
             f"  attempts = t.attempts + 1,"
             f"  visible_at = clock_timestamp() + make_interval(secs => %s)"
             f"  FROM ready WHERE t.id = ready.id RETURNING {task_columns('t')}),"
@@ -149,9 +140,8 @@ class PgStream:
 
     async def extend_lease(self, task_id: str, *, owner: str, lease: float) -> bool:
         row = await self.tx.one(
-            f"UPDATE tasks SET lease_owner = lease_owner{ASYNC_COMMIT},"
-            f" visible_at = clock_timestamp() + make_interval(secs => %s)"
-            f" WHERE id = %s AND lease_owner = %s RETURNING 1 AS kept",
+            "UPDATE tasks SET visible_at = clock_timestamp() + make_interval(secs => %s)"
+            " WHERE id = %s AND lease_owner = %s RETURNING 1 AS kept",
             [lease, int(task_id), owner],
         )
         return row is not None
