@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Generator, Iterable
 from types import TracebackType
 from typing import Any, Generic, TypeVar, cast
@@ -126,11 +127,14 @@ class MemFlow(Client):
 
     async def shutdown(self) -> None:
         """Drain and stop this process's workers, then close the backend."""
-        for announcer in self._announcers:
-            await announcer.stop()
+        # All at once: each announcer withdraws its announcement in a
+        # transaction and each worker drains, and with the database away each
+        # would wait out the pool's timeout in turn (adversarial finding).
+        await asyncio.gather(
+            *(announcer.stop() for announcer in self._announcers),
+            *(worker.stop() for worker in self.workers),
+        )
         self._announcers.clear()
-        for worker in self.workers:
-            await worker.stop()
         self.workers.clear()
         await self.backend.close()
 

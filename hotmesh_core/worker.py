@@ -251,7 +251,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         while self._inflight:
             away = self._away_since
-            if away is not None and loop.time() - away >= STOP_PATIENCE:
+            if (
+                away is not None
+                and loop.time() - away >= STOP_PATIENCE
+                and not (await self._answers())
+            ):
                 log.warning(
                     "stopping with the database away: %d task(s) in hand are left to their leases",
                     len(self._inflight),
@@ -261,6 +265,29 @@ class Worker:
             await asyncio.wait(
                 self._inflight, timeout=STOP_CHECK, return_when=asyncio.FIRST_COMPLETED
             )
+
+    async def _answers(self) -> bool:
+        """Whether the database answers now (a read): a transition that met the
+        outage may be asleep between its tries after the database came back,
+        and the drain must not abandon healthy work for it (adversarial
+        finding: a 10 s activity abandoned on a database back for seconds)."""
+
+        async def probe() -> None:
+            async with self.backend.transaction(readonly=True) as tx:
+                await tx.store.get_job(f"{self.id}-drain-probe")
+
+        # At most STOP_PATIENCE: with the database away, a read waits for a
+        # connection as long as the pool's timeout.
+        probing = asyncio.ensure_future(probe())
+        await asyncio.wait({probing}, timeout=STOP_PATIENCE)
+        if not probing.done():
+            probing.cancel()
+            await asyncio.gather(probing, return_exceptions=True)
+            return False
+        if probing.cancelled() or probing.exception() is not None:
+            return False
+        self._away_since = None
+        return True
 
     async def _abandon(self) -> None:
         """Like a process dying: nothing is acked; leases will expire."""
@@ -802,6 +829,8 @@ class Worker:
             try:
                 async with self.backend.transaction(single=True) as tx:
                     kept = await tx.stream.extend_lease(task.id, owner=owner, lease=self.lease)
+            except BackendUnavailable as error:  # an outage: one line, not a traceback a task
+                log.warning("could not extend the lease of task %s: %s", task.id, error)
             except Exception:
                 log.exception("could not extend the lease of task %s", task.id)
             else:

@@ -51,6 +51,32 @@ DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals
 Params = Sequence[Any]
 
 
+def _cancels(task: asyncio.Task[Any] | None) -> int:
+    """How many cancels ``task`` was asked for (0 where Python does not count them, 3.10)."""
+    cancelling = getattr(task, "cancelling", None)
+    return int(cancelling()) if cancelling is not None else 0
+
+
+async def connection_from(pool: AsyncConnectionPool[Connection]) -> Connection:
+    """A connection of ``pool``, and never one in place of a cancel.
+
+    psycopg_pool waits for a connection with ``asyncio.wait_for``, which on
+    Python 3.10 and 3.11 returns what it waited for when the cancel comes as a
+    connection is handed over: the caller's cancel is lost, and a ``result()``
+    cancelled while it waited for a connection returned the job's result (seen
+    with 60 waiters on a pool of 10; tests/test_postgres_pool_cancel.py). A
+    cancel asked for during the wait is raised here, the connection given back.
+    On 3.10, which does not count cancels, it can still be lost.
+    """
+    task = asyncio.current_task()
+    asked = _cancels(task)
+    conn = await pool.getconn()
+    if _cancels(task) > asked:
+        await pool.putconn(conn)
+        raise asyncio.CancelledError
+    return conn
+
+
 class PgTransaction:
     """One database transaction, seen through the Store, Stream and Signal roles."""
 
@@ -59,6 +85,7 @@ class PgTransaction:
     ) -> None:
         self.backend = backend
         self.conn = conn
+        self.returned = False  # conn given back to the pool already (_on_live_connection)
         self.readonly = readonly
         self.single = single  # one call, run without BEGIN/COMMIT
         self.store = PgStore(self)
@@ -106,8 +133,13 @@ class PgTransaction:
                 ):
                     raise
                 log.info("connection lost; using another one (attempt %d)", attempt + 1)
+                # Given back once only: should no other come (a timeout, a
+                # cancel), transaction() must not give it back again (a second
+                # return of a broken connection made the pool grow past its size).
+                self.returned = True
                 await pool.putconn(self.conn)  # the pool discards a broken connection
-                self.conn = await pool.getconn()
+                self.conn = await connection_from(pool)
+                self.returned = False
         raise AssertionError("unreachable")
 
     async def one(self, query: Any, params: Params) -> dict[str, Any] | None:
@@ -417,7 +449,7 @@ class PostgresBackend:
             await self.open()
         assert self.pool is not None
         try:
-            conn = await self.pool.getconn()
+            conn = await connection_from(self.pool)
         except psycopg.OperationalError as error:  # PoolTimeout too: no server to reach
             raise BackendUnavailable(f"PostgreSQL is unreachable: {error}") from error
         # Read-only work, and work of one statement, run as autocommit
@@ -446,7 +478,8 @@ class PostgresBackend:
                 raise permission_denied(error, role=tx.conn.info.user, app=self.app_id) from error
             raise
         finally:
-            await self.pool.putconn(tx.conn)
+            if not tx.returned:
+                await self.pool.putconn(tx.conn)
 
     # -- wake-ups --------------------------------------------------------------
     def queue_event(self, queue: str) -> Wakeup:

@@ -382,10 +382,15 @@ async def test_gc_hundreds_of_mixed_workflows_one_worker(backend: str) -> None:
 
 
 async def _killer(app_id: str, stop: asyncio.Event, only_groups: bool, every: float) -> int:
+    """Terminate the app's connections (only those running a group, with
+    ``only_groups``) until ``stop`` is set and at least one was (20 s at most):
+    on a loaded machine, two seconds of 2 ms looks once caught no group."""
     killed = 0
     cond = "AND query LIKE '%%hm_advance_many%%' AND state = 'active'" if only_groups else ""
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + 20.0
     async with await psycopg.AsyncConnection.connect(test_dsn(), autocommit=True) as conn:
-        while not stop.is_set():
+        while not (stop.is_set() and killed) and loop.time() < give_up:
             cur = await conn.execute(
                 "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                 " WHERE datname = current_database() AND pid <> pg_backend_pid()"

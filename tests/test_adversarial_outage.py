@@ -32,21 +32,14 @@ async def adv_step(wid: str, i: int) -> int:
     return i
 
 
-async def adv_steps(wid: str, n: int) -> int:
+async def adv_steps(wid: str, n: int, nap_after: int | None = None) -> int:
+    """``n`` activities in a row, and a durable sleep after step ``nap_after``."""
     acts = workflow.proxy_activities(activities=["adv_step"])
     total = 0
     for i in range(n):
         total += await acts.adv_step(wid, i)
-        if i == 2:
+        if i == nap_after:
             await workflow.sleep_for(1)
-    return total
-
-
-async def adv_plain(wid: str, n: int) -> int:
-    acts = workflow.proxy_activities(activities=["adv_step"])
-    total = 0
-    for i in range(n):
-        total += await acts.adv_step(wid, i)
     return total
 
 
@@ -76,7 +69,7 @@ async def test_a_real_crash_shorter_than_the_lease_runs_no_activity_twice() -> N
         try:
             await mf.worker("q", workflows=[adv_steps], activities=[adv_step], lease=30.0)
             handles = [
-                await mf.workflow.start("e", "adv_steps", f"w{k}", [f"w{k}", 8], "q")
+                await mf.workflow.start("e", "adv_steps", f"w{k}", [f"w{k}", 8, 2], "q")
                 for k in range(20)
             ]
             await asyncio.sleep(1.0)
@@ -106,9 +99,9 @@ async def test_a_draining_stop_during_an_outage_returns_within_seconds() -> None
         mf = await MemFlow.init(
             app_id="advstop", backend="postgres", dsn=server.dsn, pool_timeout=3.0
         )
-        worker = await mf.worker("q", workflows=[adv_plain], activities=[adv_step], lease=5.0)
+        worker = await mf.worker("q", workflows=[adv_steps], activities=[adv_step], lease=5.0)
         handles = [
-            await mf.workflow.start("e", "adv_plain", f"w{k}", [f"w{k}", 8], "q") for k in range(10)
+            await mf.workflow.start("e", "adv_steps", f"w{k}", [f"w{k}", 8], "q") for k in range(10)
         ]
         await asyncio.sleep(1.0)
         await stop_server(server, "fast")
@@ -122,7 +115,7 @@ async def test_a_draining_stop_during_an_outage_returns_within_seconds() -> None
         assert done, f"worker.stop(drain=True) still waiting after {took:.1f} s of an outage"
         assert took < 3.0 + 1.0 + 2.0
         await asyncio.to_thread(server.start)
-        await mf.worker("q", workflows=[adv_plain], activities=[adv_step], lease=5.0)
+        await mf.worker("q", workflows=[adv_steps], activities=[adv_step], lease=5.0)
         results = await asyncio.gather(*(h.result(timeout=60) for h in handles))
         assert results == [28] * 10
         await mf.shutdown()
