@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from hotmesh_core import BackendUnavailable, MemFlow, workflow
-from tests.reliability.harness import PrivateServer, find_bindir
+from tests.test_adversarial_outage import private_server, stop_server
 
 runs: collections.Counter[str] = collections.Counter()
 
@@ -37,22 +37,6 @@ async def r2_two(key: str, first: float, second: float) -> str:
     acts = workflow.proxy_activities(activities=["r2_slow"])
     await acts.r2_slow(key + ":a", first)
     return await acts.r2_slow(key + ":b", second)
-
-
-def private_server() -> PrivateServer:
-    bindir = find_bindir()
-    if bindir is None:
-        pytest.fail("no initdb/pg_ctl for a private PostgreSQL")
-    server = PrivateServer(bindir)
-    server.init()
-    server.start()
-    return server
-
-
-async def stop_server(server: PrivateServer, mode: str) -> None:
-    await asyncio.to_thread(
-        server._run, "pg_ctl", "-D", str(server.data), "-w", "-t", "60", "-m", mode, "stop"
-    )
 
 
 async def healthy(dsn: str) -> None:
