@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from hotmesh_core import BackendUnavailable, MemFlow, workflow
+from hotmesh_postgres.backend import PostgresBackend
+from tests.reliability.harness import PrivateServer
 from tests.test_adversarial_outage import private_server, stop_server
 
 runs: collections.Counter[str] = collections.Counter()
@@ -45,6 +49,48 @@ async def healthy(dsn: str) -> None:
         await conn.execute("SELECT 1")
     finally:
         await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def app_of_two(
+    app_id: str, **options: object
+) -> AsyncIterator[tuple[PrivateServer, PostgresBackend]]:
+    """An app on a private server with a pool of at most 2 connections."""
+    server = private_server()
+    try:
+        mf = await MemFlow.init(
+            app_id=app_id, backend="postgres", dsn=server.dsn, pool_size=2, **options
+        )
+        try:
+            assert isinstance(mf.backend, PostgresBackend)
+            yield server, mf.backend
+        finally:
+            await mf.shutdown()
+    finally:
+        server.cleanup()
+
+
+async def assert_pool_holds_at_most_two(
+    backend: PostgresBackend, server: PrivateServer, app_id: str
+) -> None:
+    """Once the pool has settled (1 s), a pool of max 2 keeps at most 2 idle
+    connections and the server sees at most 3 of the app's (the two and the
+    LISTEN connection)."""
+    await asyncio.sleep(1.0)
+    stats = backend.pool.get_stats()
+    conn = await psycopg.AsyncConnection.connect(server.dsn, autocommit=True)
+    try:
+        cursor = await conn.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s",
+            (f"hotmesh:{app_id}",),
+        )
+        (on_server,) = await cursor.fetchone()
+    finally:
+        await conn.close()
+    assert stats["pool_available"] <= 2 and on_server <= 3, (
+        f"pool of max 2 holds {stats['pool_available']} idle connections,"
+        f" {on_server} on the server (one is LISTEN); stats={stats}"
+    )
 
 
 async def test_a_draining_stop_on_a_healthy_database_after_a_blip_abandons_nothing() -> None:
@@ -117,44 +163,20 @@ async def test_reads_during_outages_do_not_grow_the_pool_past_pool_size() -> Non
     or a cancel), PostgresBackend.transaction's finally puts the same
     connection back again: psycopg_pool discards it and adds a replacement
     each time (returns_bad counts both)."""
-    server = private_server()
-    try:
-        mf = await MemFlow.init(
-            app_id="r2pool", backend="postgres", dsn=server.dsn, pool_timeout=1.0, pool_size=2
-        )
-        backend = mf.backend
-        try:
+    async with app_of_two("r2pool", pool_timeout=1.0) as (server, backend):
 
-            async def read() -> None:
-                async with backend.transaction(readonly=True) as tx:
-                    await tx.store.get_job("none")
+        async def read() -> None:
+            async with backend.transaction(readonly=True) as tx:
+                await tx.store.get_job("none")
 
-            await asyncio.gather(read(), read())
-            for _ in range(3):
-                await stop_server(server, "fast")
-                await asyncio.gather(*(read() for _ in range(4)), return_exceptions=True)
-                await asyncio.to_thread(server.start)
-                await asyncio.sleep(1.5)
-                await asyncio.gather(*(read() for _ in range(4)))
-            await asyncio.sleep(1.0)
-            stats = backend.pool.get_stats()
-            conn = await psycopg.AsyncConnection.connect(server.dsn, autocommit=True)
-            try:
-                cursor = await conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = 'hotmesh:r2pool'"
-                )
-                (on_server,) = await cursor.fetchone()
-            finally:
-                await conn.close()
-            assert stats["pool_available"] <= 2 and on_server <= 3, (
-                f"pool of max 2 holds {stats['pool_available']} idle connections,"
-                f" {on_server} on the server (one is LISTEN); stats={stats}"
-            )
-        finally:
-            await mf.shutdown()
-    finally:
-        server.cleanup()
+        await asyncio.gather(read(), read())
+        for _ in range(3):
+            await stop_server(server, "fast")
+            await asyncio.gather(*(read() for _ in range(4)), return_exceptions=True)
+            await asyncio.to_thread(server.start)
+            await asyncio.sleep(1.5)
+            await asyncio.gather(*(read() for _ in range(4)))
+        await assert_pool_holds_at_most_two(backend, server, "r2pool")
 
 
 async def test_cancelled_reads_after_a_terminate_do_not_grow_the_pool() -> None:
@@ -166,64 +188,42 @@ async def test_cancelled_reads_after_a_terminate_do_not_grow_the_pool() -> None:
     PgTransaction._on_live_connection leaves tx.conn on the broken connection
     already put back, and PostgresBackend.transaction's finally puts it back
     again (psycopg_pool adds a replacement for each bad return)."""
-    server = private_server()
     loop = asyncio.get_running_loop()
-    try:
-        mf = await MemFlow.init(app_id="r2term", backend="postgres", dsn=server.dsn, pool_size=2)
-        backend = mf.backend
-        try:
+    async with app_of_two("r2term") as (server, backend):
 
-            async def read() -> str:
-                async with backend.transaction(readonly=True) as tx:
-                    await tx.store.get_job("none")
-                return "read"
+        async def read() -> str:
+            async with backend.transaction(readonly=True) as tx:
+                await tx.store.get_job("none")
+            return "read"
 
-            await asyncio.gather(read(), read())
-            lost = 0
-            for r in range(20):
-                await asyncio.to_thread(server.terminate_app, "r2term")
-                await asyncio.sleep(0.05)
-                readers = [asyncio.ensure_future(read()) for _ in range(6)]
-                accepted: set[int] = set()
+        await asyncio.gather(read(), read())
+        lost = 0
+        for r in range(20):
+            await asyncio.to_thread(server.terminate_app, "r2term")
+            await asyncio.sleep(0.05)
+            readers = [asyncio.ensure_future(read()) for _ in range(6)]
+            accepted: set[int] = set()
 
-                def cancel(
-                    i: int,
-                    readers: list[asyncio.Future[str]] = readers,
-                    accepted: set[int] = accepted,
-                ) -> None:
-                    if readers[i].cancel():
-                        accepted.add(i)
+            def cancel(
+                i: int,
+                readers: list[asyncio.Future[str]] = readers,
+                accepted: set[int] = accepted,
+            ) -> None:
+                if readers[i].cancel():
+                    accepted.add(i)
 
-                for i in range(len(readers)):
-                    loop.call_later(0.0005 * i + 0.0003 * (r % 5), cancel, i)
-                outs = await asyncio.gather(*readers, return_exceptions=True)
-                lost += sum(
-                    1
-                    for i, out in enumerate(outs)
-                    if i in accepted and not isinstance(out, asyncio.CancelledError)
-                )
-                await asyncio.sleep(0.3)
-            assert await asyncio.wait_for(read(), 5) == "read"
-            assert lost == 0, f"{lost} accepted cancels returned normally"
-            await asyncio.sleep(1.0)
-            stats = backend.pool.get_stats()
-            conn = await psycopg.AsyncConnection.connect(server.dsn, autocommit=True)
-            try:
-                cursor = await conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE application_name = 'hotmesh:r2term'"
-                )
-                (on_server,) = await cursor.fetchone()
-            finally:
-                await conn.close()
-            assert stats["pool_available"] <= 2 and on_server <= 3, (
-                f"pool of max 2 holds {stats['pool_available']} idle connections,"
-                f" {on_server} on the server (one is LISTEN); stats={stats}"
+            for i in range(len(readers)):
+                loop.call_later(0.0005 * i + 0.0003 * (r % 5), cancel, i)
+            outs = await asyncio.gather(*readers, return_exceptions=True)
+            lost += sum(
+                1
+                for i, out in enumerate(outs)
+                if i in accepted and not isinstance(out, asyncio.CancelledError)
             )
-        finally:
-            await mf.shutdown()
-    finally:
-        server.cleanup()
+            await asyncio.sleep(0.3)
+        assert await asyncio.wait_for(read(), 5) == "read"
+        assert lost == 0, f"{lost} accepted cancels returned normally"
+        await assert_pool_holds_at_most_two(backend, server, "r2term")
 
 
 async def test_shutdown_during_an_outage_is_not_one_pool_timeout_per_worker() -> None:
