@@ -62,7 +62,8 @@ ARMED_TIMER_GRACE = 1.0
 
 #: Pauses (s) between attempts at a transition while the database is away:
 #: short at first (a cut connection is usually back at once), then every
-#: BACKEND_PAUSE_MAX, for as long as BACKEND_PATIENCE says.
+#: BACKEND_PAUSE_MAX, for one lease (at least BACKEND_PATIENCE_MIN) from the
+#: first failure (Worker._while_backend_returns).
 BACKEND_PAUSES = (0.1, 0.3, 1.0)
 BACKEND_PAUSE_MAX = 3.0
 
@@ -644,10 +645,14 @@ class Worker:
                 waited = 0.0
                 try:
                     await self.backend.maintain()
+                except BackendUnavailable as error:  # an outage: one line, not a traceback
+                    log.warning("expiring finished jobs failed: %s", error)
                 except Exception:
                     log.exception("expiring finished jobs failed")
             try:
                 await self.report_unserved()
+            except BackendUnavailable as error:
+                log.warning("reading the backlog of queue %r failed: %s", self.task_queue, error)
             except Exception:
                 log.exception("reading the backlog of queue %r failed", self.task_queue)
 
