@@ -31,6 +31,13 @@ from hotmesh_core.protocols import Backend
 from .connection import check_server_version, permission_denied, resolve_dsn
 from .joined import JoinedBackend, driver_connection
 from .migrations import app_schemas, apply_migrations
+from .pooling import (
+    RECONNECT_ATTEMPT,
+    Connection,
+    connect_options,
+    connection_from,
+    restart_reconnecting,
+)
 from .roles import grant_role
 from .signal import PgSignal
 from .store import PgStore
@@ -40,61 +47,14 @@ __all__ = ["PgTransaction", "PostgresBackend"]
 
 log = logging.getLogger("hotmesh.postgres")
 
-Connection = psycopg.AsyncConnection[dict[str, Any]]
 BUCKET_HINTS = 100_000
 # "The server ended this session" (admin shutdown, crash shutdown, cannot
 # connect now): read from a pooled connection before it ran anything.
 SESSION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 FRESH_CLAIM = 0.05  # seconds: a claim's "next due" serves the idle wait right after it
 # Jobs first: once its row is gone a job is gone, whatever history follows it.
-#: Seconds one of the pool's reconnection attempts lasts (psycopg_pool's
-#: ``reconnect_timeout``: it tries again after 1, 2, 4 s... within it) before
-#: ``restart_reconnecting`` starts a fresh one, which tries at once.
-RECONNECT_ATTEMPT = 2.0
 DROPPED_WITH_THEIR_DAY = ("jobs", "threads", "steps", "entity_changes", "signals", "dead_letters")
 Params = Sequence[Any]
-
-
-def _cancels(task: asyncio.Task[Any] | None) -> int:
-    """How many cancels ``task`` was asked for (0 where Python does not count them, 3.10)."""
-    cancelling = getattr(task, "cancelling", None)
-    return int(cancelling()) if cancelling is not None else 0
-
-
-async def connection_from(pool: AsyncConnectionPool[Connection]) -> Connection:
-    """A connection of ``pool``, and never one in place of a cancel.
-
-    psycopg_pool waits for a connection with ``asyncio.wait_for``, which on
-    Python 3.10 and 3.11 returns what it waited for when the cancel comes as a
-    connection is handed over: the caller's cancel is lost, and a ``result()``
-    cancelled while it waited for a connection returned the job's result (seen
-    with 60 waiters on a pool of 10; tests/test_postgres_pool_cancel.py). A
-    cancel asked for during the wait is raised here, the connection given back.
-    On 3.10, which does not count cancels, it can still be lost.
-    """
-    task = asyncio.current_task()
-    asked = _cancels(task)
-    conn = await pool.getconn()
-    if _cancels(task) > asked:
-        await pool.putconn(conn)
-        raise asyncio.CancelledError
-    return conn
-
-
-async def restart_reconnecting(pool: AsyncConnectionPool[Connection]) -> None:
-    """psycopg_pool's ``reconnect_failed``: a reconnection attempt gave up.
-
-    Left to psycopg_pool, an attempt backs off 1, 2, 4, 8 s... for five
-    minutes, so a server that is back was found only at the next try: a new
-    workflow waited 12 to 18 s after a 20 to 40 s outage. An attempt here lasts
-    RECONNECT_ATTEMPT and gives its slot up; ``check()`` grows the pool into
-    that slot at once with a fresh attempt, so while the server is away the
-    pool tries about every second, and finds it within about one once it is back.
-    """
-    try:
-        await pool.check()
-    except Exception as error:  # closed meanwhile (shutdown): nothing to restart
-        log.debug("pool check after a failed reconnection: %s", error)
 
 
 class PgTransaction:
@@ -252,7 +212,9 @@ class PostgresBackend:
             return
         self.dsn = await resolve_dsn(self.options)
         try:
-            first = await psycopg.AsyncConnection.connect(self.dsn, autocommit=True)
+            first = await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, **connect_options(self.dsn, self.options)
+            )
         except psycopg.OperationalError as error:
             # Unreachable, refused, bad credentials: the server's own words.
             message = " ".join(str(error).split())
@@ -279,6 +241,7 @@ class PostgresBackend:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "application_name": self.application_name,
+                **connect_options(self.dsn, self.options),
             },
             configure=self._configure,
             open=False,
@@ -292,7 +255,9 @@ class PostgresBackend:
         """The apps of this database (schemas with HotMesh's tables), without opening."""
         dsn = self.dsn or await resolve_dsn(self.options)
         try:
-            conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                dsn, autocommit=True, **connect_options(dsn, self.options)
+            )
         except psycopg.OperationalError as error:
             message = " ".join(str(error).split())
             raise BackendUnavailable(f"cannot connect to PostgreSQL: {message}") from None
@@ -313,7 +278,9 @@ class PostgresBackend:
             self.pool = None
         if self.options.get("drop_on_close"):
             # Test isolation only: a real app's schema is never dropped.
-            async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            async with await psycopg.AsyncConnection.connect(
+                self.dsn, autocommit=True, **connect_options(self.dsn, self.options)
+            ) as conn:
                 await conn.execute(
                     sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema))
                 )
@@ -431,6 +398,7 @@ class PostgresBackend:
             autocommit=True,
             row_factory=dict_row,
             application_name=self.application_name,
+            **connect_options(self.dsn, self.options),
         ) as conn:
             await self._configure(conn)
             await conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(role)))
@@ -516,7 +484,10 @@ class PostgresBackend:
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    self.dsn, autocommit=True, application_name=self.application_name
+                    self.dsn,
+                    autocommit=True,
+                    application_name=self.application_name,
+                    **connect_options(self.dsn, self.options),
                 ) as conn:
                     for channel in (self.queue_channel, self.job_channel, self.change_channel):
                         await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(channel)))
