@@ -127,6 +127,12 @@ class InvalidDuration(HotMeshError, ValueError):
     ``ValueError``, which is what durations raised before this class existed."""
 
 
+class InvalidOption(HotMeshError, ValueError):
+    """A backend option passed to ``MemFlow.init`` (``pool_size``,
+    ``pool_timeout``, ``connect_timeout``...) is not a value it takes; the
+    message names the option, what it takes and what it got."""
+
+
 class HookDepthExceeded(HotMeshError):
     """A hook started a hook nested deeper than ``workflow.MAX_HOOK_DEPTH``.
 

@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from hotmesh_core.changes import ChangeQueue
-from hotmesh_core.errors import BackendUnavailable, UnknownApp
+from hotmesh_core.errors import BackendUnavailable, InvalidOption, UnknownApp
 from hotmesh_core.event_wait import Wakeup, wait_any, wait_event
 from hotmesh_core.group_commit import ADVANCE_MANY
 from hotmesh_core.protocols import Backend
@@ -36,6 +36,7 @@ from .pooling import (
     Connection,
     connect_options,
     connection_from,
+    number_option,
     restart_reconnecting,
 )
 from .roles import grant_role
@@ -210,6 +211,16 @@ class PostgresBackend:
     async def open(self) -> None:
         if self.pool is not None:
             return
+        # The options first: a typo is said before anything is connected or started.
+        pool_size = int(number_option(self.options, "pool_size", 10, whole=True, least=1))
+        pool_min = int(number_option(self.options, "pool_min", 1, whole=True, least=0))
+        if pool_min > pool_size:
+            raise InvalidOption(
+                f"the postgres backend option pool_min ({pool_min}) is more than"
+                f" pool_size ({pool_size})"
+            )
+        number_option(self.options, "pool_timeout", 30.0, whole=False, least=0.001)
+        connect_options("", self.options)
         self.dsn = await resolve_dsn(self.options)
         try:
             first = await psycopg.AsyncConnection.connect(
@@ -229,11 +240,11 @@ class PostgresBackend:
                     raise UnknownApp(self.app_id, apps)
         pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
             self.dsn,
-            min_size=int(self.options.get("pool_min", 1)),
-            max_size=int(self.options.get("pool_size", 10)),
+            min_size=pool_min,
+            max_size=pool_size,
             # How long a statement waits for a connection (and, while the
             # server is away, for it to come back) before BackendUnavailable.
-            timeout=float(self.options.get("pool_timeout", 30.0)),
+            timeout=number_option(self.options, "pool_timeout", 30.0, whole=False, least=0.001),
             name=self.application_name,  # psycopg.pool's log lines say whose pool
             reconnect_timeout=RECONNECT_ATTEMPT,
             reconnect_failed=restart_reconnecting,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import select
 from collections.abc import Mapping
@@ -20,6 +21,8 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import AsyncConnectionPool
+
+from hotmesh_core.errors import InvalidOption
 
 Connection = psycopg.AsyncConnection[dict[str, Any]]
 
@@ -35,6 +38,27 @@ RECONNECT_ATTEMPT = 2.0
 CONNECT_TIMEOUT = 5
 
 
+def number_option(
+    options: Mapping[str, Any], name: str, default: float, *, whole: bool, least: float
+) -> float:
+    """The backend option ``name`` as a number of at least ``least`` (a whole
+    one if ``whole``), or InvalidOption naming it: ``int("abc")`` deep in
+    ``open()`` said neither which option nor what it takes."""
+    value = options.get(name, default)
+    kind = "a whole number" if whole else "a number"
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if not (number >= least and math.isfinite(number)) or (whole and number != int(number)):
+        raise InvalidOption(
+            f"the postgres backend option {name} takes {kind} of at least {least:g}, not {value!r}"
+        )
+    return int(number) if whole else number
+
+
 def connect_options(dsn: str, options: Mapping[str, Any]) -> dict[str, Any]:
     """What every connect of the app adds to ``dsn``: a connect timeout.
 
@@ -42,8 +66,9 @@ def connect_options(dsn: str, options: Mapping[str, Any]) -> dict[str, Any]:
     partition hold a slot of the pool, and one of its three workers, for two
     minutes after the partition healed, so the app stayed without connections
     (tests/test_adversarial_reconnect.py)."""
-    if "connect_timeout" in options:
-        return {"connect_timeout": int(options["connect_timeout"])}
+    if "connect_timeout" in options:  # 0: wait for ever, as libpq's 0
+        seconds = number_option(options, "connect_timeout", 0, whole=True, least=0)
+        return {"connect_timeout": int(seconds)}
     if "connect_timeout" in conninfo_to_dict(dsn) or os.environ.get("PGCONNECT_TIMEOUT"):
         return {}
     return {"connect_timeout": CONNECT_TIMEOUT}
