@@ -36,7 +36,9 @@ from .pooling import (
     Connection,
     connect_options,
     connection_from,
+    give_back,
     number_option,
+    pooled,
     restart_reconnecting,
 )
 from .roles import grant_role
@@ -118,7 +120,7 @@ class PgTransaction:
                 # cancel), transaction() must not give it back again (a second
                 # return of a broken connection made the pool grow past its size).
                 self.returned = True
-                await pool.putconn(self.conn)  # the pool discards a broken connection
+                await give_back(pool, self.conn)  # the pool discards a broken connection
                 self.conn = await connection_from(pool)
                 self.returned = False
         raise AssertionError("unreachable")
@@ -401,8 +403,8 @@ class PostgresBackend:
         connection (which the workload reuses) ever acts as the owner."""
         assert self.pool is not None
         if role is None:
-            async with self.pool.connection() as pooled:
-                yield pooled
+            async with pooled(self.pool) as conn:
+                yield conn
             return
         async with await psycopg.AsyncConnection.connect(
             self.dsn,
@@ -421,7 +423,7 @@ class PostgresBackend:
         if self.pool is None:
             await self.open()
         assert self.pool is not None
-        async with self.pool.connection() as conn:
+        async with pooled(self.pool) as conn:
             return await grant_role(conn, self.schema, role, read_only=read_only)
 
     async def _drop_partition(self, conn: Connection, parent: str, child: str) -> None:
@@ -481,7 +483,7 @@ class PostgresBackend:
             raise
         finally:
             if not tx.returned:
-                await self.pool.putconn(tx.conn)
+                await give_back(self.pool, tx.conn)
 
     # -- wake-ups --------------------------------------------------------------
     def queue_event(self, queue: str) -> Wakeup:

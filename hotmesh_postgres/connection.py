@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, timeout_from_conninfo
 
 from hotmesh_core.errors import HotMeshError, PermissionDenied
 
@@ -63,9 +63,15 @@ def libpq_dsn(dsn: str) -> str:
             raise InvalidDsn(f"not a PostgreSQL URL: {url.drivername!r}")
         dsn = url.set(drivername="postgresql").render_as_string(hide_password=False)
     try:
-        conninfo_to_dict(dsn)
+        params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as error:
         raise InvalidDsn(f"not a PostgreSQL connection string: {error}") from None
+    try:  # libpq's parser takes any text for it; psycopg reads it at each connect
+        timeout_from_conninfo(params)
+    except psycopg.ProgrammingError as error:
+        raise InvalidDsn(
+            f"{error} (in the connection string or PGCONNECT_TIMEOUT): a number of seconds"
+        ) from None
     return dsn
 
 
