@@ -185,20 +185,30 @@ async def give_back(pool: AsyncConnectionPool[Connection], conn: Connection) -> 
 async def _carry_on(coro: Coroutine[Any, Any, None], waits_on: Any) -> None:
     """Run the rest of ``coro``, which has yielded ``waits_on`` as it would to
     its task (asyncio's protocol: a future to wait for, or None to let the
-    loop run once), in this task instead."""
-    try:
-        while True:
+    loop run once), in this task instead, to its end.
+
+    A cancel of this task (a shutdown that cancels every task) is raised once
+    the connection is back, not thrown into putconn: closed there, putconn
+    dropped the connection and, handed the pool's lock just then, left the
+    lock's other waiters asleep for good (tests/test_adversarial_giveback.py).
+    """
+    cancelled = False
+    while True:
+        try:
             if waits_on is None:
                 await asyncio.sleep(0)
             else:
                 waits_on._asyncio_future_blocking = False  # taken on, as a task does
                 await asyncio.wait([waits_on])  # done; coro reads its outcome itself
-            try:
-                waits_on = coro.send(None)
-            except StopIteration:
-                return
-    finally:
-        coro.close()  # a no-op once it has returned
+        except asyncio.CancelledError:
+            cancelled = True  # waits_on is left to finish; wait for it again
+            continue
+        try:
+            waits_on = coro.send(None)
+        except StopIteration:
+            break
+    if cancelled:
+        raise asyncio.CancelledError
 
 
 @asynccontextmanager
