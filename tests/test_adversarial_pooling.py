@@ -13,6 +13,9 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 
@@ -20,6 +23,23 @@ from hotmesh_core import MemFlow
 from hotmesh_core.errors import BackendUnavailable, HotMeshError
 from hotmesh_postgres.backend import PostgresBackend
 from hotmesh_postgres.testing import test_dsn
+
+
+@asynccontextmanager
+async def _pool_of_two(
+    app_id: str, pool_timeout: float
+) -> AsyncIterator[tuple[PostgresBackend, Any]]:
+    """An app on the test database with a pool of exactly 2 connections."""
+    mf = await MemFlow.init(
+        app_id=app_id, backend="postgres", dsn=test_dsn(),
+        pool_size=2, pool_min=2, pool_timeout=pool_timeout,
+    )  # fmt: skip
+    try:
+        backend = mf.backend
+        assert isinstance(backend, PostgresBackend)
+        yield backend, _pool(mf)
+    finally:
+        await mf.shutdown()
 
 
 def _pool(mf: MemFlow):  # type: ignore[no-untyped-def]
@@ -69,14 +89,7 @@ async def test_a_cancel_as_a_transaction_gives_its_connection_back_does_not_lose
     it is neither idle nor in use, for good (observed: pool_size 2,
     pool_available 1 with nothing in use). Each such cancel shrinks the pool by
     one, until every transaction waits pool_timeout and raises BackendUnavailable."""
-    mf = await MemFlow.init(
-        app_id="advpoolleak", backend="postgres", dsn=test_dsn(),
-        pool_size=2, pool_min=2, pool_timeout=3,
-    )  # fmt: skip
-    try:
-        backend = mf.backend
-        assert isinstance(backend, PostgresBackend)
-        pool = _pool(mf)
+    async with _pool_of_two("advpoolleak", pool_timeout=3) as (backend, pool):
         a, c, w = await _hand_back_while_another_waits(backend)
         assert a == 0 and w == 7 and isinstance(c, asyncio.CancelledError)
         await asyncio.sleep(0.5)
@@ -85,8 +98,6 @@ async def test_a_cancel_as_a_transaction_gives_its_connection_back_does_not_lose
         assert (stats["pool_size"], stats["pool_available"]) == (2, 2), stats
         async with backend.transaction(readonly=True) as tx:  # must not time out
             assert await tx.one("SELECT 1 AS v", []) == {"v": 1}
-    finally:
-        await mf.shutdown()
 
 
 @pytest.mark.parametrize("value", ["abc", "2.5"])
@@ -150,14 +161,7 @@ async def test_random_cancels_on_a_busy_small_pool_leave_every_connection_in_it(
     rounds, 1 to 3 s; with putconn shielded, none lost in 6331 rounds)."""
     import random
 
-    mf = await MemFlow.init(
-        app_id="advpoolstorm", backend="postgres", dsn=test_dsn(),
-        pool_size=2, pool_min=2, pool_timeout=5,
-    )  # fmt: skip
-    try:
-        backend = mf.backend
-        assert isinstance(backend, PostgresBackend)
-        pool = _pool(mf)
+    async with _pool_of_two("advpoolstorm", pool_timeout=5) as (backend, pool):
         rnd = random.Random(1)
 
         async def job(k: int) -> int:
@@ -184,8 +188,6 @@ async def test_random_cancels_on_a_busy_small_pool_leave_every_connection_in_it(
                 await asyncio.sleep(0.5)  # anything still being given back
                 stats = pool.get_stats()
             assert stats["pool_available"] == stats["pool_size"] == 2, (rounds, stats)
-    finally:
-        await mf.shutdown()
 
 
 @pytest.mark.parametrize("where", ["dsn", "env"])
